@@ -1,0 +1,136 @@
+"""The error taxonomy: every error carries the status a client sees and a metric name.
+
+``app.py`` has one ``except EdgeError`` that answers ``e.status`` with a short body;
+anything else is a bug (500, traceback, metric). Messages given to clients never
+contain internal addresses: ``public`` is what the client reads, ``str(e)`` is for logs.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    status = 500
+    metric = "internal"
+    public = "internal error"
+
+
+class ConfigError(EdgeError):
+    """A configuration problem: refuses start or reload, never reaches a client."""
+
+    def __init__(self, file: str, key_path: str, reason: str) -> None:
+        self.file, self.key_path, self.reason = file, key_path, reason
+        where = f"{file}: {key_path}: " if key_path else f"{file}: "
+        super().__init__(where + reason)
+
+
+class PluginLoadError(ConfigError):
+    """A plugin that cannot be loaded: names the plugin file, class and reason."""
+
+    def __init__(self, file: str, cls: str, reason: str) -> None:
+        super().__init__(file, cls, reason)
+
+
+class ClientError(EdgeError):
+    status = 400
+    metric = "client_error"
+    public = "bad request"
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class Forbidden(ClientError):
+    status = 403
+    metric = "forbidden"
+    public = "forbidden"
+
+
+class BodyTooLarge(ClientError):
+    status = 413
+    metric = "body_too_large"
+    public = "request body too large"
+
+
+class HeaderTooLarge(ClientError):
+    status = 431
+    metric = "header_too_large"
+    public = "request headers too large"
+
+
+class SlowClient(ClientError):
+    status = 408
+    metric = "slow_client"
+    public = "request timeout"
+
+
+class ClientDisconnected(EdgeError):
+    """The client went away; nothing can be answered, only counted."""
+
+    status = 499
+    metric = "client_abort"
+    public = "client closed request"
+
+
+class UpstreamError(EdgeError):
+    status = 502
+    metric = "upstream_error"
+    public = "bad gateway"
+
+
+class ConnectError(UpstreamError):
+    metric = "connect_error"
+
+
+class ConnectTimeout(UpstreamError):
+    status = 504
+    metric = "connect_timeout"
+    public = "gateway timeout"
+
+
+class ReadTimeout(UpstreamError):
+    status = 504
+    metric = "read_timeout"
+    public = "gateway timeout"
+
+
+class SendTimeout(UpstreamError):
+    status = 504
+    metric = "send_timeout"
+    public = "gateway timeout"
+
+
+class TotalTimeout(UpstreamError):
+    status = 504
+    metric = "total_timeout"
+    public = "gateway timeout"
+
+
+class ProtocolError(UpstreamError):
+    """The upstream sent something that is not valid HTTP/1.1."""
+
+    metric = "protocol_error"
+
+
+class NoHealthyServer(UpstreamError):
+    status = 503
+    metric = "no_server"
+    public = "service unavailable"
+
+
+class StoreUnavailable(EdgeError):
+    """Never a response by itself: the caller applies its fail-open/closed policy and counts it."""
+
+    status = 503
+    metric = "store_unavailable"
+    public = "service unavailable"
+
+
+class PluginError(EdgeError):
+    status = 500
+    metric = "plugin_error"
+    public = "internal error"
+
+    def __init__(self, plugin: str, phase: str, reason: str = "") -> None:
+        self.plugin, self.phase = plugin, phase
+        super().__init__(f"plugin {plugin} failed in {phase}" + (f": {reason}" if reason else ""))
