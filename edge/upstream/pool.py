@@ -1,0 +1,73 @@
+"""Idle keep-alive connections to one backend server, per worker.
+
+Connections are reused last-in first-out: the most recently used one is the least
+likely to have been closed by the backend's own idle timer, and the rest age out.
+An idle connection past ``idle_timeout`` (or past the backend's advertised
+``Keep-Alive: timeout``) is closed instead of reused, without a syscall; a reused
+connection the backend closed anyway is caught by the client, which retries the
+request once on a fresh connection when that is safe (see client.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+
+class PooledConnection:
+    """What the pool needs to know of a connection: when it went idle and when to stop reusing it."""
+
+    __slots__ = ("sock", "pool", "idle_since", "expires", "requests", "reused")
+
+    def __init__(self, sock, pool: "ConnectionPool") -> None:
+        self.sock = sock
+        self.pool = pool
+        self.idle_since = 0.0
+        self.expires = float("inf")
+        self.requests = 0
+        self.reused = False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass  # closing a dead socket: nothing left to release
+
+
+class ConnectionPool:
+    """A bounded LIFO of idle connections to one server."""
+
+    __slots__ = ("_idle", "max_idle", "idle_timeout", "max_requests", "created", "reused_count")
+
+    def __init__(self, max_idle: int, idle_timeout: float, max_requests: int) -> None:
+        self._idle: deque[PooledConnection] = deque()
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.max_requests = max_requests
+        self.created = 0
+        self.reused_count = 0
+
+    def get(self, now: float) -> PooledConnection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < self.idle_timeout and now < conn.expires:
+                conn.reused = True
+                self.reused_count += 1
+                return conn
+            conn.close()
+        return None
+
+    def put(self, conn: PooledConnection, now: float) -> None:
+        if conn.requests >= self.max_requests or len(self._idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        self._idle.append(conn)
+
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def close_all(self) -> None:
+        while self._idle:
+            self._idle.pop().close()

@@ -1,0 +1,12 @@
+"""gunicorn settings for edge: `gunicorn -c gunicorn.conf.py`.
+
+Everything comes from the edge configuration file named by $EDGE_CONFIG
+(default conf/edge.yaml), validated here before any worker starts. gunicorn runs
+this file again on `kill -HUP <master>`: a configuration or plugin that fails
+validation is refused then and the running configuration is kept (edge/boot.py).
+"""
+
+from edge.boot import gunicorn_settings, load_for_master
+
+wsgi_app = "edge.app:application"
+globals().update(gunicorn_settings(load_for_master()))
