@@ -1,0 +1,86 @@
+"""Path normalisation (edge.urlpath): RFC 3986 §6.2.2 and §5.2.4, and what it refuses."""
+
+import pytest
+
+from edge.urlpath import normalize_path
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        # unchanged (fast path)
+        ("/", "/"),
+        ("/api/v1/users/42", "/api/v1/users/42"),
+        ("/admin/", "/admin/"),
+        ("/a.b/c..d/.well", "/a.b/c..d/.well"),
+        ("/.well-known/acme", "/.well-known/acme"),
+        ("/ADMIN", "/ADMIN"),
+        ("/caf\xe9", "/caf\xe9"),
+        # unreserved escapes decoded, in either case of hex
+        ("/%61dmin", "/admin"),
+        ("/%41%5a%7e%2D%2e%5F%30", "/AZ~-._0"),
+        # other escapes kept, hex upper-cased
+        ("/a%2fb", "/a%2Fb"),
+        ("/a%2Fb", "/a%2Fb"),
+        ("/%20x%3a", "/%20x%3A"),
+        ("/%00", "/%00"),
+        ("/%e9", "/%E9"),
+        # decoded once only
+        ("/%2561dmin", "/%2561dmin"),
+        # duplicate slashes
+        ("//admin", "/admin"),
+        ("/a///b//", "/a/b/"),
+        # dot segments, never above the root
+        ("/./admin", "/admin"),
+        ("/x/../admin", "/admin"),
+        ("/../admin", "/admin"),
+        ("/../../..", "/"),
+        ("/admin/.", "/admin"),
+        ("/admin/..", "/"),
+        ("/a/b/../c/./d", "/a/c/d"),
+        ("/a/b/../", "/a/"),
+        ("/.", "/"),
+        ("/..", "/"),
+        # everything together: decoded dots are dot segments
+        ("/%2e%2e/%2E/admin", "/admin"),
+        ("/x/%2e%2e//%61dmin/.", "/admin"),
+        # %2F is not a separator, so this is one segment and no dot segment
+        ("/a%2F..%2Fadmin", "/a%2F..%2Fadmin"),
+        # asterisk-form (OPTIONS *)
+        ("*", "*"),
+    ],
+)
+def test_normalize_path(raw, expected):
+    assert normalize_path(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("", "must start with '/'"),
+        ("admin", "must start with '/'"),
+        ("http://example.com/", "must start with '/'"),
+        ("**", "must start with '/'"),
+        ("/a\x00b", "control character"),
+        ("/a\nb", "control character"),
+        ("/a\tb", "control character"),
+        ("/a\x7fb", "control character"),
+        ("/a%zz", "invalid percent escape"),
+        ("/a%4", "invalid percent escape"),
+        ("/a%", "invalid percent escape"),
+    ],
+)
+def test_refused_targets(raw, reason):
+    with pytest.raises(ValueError, match=reason):
+        normalize_path(raw)
+
+
+def test_normalisation_is_idempotent():
+    for raw in ("/%61dmin/./x/../y//z/.", "/a%2fb/%7e", "/../..", "/a/b/"):
+        once = normalize_path(raw)
+        assert normalize_path(once) == once
+
+
+def test_fast_path_returns_the_same_object():
+    raw = "/api/v1/users/42"
+    assert normalize_path(raw) is raw
