@@ -1,0 +1,287 @@
+"""The default store: shared by every worker process of one node, no server (LMDB).
+
+Theory of operation
+-------------------
+All workers of a node open the same LMDB environment (a memory-mapped B-tree
+file, python ``lmdb``) after fork. Reads are lock-free MVCC snapshots; writes
+are serialized by LMDB's single writer mutex, which is a *robust* process-shared
+mutex on Linux: if a worker is killed while holding it, the next writer gets
+``EOWNERDEAD``, LMDB recovers the mutex and the half-done transaction is simply
+never committed (copy-on-write pages, the meta page flips only on commit). So a
+killed worker leaves no stuck lock and no corruption. Every read-modify-write
+(``incr``, ``cas``, ``ratelimit_step``, locks) is one write transaction, hence
+atomic across processes. We open with ``sync=False``: a power loss may lose the
+last writes, which is fine for a cache and rate-limit counters, and commits stay
+in the microseconds.
+
+Why LMDB and not SQLite (diskcache) or raw shared memory: see
+``docs/benchmarks.md`` "Shared store backends" (measured with
+``python -m edge.store.bench``); LMDB was several times faster for reads and
+writes from two processes, and shared memory would need our own allocator, hash
+table and a robust cross-process lock, i.e. re-implementing LMDB.
+
+Layout, three named databases in one environment:
+
+- ``data``: key -> ``<d expires_at`` (0.0 = never) + value;
+- ``expiry``: ``>Q expires_at_us`` + key -> b"" (keys without TTL sort last),
+  an index used to drop expired entries and to choose victims;
+- ``meta``: ``bytes`` -> ``<q`` the accounted size of all entries.
+
+Bounding: each entry is accounted as ``len(key) + len(value) + ENTRY_OVERHEAD``.
+Every write transaction first removes up to ``SWEEP_PER_WRITE`` expired entries
+(so expired data does not linger), then, while the total exceeds ``max_bytes``,
+evicts the entries that expire soonest (entries without TTL last). Reads never
+write, so the policy is "soonest to expire", not LRU (an LRU would turn every
+read into a cross-process write). The LMDB map is sized ``2 * max_bytes + 16MiB``
+for B-tree and copy-on-write overhead; if it still fills, we evict a quarter of
+the entries and retry once.
+
+Location: ``StoreConfig.path``, or by default
+``<tempfile.gettempdir()>/edge-store-<uid>-<hash of cwd and key_prefix>``, so two
+edge instances started from different directories (or with different prefixes),
+e.g. parallel test runs, do not share state, while the workers of one instance do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+
+import lmdb
+
+from edge.ratelimit import Decision, Limit, step_encoded
+from edge.store.base import Store
+
+ENTRY_OVERHEAD = 64  # bytes accounted per entry for B-tree nodes and the expiry index
+SWEEP_PER_WRITE = 16  # expired entries removed by each write (amortized cleaning)
+_HDR = struct.Struct("<d")
+_EXP = struct.Struct(">Q")
+_NEVER_US = 2**64 - 1
+_BYTES_KEY = b"bytes"
+_Q = struct.Struct("<q")
+
+
+def default_path(key_prefix: str, cwd: str | None = None) -> str:
+    """The per-instance default directory (see the module docstring)."""
+    seed = f"{cwd or os.getcwd()}\0{key_prefix}".encode()
+    digest = hashlib.sha1(seed).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"edge-store-{os.getuid()}-{digest}")
+
+
+class LocalStore(Store):
+    name = "local"
+
+    def __init__(self, path: str | None = None, max_bytes: int = 64 * 1024 * 1024,
+                 key_prefix: str = "", clock: Callable[[], float] = time.time) -> None:
+        self.path = path or default_path(key_prefix)
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self._max_bytes = max_bytes
+        self._prefix = key_prefix.encode()
+        self._clock = clock
+        self._env = lmdb.open(
+            self.path, map_size=2 * max_bytes + 16 * 1024 * 1024, max_dbs=3,
+            sync=False, metasync=False, readahead=False, meminit=False, max_readers=1024,
+        )
+        # reader slots left by killed workers pin old pages; clear them at every open
+        self._env.reader_check()
+        self._data = self._env.open_db(b"data")
+        self._expiry = self._env.open_db(b"expiry")
+        self._meta = self._env.open_db(b"meta")
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _k(self, key: str) -> bytes:
+        return self._prefix + key.encode()
+
+    @staticmethod
+    def _unpack(raw: bytes | None, now: float) -> bytes | None:
+        if raw is None:
+            return None
+        (expires_at,) = _HDR.unpack_from(raw)
+        if expires_at and expires_at <= now:
+            return None
+        return raw[_HDR.size:]
+
+    @staticmethod
+    def _exp_key(expires_at: float, k: bytes) -> bytes:
+        return _EXP.pack(int(expires_at * 1e6) if expires_at else _NEVER_US) + k
+
+    def _size(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_BYTES_KEY, db=self._meta)
+        return _Q.unpack(raw)[0] if raw else 0
+
+    def _remove(self, txn: lmdb.Transaction, k: bytes, raw: bytes) -> int:
+        """Delete an entry and its index row; returns the bytes freed."""
+        (expires_at,) = _HDR.unpack_from(raw)
+        txn.delete(k, db=self._data)
+        txn.delete(self._exp_key(expires_at, k), db=self._expiry)
+        return len(k) + len(raw) - _HDR.size + ENTRY_OVERHEAD
+
+    def _put(self, txn: lmdb.Transaction, k: bytes, value: bytes, ttl_s: float | None, now: float,
+             expires_at: float | None = None) -> None:
+        size = self._size(txn)
+        old = txn.get(k, db=self._data)
+        if old is not None:
+            size -= self._remove(txn, k, old)
+        if expires_at is None:
+            expires_at = now + ttl_s if ttl_s is not None else 0.0
+        txn.put(k, _HDR.pack(expires_at) + value, db=self._data)
+        txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
+        size += len(k) + len(value) + ENTRY_OVERHEAD
+        size = self._sweep(txn, size, now, keep=k)
+        txn.put(_BYTES_KEY, _Q.pack(size), db=self._meta)
+
+    def _sweep(self, txn: lmdb.Transaction, size: int, now: float, evict_all_over: int | None = None,
+               keep: bytes | None = None) -> int:
+        """Drop expired entries (bounded), then evict soonest-expiring ones while over the bound.
+
+        ``keep`` (the key just written) is never evicted: a write must not vanish at once.
+        """
+        bound = self._max_bytes if evict_all_over is None else evict_all_over
+        now_us = int(now * 1e6)
+        swept = 0
+        cur = txn.cursor(db=self._expiry)
+        victims = []
+        if cur.first():
+            for ikey in cur.iternext(values=False):
+                exp_us = _EXP.unpack_from(ikey)[0]
+                expired = exp_us <= now_us and swept < SWEEP_PER_WRITE
+                if not expired and size <= bound:
+                    break
+                if not expired and ikey[_EXP.size:] == keep:
+                    continue
+                swept += expired
+                victims.append(ikey)
+                # estimate the freed size now so the loop knows when to stop
+                raw = txn.get(ikey[_EXP.size:], db=self._data)
+                if raw is not None:
+                    size -= len(ikey) - _EXP.size + len(raw) - _HDR.size + ENTRY_OVERHEAD
+        cur.close()
+        for ikey in victims:
+            k = ikey[_EXP.size:]
+            txn.delete(ikey, db=self._expiry)
+            txn.delete(k, db=self._data)
+        return max(size, 0)
+
+    def _write(self, fn: Callable[[lmdb.Transaction, float], object]) -> object:
+        """Run ``fn(txn, now)`` in one write transaction (atomic across processes)."""
+        for attempt in (0, 1):
+            try:
+                with self._env.begin(write=True) as txn:
+                    return fn(txn, self._clock())
+            except lmdb.MapFullError:
+                if attempt:
+                    raise
+                # B-tree overhead outgrew the map: free a quarter of the bound and retry once
+                self._env.reader_check()
+                with self._env.begin(write=True) as txn:
+                    size = self._sweep(txn, self._size(txn), self._clock(), evict_all_over=self._max_bytes * 3 // 4)
+                    txn.put(_BYTES_KEY, _Q.pack(size), db=self._meta)
+        raise AssertionError("unreachable")
+
+    # -- Store -------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        with self._env.begin(db=self._data) as txn:
+            return self._unpack(txn.get(self._k(key)), self._clock())
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        now = self._clock()
+        out = {}
+        with self._env.begin(db=self._data) as txn:
+            for key in keys:
+                v = self._unpack(txn.get(self._k(key)), now)
+                if v is not None:
+                    out[key] = v
+        return out
+
+    def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        k, value = self._k(key), bytes(value)
+        self._write(lambda txn, now: self._put(txn, k, value, ttl_s, now))
+
+    def delete(self, key: str) -> bool:
+        k = self._k(key)
+
+        def op(txn: lmdb.Transaction, now: float) -> bool:
+            raw = txn.get(k, db=self._data)
+            if raw is None:
+                return False
+            live = self._unpack(raw, now) is not None
+            size = self._size(txn) - self._remove(txn, k, raw)
+            txn.put(_BYTES_KEY, _Q.pack(max(size, 0)), db=self._meta)
+            return live
+
+        return bool(self._write(op))
+
+    def add(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return self.cas(key, None, value, ttl_s)
+
+    def cas(self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None) -> bool:
+        k, new = self._k(key), bytes(new)
+
+        def op(txn: lmdb.Transaction, now: float) -> bool:
+            if self._unpack(txn.get(k, db=self._data), now) != expected:
+                return False
+            self._put(txn, k, new, ttl_s, now)
+            return True
+
+        return bool(self._write(op))
+
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        k = self._k(key)
+
+        def op(txn: lmdb.Transaction, now: float) -> int:
+            raw = txn.get(k, db=self._data)
+            current = self._unpack(raw, now)
+            if current is None:
+                self._put(txn, k, b"%d" % amount, ttl_s, now)
+                return amount
+            value = int(current) + amount
+            # keep the key's expiry: incr never extends a window
+            self._put(txn, k, b"%d" % value, None, now, expires_at=_HDR.unpack_from(raw)[0])
+            return value
+
+        return int(self._write(op))  # type: ignore[call-overload]
+
+    def ratelimit_step(self, key: str, limit: Limit, cost: float = 1, now: float | None = None) -> Decision:
+        k = self._k(key)
+        given_now = now
+
+        def op(txn: lmdb.Transaction, clock_now: float) -> Decision:
+            t = clock_now if given_now is None else given_now
+            raw, ttl_s, decision = step_encoded(self._unpack(txn.get(k, db=self._data), t), t, limit, cost)
+            if raw is not None:
+                self._put(txn, k, raw, ttl_s, t)
+            return decision
+
+        return self._write(op)  # type: ignore[return-value]
+
+    def acquire_lock(self, key: str, ttl_s: float) -> str | None:
+        token = secrets.token_hex(16)
+        return token if self.add(key, token.encode(), ttl_s) else None
+
+    def release_lock(self, key: str, token: str) -> bool:
+        k = self._k(key)
+
+        def op(txn: lmdb.Transaction, now: float) -> bool:
+            raw = txn.get(k, db=self._data)
+            if self._unpack(raw, now) != token.encode():
+                return False
+            size = self._size(txn) - self._remove(txn, k, raw)
+            txn.put(_BYTES_KEY, _Q.pack(max(size, 0)), db=self._meta)
+            return True
+
+        return bool(self._write(op))
+
+    def stats(self) -> dict[str, int]:
+        """Accounted bytes and entry count (for tests and the status page)."""
+        with self._env.begin() as txn:
+            return {"bytes": self._size(txn), "entries": txn.stat(self._data)["entries"]}
+
+    def close(self) -> None:
+        self._env.close()

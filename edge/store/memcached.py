@@ -1,0 +1,182 @@
+"""Memcached store (fleet-wide state): pymemcache's HashClient over several servers.
+
+Theory of operation
+-------------------
+Keys are spread over ``StoreConfig.servers`` by rendezvous hashing (HashClient's
+default), so adding or losing one server moves only that server's keys. Each
+server gets a small connection pool (``use_pooling``), so the greenlets of a
+worker do not share one socket. Connect and read timeouts are
+``StoreConfig.timeout``.
+
+Failure handling leans on HashClient's dead-server logic, tuned so that a call
+never waits more than one timeout and a server is retried within a second:
+``retry_timeout=0`` (a failing server is tried again on the next call instead of
+being silently answered with a default value), ``retry_attempts=2`` (after that
+it is removed from the hash ring; its keys go to the other servers, or with no
+server left every call fails at once) and ``dead_timeout=1`` (then it is put
+back). ``ignore_exc=False`` so that failures reach us: every server or network
+error becomes ``StoreUnavailable``; a bad key or value (a client error) becomes
+``ValueError``.
+
+Atomic steps without scripting: ``incr`` is memcached's own ``incr`` (with
+``add`` to create the key and its expiry; a negative amount uses ``decr``, which
+stops at 0); ``cas`` and ``ratelimit_step`` are ``gets`` + ``cas`` loops with
+a bounded number of attempts. A refused rate-limit step writes nothing (see
+edge.ratelimit), so contention is only between admitted requests. Lock release
+is a ``cas`` to an already-expired item (memcached has no compare-and-delete).
+
+Limits of memcached: TTLs are whole seconds (rounded up), and ``now`` is this
+host's clock, so edge nodes sharing a memcached must run NTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheClientError, MemcacheError, MemcacheIllegalInputError
+
+from edge.errors import StoreUnavailable
+from edge.ratelimit import Decision, Limit, step_encoded
+from edge.store.base import Health, Store
+
+CAS_ATTEMPTS = 64  # bound of the gets/cas loop; beyond it the step is reported unavailable
+_MAX_RELATIVE_TTL_S = 30 * 86400  # memcached reads larger exptimes as absolute Unix times
+_SAFE_KEY = re.compile(rb"^[\x21-\x7e]{1,200}$")
+
+
+def _exptime(ttl_s: float | None) -> int:
+    if ttl_s is None:
+        return 0
+    secs = max(1, math.ceil(ttl_s))
+    return secs if secs <= _MAX_RELATIVE_TTL_S else int(time.time()) + secs
+
+
+def _server(spec: str) -> tuple[str, int] | str:
+    if spec.startswith("/") or spec.startswith("unix:"):
+        return spec.removeprefix("unix:")
+    host, _, port = spec.rpartition(":")
+    return (host.strip("[]"), int(port)) if host else (spec, 11211)
+
+
+class MemcachedStore(Store):
+    name = "memcached"
+
+    def __init__(self, servers: Iterable[str], timeout_s: float = 0.05, key_prefix: str = "") -> None:
+        self._servers = tuple(servers)
+        self._prefix = key_prefix.encode()
+        self.failures = 0
+        self.available = True
+        self.cas_exhausted = 0  # steps given up after CAS_ATTEMPTS lost races
+        self._health = Health(self, ",".join(self._servers))
+        self._mc = HashClient(
+            [_server(s) for s in self._servers],
+            connect_timeout=timeout_s, timeout=timeout_s, no_delay=True,
+            use_pooling=True, max_pool_size=64,
+            retry_attempts=2, retry_timeout=0, dead_timeout=1.0,
+            ignore_exc=False, default_noreply=False,
+        )
+
+    def _k(self, key: str) -> bytes:
+        k = self._prefix + key.encode()
+        if _SAFE_KEY.match(k):
+            return k
+        # memcached keys: at most 250 bytes, no spaces or control characters
+        return self._prefix + b"#" + hashlib.sha256(k).hexdigest().encode()
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = getattr(self._mc, method)(*args, **kwargs)
+        except (MemcacheClientError, MemcacheIllegalInputError) as e:
+            raise ValueError(f"memcached {method}: {e}") from e
+        except (MemcacheError, OSError) as e:
+            # OSError: refused/reset/timeout; MemcacheError: unexpected close, server error,
+            # or "all servers seem to be down" while the ring is empty
+            self._health.down(e)
+            raise StoreUnavailable(f"memcached {method}: {e}") from e
+        self._health.up()
+        return result
+
+    # -- Store -------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        return self._call("get", self._k(key))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        by_mkey = {self._k(k): k for k in keys}
+        if not by_mkey:
+            return {}
+        found = self._call("get_many", list(by_mkey))
+        return {by_mkey[mk]: v for mk, v in found.items()}
+
+    def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._call("set", self._k(key), value, expire=_exptime(ttl_s), noreply=False)
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call("delete", self._k(key), noreply=False))
+
+    def add(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return bool(self._call("add", self._k(key), value, expire=_exptime(ttl_s), noreply=False))
+
+    def cas(self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None) -> bool:
+        if expected is None:
+            return self.add(key, new, ttl_s)
+        k = self._k(key)
+        value, token = self._call("gets", k)
+        if value != expected:
+            return False
+        return bool(self._call("cas", k, new, token, expire=_exptime(ttl_s), noreply=False))
+
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        k = self._k(key)
+        op, n = ("incr", amount) if amount >= 0 else ("decr", -amount)
+        for _ in range(CAS_ATTEMPTS):
+            value = self._call(op, k, n, noreply=False)
+            if value is not None:
+                return int(value)
+            # absent: create it with its expiry; if another client won the race, incr again
+            if self._call("add", k, b"%d" % max(amount, 0), expire=_exptime(ttl_s), noreply=False):
+                return max(amount, 0)
+        raise StoreUnavailable(f"memcached incr {key!r}: key vanished {CAS_ATTEMPTS} times")
+
+    def ratelimit_step(self, key: str, limit: Limit, cost: float = 1, now: float | None = None) -> Decision:
+        k = self._k(key)
+        for attempt in range(CAS_ATTEMPTS):
+            raw, token = self._call("gets", k)
+            t = time.time() if now is None else now
+            new_raw, ttl_s, decision = step_encoded(raw, t, limit, cost)
+            if new_raw is None:
+                return decision  # refused: nothing to write
+            if raw is None:
+                ok = self._call("add", k, new_raw, expire=_exptime(ttl_s), noreply=False)
+            else:
+                ok = self._call("cas", k, new_raw, token, expire=_exptime(ttl_s), noreply=False)
+            if ok:
+                return decision
+            if attempt >= 4:
+                # lost several races: spread the contenders out (cooperative under gevent)
+                time.sleep(random.uniform(0, 0.0005 * attempt))
+        self.cas_exhausted += 1
+        raise StoreUnavailable(f"memcached ratelimit {key!r}: lost {CAS_ATTEMPTS} cas races")
+
+    def acquire_lock(self, key: str, ttl_s: float) -> str | None:
+        token = secrets.token_hex(16)
+        return token if self.add(key, token.encode(), ttl_s) else None
+
+    def release_lock(self, key: str, token: str) -> bool:
+        k = self._k(key)
+        value, cas_token = self._call("gets", k)
+        if value != token.encode():
+            return False
+        # compare-and-delete: replace with an item that is already expired
+        return bool(self._call("cas", k, b"", cas_token, expire=-1, noreply=False))
+
+    def close(self) -> None:
+        self._mc.close()

@@ -1,0 +1,278 @@
+"""Redis store (fleet-wide state): redis-py with hiredis, one pool per worker.
+
+Theory of operation
+-------------------
+``RedisStore`` is built per worker after fork; its connection pool therefore
+belongs to that worker. Under gevent the pool's sockets are cooperative, and
+several greenlets each borrow their own connection.
+
+URLs: ``redis://``, ``rediss://``, ``unix://`` (``redis.from_url``),
+``redis+sentinel://host:port[,host:port]/service_name[/db]`` (the master is
+discovered through the sentinels on every reconnect, so a failover is followed),
+and ``redis+cluster://host:port`` (``RedisCluster``, other nodes discovered).
+
+Timeouts: connect and read timeouts are ``StoreConfig.timeout``, and redis-py's
+own retries are switched off (it retries 3 times with backoff by default), so a
+down store costs at most one timeout per call. Every server or network failure
+becomes ``StoreUnavailable``; redis-py drops the broken connection and the next
+call reconnects, so a server that comes back is used at once.
+
+Atomic steps are Lua scripts registered once (``register_script``): they run by
+SHA and fall back to loading the script on ``NOSCRIPT`` (after a restart or a
+failover). The rate-limit script is a line-by-line transcription of
+``edge.ratelimit.gcra_step`` / ``window_step`` and reads the server's clock
+(``TIME``) so every edge node agrees on ``now``; a caller may pass ``now``
+instead (used by the test that checks Lua and Python agree). Floats cross the
+Lua boundary as ``%.17g`` strings: Redis truncates Lua numbers to integers.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+import redis.exceptions as rexc
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from edge.errors import StoreUnavailable
+from edge.ratelimit import Algorithm, Decision, Limit
+from edge.store.base import Health, Store
+
+# Failures of the server or the network. ReadOnlyError: we are talking to a replica
+# during a failover; ClusterDownError/TryAgain: the cluster is resharding or broken.
+_DOWN = (
+    rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.ClusterError,
+    rexc.TryAgainError, rexc.RedisClusterException, rexc.BusyLoadingError, OSError,
+)
+
+_INCR = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+"""
+
+_CAS = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# ARGV: algorithm ('gcra'|'window'), period_s, count, burst, cost, now ('' = server clock)
+# Returns {allowed, remaining, retry_after_s, reset_after_s} with floats as strings.
+_RATELIMIT = """
+local algo = ARGV[1]
+local period = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local cost = tonumber(ARGV[5])
+local now
+if ARGV[6] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[6])
+end
+local EPS = 1e-6
+local function f(x) return string.format('%.17g', x) end
+local function ttl_ms(s) return math.floor(s * 1000) + 1 end
+local raw = redis.call('GET', KEYS[1])
+
+if algo == 'gcra' then
+  local t = period / count
+  local tau = burst * t
+  local tat = nil
+  if raw then tat = tonumber(raw) end
+  local base = now
+  if tat ~= nil and tat >= now then base = tat end
+  local new_tat = base + cost * t
+  local allow_at = new_tat - tau
+  if now + EPS < allow_at then
+    local remaining = math.max(0, math.floor((now + tau - base + EPS) / t))
+    return {0, remaining, f(allow_at - now), f(base - now)}
+  end
+  local remaining = math.max(0, math.floor((now + tau - new_tat + EPS) / t))
+  redis.call('SET', KEYS[1], f(new_tat), 'PX', ttl_ms(new_tat - now + EPS))
+  return {1, remaining, '0', f(new_tat - now)}
+end
+
+-- sliding window: state 'w:prev:curr'
+local w = math.floor(now / period)
+local prev, curr = 0, 0
+local sw, sp, sc = nil, nil, nil
+if raw then
+  local a, b, c = string.match(raw, '^([^:]+):([^:]+):([^:]+)$')
+  sw, sp, sc = tonumber(a), tonumber(b), tonumber(c)
+  if sw == w then prev, curr = sp, sc elseif sw == w - 1 then prev = sc end
+end
+local elapsed = now - w * period
+local estimate = prev * (1 - elapsed / period) + curr
+if estimate + cost <= count + 1e-9 then
+  curr = curr + cost
+  local remaining = math.max(0, math.floor(count - estimate - cost + 1e-9))
+  redis.call('SET', KEYS[1], string.format('%d', w) .. ':' .. f(prev) .. ':' .. f(curr), 'PX', ttl_ms(2 * period))
+  return {1, remaining, '0', f((w + 2) * period - now)}
+end
+local retry
+if curr + cost <= count then
+  local needed = period * (1 - (count - cost - curr) / prev)
+  retry = math.max(0, needed - elapsed)
+elseif cost <= count then
+  local needed = period * (1 - (count - cost) / curr)
+  retry = (w + 1) * period - now + math.max(0, needed)
+else
+  retry = 1/0
+end
+local reset = 0
+if curr > 0 then reset = (w + 2) * period - now elseif prev > 0 then reset = (w + 1) * period - now end
+local remaining = math.max(0, math.floor(count - estimate + 1e-9))
+return {0, remaining, f(retry), f(reset)}
+"""
+
+
+def _ms(ttl_s: float | None) -> int:
+    """Milliseconds for PX, at least 1 (0 would mean 'no expiry' in our scripts)."""
+    return 0 if ttl_s is None else max(1, int(ttl_s * 1000))
+
+
+def _hostport(s: str, default_port: int) -> tuple[str, int]:
+    host, _, port = s.rpartition(":") if ":" in s else (s, "", "")
+    return (host or s).strip("[]"), int(port) if port else default_port
+
+
+def build_client(url: str, timeout_s: float) -> Any:
+    """A redis-py client for any supported URL, with our timeouts and no hidden retries."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        from redis.sentinel import Sentinel
+
+        hosts = [_hostport(h, 26379) for h in parts.netloc.rpartition("@")[2].split(",")]
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError(f"sentinel URL needs a service name: {url!r}")
+        service, db = path[0], int(path[1]) if len(path) > 1 else 0
+        password = unquote(parts.password) if parts.password else None
+        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+                            password=password, db=db, **common)
+        return sentinel.master_for(service, **common)
+    if parts.scheme == "redis+cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(*_hostport(h, 6379)) for h in parts.netloc.rpartition("@")[2].split(",")]
+        password = unquote(parts.password) if parts.password else None
+        q = parse_qs(parts.query)
+        return RedisCluster(startup_nodes=nodes, password=password,
+                            require_full_coverage=q.get("require_full_coverage", ["false"])[0] == "true",
+                            cluster_error_retry_attempts=0, **common)
+    return redis.Redis.from_url(url, **common)
+
+
+class RedisStore(Store):
+    name = "redis"
+
+    def __init__(self, url: str, timeout_s: float = 0.05, key_prefix: str = "") -> None:
+        self._url = url
+        self._prefix = key_prefix
+        self.failures = 0
+        self.available = True
+        parts = urlsplit(url)
+        # never log a password: the target is the URL without its user info
+        self._health = Health(self, parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+        try:
+            self._r = build_client(url, timeout_s)
+        except _DOWN as e:  # RedisCluster connects at construction
+            self._health.down(e)
+            raise StoreUnavailable(f"redis {url}: {e}") from e
+        self._cluster = parts.scheme == "redis+cluster"
+        self._incr = self._r.register_script(_INCR)
+        self._cas = self._r.register_script(_CAS)
+        self._release = self._r.register_script(_RELEASE)
+        self._ratelimit = self._r.register_script(_RATELIMIT)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one command; map server/network failures to StoreUnavailable and track health."""
+        try:
+            result = fn(*args, **kwargs)
+        except _DOWN as e:
+            self._health.down(e)
+            raise StoreUnavailable(f"redis: {e}") from e
+        self._health.up()
+        return result
+
+    # -- Store -------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        return self._call(self._r.get, self._prefix + key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        full = [self._prefix + k for k in keys]
+        # keys of one MGET must share a slot on a cluster; mget_nonatomic splits them
+        values = self._call(self._r.mget_nonatomic if self._cluster else self._r.mget, full)
+        return {k: v for k, v in zip(keys, values) if v is not None}
+
+    def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._call(self._r.set, self._prefix + key, value, px=_ms(ttl_s) or None)
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(self._r.delete, self._prefix + key))
+
+    def add(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return bool(self._call(self._r.set, self._prefix + key, value, px=_ms(ttl_s) or None, nx=True))
+
+    def cas(self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None) -> bool:
+        args = ["0", b"", new, _ms(ttl_s)] if expected is None else ["1", expected, new, _ms(ttl_s)]
+        return bool(self._call(self._cas, keys=[self._prefix + key], args=args))
+
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        try:
+            return int(self._call(self._incr, keys=[self._prefix + key], args=[amount, _ms(ttl_s)]))
+        except rexc.ResponseError as e:  # "value is not an integer": the caller's bug, as on other backends
+            raise ValueError(str(e)) from e
+
+    def ratelimit_step(self, key: str, limit: Limit, cost: float = 1, now: float | None = None) -> Decision:
+        algo = "gcra" if limit.algorithm is Algorithm.GCRA else "window"
+        args = [algo, repr(float(limit.period_s)), repr(float(limit.count)), limit.burst, repr(float(cost)),
+                "" if now is None else repr(float(now))]
+        allowed, remaining, retry, reset = self._call(self._ratelimit, keys=[self._prefix + key], args=args)
+        lim = limit.burst if limit.algorithm is Algorithm.GCRA else int(limit.count)
+        return Decision(bool(allowed), int(remaining), float(retry), float(reset), lim)
+
+    def acquire_lock(self, key: str, ttl_s: float) -> str | None:
+        token = secrets.token_hex(16)
+        return token if self.add(key, token.encode(), ttl_s) else None
+
+    def release_lock(self, key: str, token: str) -> bool:
+        return bool(self._call(self._release, keys=[self._prefix + key], args=[token.encode()]))
+
+    def close(self) -> None:
+        self._r.close()
