@@ -56,7 +56,8 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 from edge.config import EdgeConfig, RouteConfig, TimeoutsConfig
@@ -95,6 +96,9 @@ class Route:
     the normalised ``path`` after ``strip_prefix``/``rewrite``, ``$query`` is
     ``"?" + query``, or ``""`` when the query is empty. Other routes raise TypeError.
 
+    ``timeouts`` is the route's override as configured; ``timeouts_for(pool)`` merges it
+    over a pool's timeouts.
+
     ``response`` is the prebuilt answer of a RESPOND route (status, Content-Type,
     configured headers, body). It is shared: copy it before changing its headers.
 
@@ -113,6 +117,16 @@ class Route:
     upstream_path: Callable[[str, str], str] = field(repr=False)
     redirect_location: Callable[[str, str, str], str] = field(repr=False)
     response: Response | None = field(repr=False)
+    _timeouts_by_upstream: Mapping[str, TimeoutsConfig] = field(repr=False)
+
+    def timeouts_for(self, upstream: str) -> TimeoutsConfig | None:
+        """This route's timeouts towards pool ``upstream``, or None to use the pool's own.
+
+        A route's ``timeouts`` override only the keys it sets: ``timeouts: {read: 5s}``
+        keeps the pool's ``connect``. Merged at compile time for every pool, since a
+        plugin may send the request to another pool than ``self.upstream``.
+        """
+        return self._timeouts_by_upstream.get(upstream)
 
     @property
     def redirect_status(self) -> int | None:
@@ -244,7 +258,7 @@ def compile_routes(cfg: EdgeConfig) -> RouteTable:
         if name in seen_names:
             raise ConfigError(source, f"routes[{i}].name", f"duplicate route name {name!r} (also routes[{seen_names[name]}])")
         seen_names[name] = i
-        route = _build_route(i, name, rc, source)
+        route = _build_route(i, name, rc, source, cfg)
         routes.append(route)
 
         path_test, path_rank = _path_test(rc)
@@ -329,7 +343,7 @@ def _header_tests(rc: RouteConfig) -> tuple[_HeaderTest, ...]:
     return tuple(out)
 
 
-def _build_route(i: int, name: str, rc: RouteConfig, source: str) -> Route:
+def _build_route(i: int, name: str, rc: RouteConfig, source: str, cfg: EdgeConfig) -> Route:
     if rc.upstream is not None:
         action = Action.FORWARD
     elif rc.redirect is not None:
@@ -353,7 +367,15 @@ def _build_route(i: int, name: str, rc: RouteConfig, source: str) -> Route:
         upstream_path=_upstream_path(rc, transform),
         redirect_location=redirect_location,
         response=_fixed_response(rc) if rc.respond is not None else None,
+        _timeouts_by_upstream=_merged_timeouts(rc, cfg),
     )
+
+
+def _merged_timeouts(rc: RouteConfig, cfg: EdgeConfig) -> Mapping[str, TimeoutsConfig]:
+    if rc.timeouts is None or rc.upstream is None:
+        return MappingProxyType({})
+    override = {k: getattr(rc.timeouts, k) for k in rc.timeouts.model_fields_set}
+    return MappingProxyType({name: pool.timeouts.model_copy(update=override) for name, pool in cfg.upstreams.items()})
 
 
 def _path_transform(i: int, rc: RouteConfig, source: str) -> Callable[[str], str] | None:

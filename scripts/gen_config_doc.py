@@ -127,6 +127,9 @@ In a redirect `location`, `$host` is the Host the client sent (port included),
 query string with its `?` (empty when there is none). `${{path}}` is the same as
 `$path`; any other `$name` is refused.
 
+A route's `timeouts` override only the keys the route sets: `timeouts: {{read: 5s}}`
+keeps the pool's `connect`, `send` and `total`.
+
 """
 
 # --------------------------------------------------------------------------- rendering

@@ -416,3 +416,20 @@ def test_empty_table():
     t = table()
     assert t.routes == ()
     assert t.match("example.com", "/", "GET", NO_HEADERS) is None
+
+
+def test_route_timeouts_override_only_the_keys_they_set():
+    t = table(
+        {"upstream": "u", "timeouts": {"read": "5s"}},
+        {"upstream": "u"},
+        upstreams={
+            "u": {"servers": ["127.0.0.1:9001"], "timeouts": {"connect": "1s", "read": "9s"}},
+            "v": {"servers": ["127.0.0.1:9002"]},
+        },
+    )
+    override, plain = t.routes
+    assert override.timeouts.read == 5.0
+    assert (override.timeouts_for("u").connect, override.timeouts_for("u").read) == (1.0, 5.0)
+    # a plugin may choose another pool: the override applies there too
+    assert (override.timeouts_for("v").connect, override.timeouts_for("v").read) == (2.0, 5.0)
+    assert plain.timeouts is None and plain.timeouts_for("u") is None
