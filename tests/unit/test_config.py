@@ -1,0 +1,273 @@
+"""Configuration loading: exact error texts, shipped files, `edge check`, docs/config.md."""
+
+import importlib.util
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge.__main__ import COMMANDS, main, validate
+from edge.config import EdgeConfig, load_config, parse_config
+from edge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted([ROOT / "conf" / "edge.yaml", *(ROOT / "conf" / "examples").glob("*.yaml")])
+
+BASE = """\
+upstreams:
+  demo:
+    servers: ["127.0.0.1:9001"]
+"""
+
+
+def write(tmp_path, text, name="edge.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path):
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    return str(e.value).replace(str(path), "FILE")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "server:\n  worker: 2\n",
+            "FILE: server.worker: unknown key",
+        ),
+        (
+            "rotues: []\n",
+            "FILE: rotues: unknown key",
+        ),
+        (
+            "upstreams:\n  demo:\n    servers: ['127.0.0.1:9001', '127.0.0.1:70000']\n",
+            "FILE: upstreams.demo.servers[1].port: port must be 1-65535 (got 70000)",
+        ),
+        (
+            "upstreams:\n  demo:\n    servers: [{host: a, port: 0}]\n",
+            "FILE: upstreams.demo.servers[0].port: port must be 1-65535 (got 0)",
+        ),
+        (
+            "upstreams:\n  demo:\n    servers: ['https://a:443']\n",
+            "FILE: upstreams.demo.servers[0]: https backends are not supported yet (got 'https://a:443')",
+        ),
+        (
+            "upstreams:\n  demo:\n    servers: []\n",
+            "FILE: upstreams.demo.servers: Tuple should have at least 1 item after validation, not 0",
+        ),
+        (
+            BASE + "    timeouts: {read: 5 parsecs}\n",
+            "FILE: upstreams.demo.timeouts.read: expected a duration such as '2s' or '500ms' (got '5 parsecs')",
+        ),
+        (
+            BASE + "    timeouts: {connect: 0s}\n",
+            "FILE: upstreams.demo.timeouts.connect: must be positive (got 0.0)",
+        ),
+        (
+            "store: {max_bytes: lots}\n",
+            "FILE: store.max_bytes: expected a size such as '10MB' or '64KiB' (got 'lots')",
+        ),
+        (
+            "store: {backend: redis}\n",
+            "FILE: store: backend redis needs url",
+        ),
+        (
+            BASE + "routes:\n  - upstream: demo\n  - upstream: dmeo\n",
+            "FILE: routes[1].upstream: unknown upstream 'dmeo' (known: demo)",
+        ),
+        (
+            "routes:\n  - upstream: demo\n",
+            "FILE: routes[0].upstream: unknown upstream 'demo' (known: none defined)",
+        ),
+        (
+            BASE + "routes:\n  - upstream: demo\n    respond: {body: hi}\n",
+            "FILE: routes[0]: a route needs exactly one of upstream, redirect, respond",
+        ),
+        (
+            "routes:\n  - match: {path: /x}\n",
+            "FILE: routes[0]: a route needs exactly one of upstream, redirect, respond",
+        ),
+        (
+            BASE + "routes:\n  - match: {path: {regex: '^/(a'}}\n    upstream: demo\n",
+            "FILE: routes[0].match.path: bad regular expression '^/(a': missing ), unterminated subpattern at position 2",
+        ),
+        (
+            BASE + "routes:\n  - match: {headers: {X-A: '~[a'}}\n    upstream: demo\n",
+            "FILE: routes[0].match.headers: header X-A: bad regular expression: unterminated character set at position 0",
+        ),
+        (
+            BASE + "routes:\n  - rewrite: {regex: '(', replace: x}\n    upstream: demo\n",
+            "FILE: routes[0].rewrite.regex: bad regular expression '(': missing ), unterminated subpattern at position 0",
+        ),
+        (
+            BASE + "routes:\n  - match: {path: {exact: /a, prefix: /b}}\n    upstream: demo\n",
+            "FILE: routes[0].match.path: give exactly one of exact, prefix, regex",
+        ),
+        (
+            BASE + "routes:\n  - match: {path: api}\n    upstream: demo\n",
+            "FILE: routes[0].match.path: prefix must start with '/' (got 'api')",
+        ),
+        (
+            BASE + "routes:\n  - match: {host: ['a.*.com']}\n    upstream: demo\n",
+            "FILE: routes[0].match.host: host must be a name or '*.domain' (got 'a.*.com')",
+        ),
+        (
+            BASE + "routes:\n  - match: {path: {exact: /a}}\n    strip_prefix: true\n    upstream: demo\n",
+            "FILE: routes[0]: strip_prefix needs a path prefix match",
+        ),
+        (
+            "routes:\n  - redirect: {status: 300, location: /}\n",
+            "FILE: routes[0].redirect.status: Input should be 301, 302, 303, 307 or 308 (got 300)",
+        ),
+        (
+            "server: {loglevel: loud}\n",
+            "FILE: server.loglevel: Input should be 'debug', 'info', 'warning', 'error' or 'critical' (got 'loud')",
+        ),
+        (
+            "server: {trusted_proxies: [10.0.0.0/33]}\n",
+            "FILE: server.trusted_proxies: not an IP network: '10.0.0.0/33'",
+        ),
+        (
+            "tls: {certfile: a.pem}\n",
+            "FILE: tls.keyfile: required key is missing",
+        ),
+        (
+            "- server\n",
+            "FILE: the top level must be a mapping",
+        ),
+        (
+            "server:\n  bind: [127.0.0.1:8080\n  workers: 2\n",
+            "FILE: invalid YAML: line 3, column 10: expected ',' or ']', but got ':'",
+        ),
+        (
+            "server:\n\tworkers: 2\n",
+            "FILE: invalid YAML: line 2, column 1: found character '\\t' that cannot start any token",
+        ),
+    ],
+)
+def test_error_text(tmp_path, text, message):
+    assert error_of(write(tmp_path, text)) == message
+
+
+def test_missing_file(tmp_path):
+    assert error_of(tmp_path / "nope.yaml") == "FILE: cannot read: No such file or directory"
+
+
+def test_config_is_frozen():
+    cfg = parse_config(yaml.safe_load(BASE))
+    with pytest.raises(Exception):
+        cfg.upstreams = {}
+
+
+def test_empty_file_is_the_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.routes == () and cfg.upstreams == {}
+    assert cfg.server.bind == ("127.0.0.1:8080",)
+
+
+def test_edge_config_env_names_the_default_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "server: {workers: 3}\n")
+    monkeypatch.setenv("EDGE_CONFIG", str(path))
+    assert load_config().server.workers == 3
+
+
+@pytest.mark.xfail(strict=True, reason="PyYAML keeps the last of duplicate keys; load_config should refuse them")
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, BASE + "routes: []\nroutes: []\n"))
+
+
+# --------------------------------------------------------------------------- shipped files
+
+
+def test_shipped_files_exist():
+    assert ROOT / "conf" / "edge.yaml" in SHIPPED
+    assert len(SHIPPED) >= 3
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_files_validate(path):
+    cfg = load_config(path)
+    validate(cfg)
+    assert cfg.routes
+
+
+def test_default_config_is_what_make_run_expects():
+    cfg = load_config(ROOT / "conf" / "edge.yaml")
+    assert cfg.server.bind == ("127.0.0.1:8080",)
+    assert cfg.server.workers == 2
+    assert cfg.store.backend == "local"
+    assert [s.authority for s in cfg.upstreams["demo"].servers] == ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+
+# --------------------------------------------------------------------------- edge check
+
+
+def test_check_ok(capsys):
+    path = ROOT / "conf" / "edge.yaml"
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{path}: ok (4 routes, 1 upstreams)\n" and err == ""
+
+
+def test_check_refuses_with_the_message_on_stderr(tmp_path, capsys):
+    path = write(tmp_path, "server: {workres: 2}\n")
+    assert main(["check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"{path}: server.workres: unknown key\n")
+
+
+def test_check_compiles_routes(tmp_path, capsys):
+    # the schema accepts this (the regex compiles); the route table does not
+    path = write(tmp_path, BASE + "routes:\n  - rewrite: {regex: '^/(a)', replace: '/\\2'}\n    upstream: demo\n")
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: routes[0].rewrite.replace: bad replacement '/\\\\2': invalid group reference 2 at position 2\n"
+    )
+
+
+def test_check_uses_edge_config_env(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGE_CONFIG", str(write(tmp_path, BASE)))
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out.endswith(": ok (0 routes, 1 upstreams)\n")
+
+
+def test_unknown_command(capsys):
+    assert main(["chekc"]) == 2
+    assert "unknown command 'chekc'" in capsys.readouterr().err
+    assert "check" in COMMANDS
+
+
+# --------------------------------------------------------------------------- docs/config.md
+
+
+def _gen_config_doc():
+    spec = importlib.util.spec_from_file_location("gen_config_doc", ROOT / "scripts" / "gen_config_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_doc_is_up_to_date():
+    expected = _gen_config_doc().render()
+    current = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    assert current == expected, "docs/config.md is out of date: run python scripts/gen_config_doc.py"
+
+
+def test_config_doc_example_validates():
+    cfg = parse_config(yaml.safe_load(_gen_config_doc().EXAMPLE), "docs/config.md")
+    validate(cfg)
+
+
+def test_config_doc_names_every_key():
+    text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    for name, field in EdgeConfig.model_fields.items():
+        if not field.exclude:
+            assert f"### `{name}`" in text
+    for key in ("routes[].match.path.prefix", "upstreams.<name>.servers[].port", "routes[].timeouts.read", "store.max_bytes"):
+        assert f"| `{key}` |" in text
