@@ -92,7 +92,7 @@ BUDGETED_HOOKS = frozenset({"on_connect", "on_request", "on_request_body"})
 #: A failing plugin+hook is logged with its traceback at most once per this many seconds.
 ERROR_LOG_INTERVAL_S = 10.0
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
 # --------------------------------------------------------------------------- contract
@@ -588,7 +588,7 @@ def check_plugin_class(cls: type[Plugin], display: str) -> None:
     """The loader's checks on one class; raises ``PluginLoadError(file, class, reason)``."""
     cname = cls.__name__
     name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise PluginLoadError(display, cname,
                               f"name must be a string of lowercase letters, digits, '_' or '-' (got {name!r})")
     priority = getattr(cls, "priority", None)
