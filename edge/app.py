@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from edge import http as rules
 from edge.context import Headers, RequestContext, Response, UpstreamResponse
 from edge.errors import BadRequest, EdgeError, UpstreamError
-from edge.routing import RouteKind
+from edge.routing import Action
 from edge.urlpath import normalize_path
 
 log = logging.getLogger("edge.app")
@@ -170,10 +170,10 @@ class Proxy:
         answer = chain.run_request(ctx)
         if answer is not None:
             return self._answer(ctx, answer, chain)
-        kind = route.kind
-        if kind is RouteKind.RESPOND:
+        action = route.action
+        if action is Action.RESPOND:
             return self._answer(ctx, route.response, chain)
-        if kind is RouteKind.REDIRECT:
+        if action is Action.REDIRECT:
             location = route.redirect_location(host_value, ctx.path, ctx.query)
             return self._answer(ctx, Response.redirect(route.redirect_status, location), chain)
         return self._forward(ctx, route, chain, body)
@@ -244,7 +244,7 @@ class Proxy:
 
     def _answer(self, ctx: RequestContext, resp: Response, chain=None) -> Reply:
         """An answer edge makes itself; the response phase still sees it (CORS, security headers)."""
-        if chain is not None and chain.has_response_hooks:
+        if chain is not None:
             ur = UpstreamResponse(resp.status, STATUS_REASONS.get(resp.status, ""), Headers(list(resp.headers.items())), None)
             chain.run_response(ctx, ur)
             if ur.replacement is not None:

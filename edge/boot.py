@@ -15,6 +15,7 @@ fork, so a worker never re-reads a file that the master did not validate.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def current() -> Loaded | None:
 def validate(path: str) -> Loaded:
     """Load the config file and the plugin code it enables; raise ConfigError on any problem."""
     cfg = load_config(path)
-    from edge.plugins import discover_plugins  # the plugin loader imports edge.config; keep boot light
+    from edge.plugins import discover_plugins  # the plugin loader imports plugin code; keep boot light
 
     catalog = discover_plugins(cfg)
     from edge.routing import compile_routes
@@ -77,8 +78,9 @@ def gunicorn_settings(loaded: Loaded) -> dict[str, Any]:
         "workers": s.workers or (os.cpu_count() or 1),
         "worker_class": "edge.worker.EdgeWorker",
         "worker_connections": s.worker_connections,
-        "keepalive": s.keepalive,
-        "graceful_timeout": s.graceful_timeout,
+        # gunicorn takes whole seconds here
+        "keepalive": max(1, math.ceil(s.keepalive)),
+        "graceful_timeout": max(1, math.ceil(s.graceful_timeout)),
         "timeout": 30,
         "limit_request_line": s.max_request_line,
         "limit_request_fields": s.max_header_fields,

@@ -360,12 +360,21 @@ def _recv(sock, t: Timeouts, deadline: float | None, stale_ok: bool = False) -> 
 
 def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection, method: str, t: Timeouts, deadline: float | None) -> UpstreamReply:
     status = reply.status
-    keep_alive = parser.should_keep_alive()
+    # llhttp's should_keep_alive() reads False once the message is complete, so decide here:
+    # HTTP/1.1 persists unless "Connection: close"; HTTP/1.0 only with "Connection: keep-alive".
+    http11 = parser.get_http_version() == "1.1"
+    keep_alive = http11
     length = None
     chunked = False
     for k, v in reply.headers:
         lk = k.lower()
-        if lk == "content-length":
+        if lk == "connection":
+            tokens = {t.strip() for t in v.lower().split(",")}
+            if "close" in tokens:
+                keep_alive = False
+            elif "keep-alive" in tokens and not http11:
+                keep_alive = True
+        elif lk == "content-length":
             length = int(v) if v.strip().isdigit() else None
         elif lk == "transfer-encoding":
             chunked = v.strip().lower().endswith("chunked")

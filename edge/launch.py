@@ -1,0 +1,188 @@
+"""Starting and stopping real processes: edge (a gunicorn master with workers) and demo origins.
+
+Used by the test suite, by ``edge.testing``'s pytest fixture for plugin authors, by
+``scripts/bench`` and by ``make run``. Every process is started on a free loopback
+port, waited for until it answers, and stopped by its own PID (never by name).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ORIGIN_SCRIPT = REPO / "scripts" / "origin.py"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bind to 0, read it, release it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+
+
+class Process:
+    """A child process we started; ``stop`` ends it by PID (TERM, then KILL)."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path | None = None) -> None:
+        self.proc = proc
+        self.port = port
+        self.pid = proc.pid
+        self.log_path = log_path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+
+def start_origin(name: str = "o1", port: int | None = None, log_dir: str | None = None) -> Process:
+    port = port or free_port()
+    log_path = Path(log_dir or tempfile.mkdtemp(prefix="edge-origin-")) / f"origin-{name}-{port}.log"
+    out = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(ORIGIN_SCRIPT), "--port", str(port), "--name", name],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    out.close()
+    p = Process(proc, port, log_path)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+    except Exception:
+        p.stop()
+        raise
+    return p
+
+
+class EdgeProcess(Process):
+    """A gunicorn master running edge; ``config_path`` can be rewritten and ``reload`` sent."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, config_path: Path) -> None:
+        super().__init__(proc, port, log_path)
+        self.config_path = config_path
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def reload(self) -> None:
+        """``kill -HUP``: gunicorn re-reads the config and replaces the workers gracefully."""
+        self.signal(signal.SIGHUP)
+
+    def worker_pids(self) -> list[int]:
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(c) for c in children]
+
+
+def edge_config(config: dict[str, Any], port: int, workers: int) -> dict[str, Any]:
+    """``config`` with the server section filled in for a test instance on ``port``."""
+    out = dict(config)
+    server = dict(out.get("server") or {})
+    server.setdefault("bind", [f"127.0.0.1:{port}"])
+    server.setdefault("workers", workers)
+    server.setdefault("loglevel", "info")
+    server.setdefault("graceful_timeout", "5s")
+    out["server"] = server
+    return out
+
+
+def start_edge(
+    config: dict[str, Any],
+    workers: int = 2,
+    port: int | None = None,
+    work_dir: str | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> EdgeProcess:
+    """Start ``gunicorn -c gunicorn.conf.py`` with ``config`` (a dict, written as YAML)."""
+    port = port or free_port()
+    d = Path(work_dir or tempfile.mkdtemp(prefix="edge-"))
+    config_path = d / "edge.yaml"
+    full = edge_config(config, port, workers)
+    store = dict(full.get("store") or {})
+    if store.get("backend", "local") == "local" and "path" not in store:
+        store["path"] = str(d / "store")  # each test instance gets its own node store
+        full["store"] = store
+    config_path.write_text(yaml.safe_dump(full, sort_keys=False))
+    log_path = d / "edge.log"
+    out = open(log_path, "wb")
+    proc_env = {**os.environ, "EDGE_CONFIG": str(config_path), **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")],
+        cwd=str(REPO), env=proc_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    out.close()
+    p = EdgeProcess(proc, port, log_path, config_path)
+    if wait:
+        try:
+            wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)
+            wait_for_workers(p, workers)
+        except Exception:
+            p.stop()
+            raise RuntimeError(f"edge did not start:\n{p.log()}") from None
+    return p
+
+
+def wait_for_workers(p: EdgeProcess, workers: int, timeout_s: float = 20.0) -> None:
+    """Until every worker has booted (its 'Booting worker' line) and a request is answered."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not p.alive():
+            raise RuntimeError("edge exited")
+        if p.log().count("Booting worker") >= workers and _answers(p.port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("edge workers did not boot")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET /__edge_probe HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            return s.recv(16).startswith(b"HTTP/1.1")
+    except OSError:
+        return False
