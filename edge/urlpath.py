@@ -38,9 +38,10 @@ holds for ``\\`` on IIS and ``;`` path parameters on Tomcat, which edge leaves a
 they are).
 
 Hot path: most paths contain no ``%``, no ``/.`` and no ``//`` and are returned
-unchanged after three substring scans and one ``isprintable`` check. Measured with
-``timeit`` on CPython 3.11 (this machine): about 0.13 µs for ``/api/v1/users/42``,
-1.3 µs for ``/%61dmin/./x/../y`` (slow path).
+unchanged (the same object) after three substring scans and one ``isprintable``
+check. Measured with ``timeit`` (best of 5 x 200k calls, CPython 3.11, 2-core CI VM
+under load): 0.13-0.2 µs for ``/`` and ``/api/v1/users/42`` (fast path), about
+2.8 µs for ``/%61dmin/./x/../y`` (slow path: escapes, dot segments).
 """
 
 from __future__ import annotations

@@ -433,3 +433,20 @@ def test_route_timeouts_override_only_the_keys_they_set():
     # a plugin may choose another pool: the override applies there too
     assert (override.timeouts_for("v").connect, override.timeouts_for("v").read) == (2.0, 5.0)
     assert plain.timeouts is None and plain.timeouts_for("u") is None
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("x.b.example.com", "deep"),
+        ("y.x.b.example.com", "deep"),
+        ("b.example.com", "any"),
+        ("x.example.com", "any"),
+        ("x.c.example.com", "any"),
+        ("com", "any"),
+        ("x.a.example.org", "org"),
+    ],
+)
+def test_only_a_long_wildcard(host, expected):
+    t = table(route("deep", host=["*.b.example.com"]), route("org", host=["*.a.example.org"]), route("any"))
+    assert matched(t, host) == expected
