@@ -29,7 +29,6 @@ if str(ROOT) not in sys.path:
 import annotated_types  # noqa: E402  (pydantic's constraint markers)
 from pydantic import BaseModel, BeforeValidator  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
-from pydantic_core import PydanticUndefined  # noqa: E402
 
 import edge.config as config  # noqa: E402
 import edge.routing as routing  # noqa: E402
