@@ -210,7 +210,7 @@ class Proxy:
                 body_length = None
         started = time.monotonic()
         try:
-            up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts[route.index])
+            up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)))
         except UpstreamError as e:
             ctx.error = e
             log.warning("%s %s -> upstream %s: %s", ctx.method, ctx.raw_path, pool.name, e)

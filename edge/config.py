@@ -427,6 +427,26 @@ def parse_config(data: Any, source: str = "<string>") -> EdgeConfig:
         raise ConfigError(source, _key_path(err["loc"]), _reason(err)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (PyYAML would keep the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})", mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> EdgeConfig:
     """Read and validate the configuration file (default: $EDGE_CONFIG or conf/edge.yaml)."""
     path = os.fspath(path or os.environ.get("EDGE_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -436,7 +456,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> EdgeConfig:
     except OSError as e:
         raise ConfigError(path, "", f"cannot read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -25,7 +25,7 @@ class WorkerState:
     cfg: EdgeConfig
     routes: RouteTable
     pools: dict[str, UpstreamPool]
-    route_timeouts: tuple[Timeouts | None, ...]
+    route_timeouts: dict[tuple[int, str], Timeouts]  # (route index, pool) -> merged timeouts, where a route overrides
     plugins: Any
     store: Any
     metrics: Metrics
@@ -49,13 +49,16 @@ def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
     services = Services(store=store, metrics=metrics, logger=logging.getLogger("edge.plugin"))
     plugins = loaded.plugins.instantiate(cfg, services)
     pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
-    route_timeouts = tuple(
-        Timeouts.from_config(r.timeouts) if r.timeouts is not None else (pools[r.upstream].timeouts if r.upstream else None)
-        for r in cfg.routes
-    )
+    routes = compile_routes(cfg)
+    route_timeouts = {
+        (route.index, name): Timeouts.from_config(t)
+        for route in routes.routes
+        for name in pools
+        if (t := route.timeouts_for(name)) is not None
+    }
     return WorkerState(
         cfg=cfg,
-        routes=compile_routes(cfg),
+        routes=routes,
         pools=pools,
         route_timeouts=route_timeouts,
         plugins=plugins,

@@ -7,6 +7,7 @@ that can be shown to an operator as the reason of a config error.
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -26,6 +27,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as '2s' or '500ms' (got {value!r})")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"duration must be a finite number of seconds (got {value!r})")
         if value < 0:
             raise ValueError(f"duration must not be negative (got {value!r})")
         return float(value)

@@ -139,25 +139,31 @@ class EdgeWorker(GeventWorker):
         self._stream(sock, ctx, reply, head, body, chunked)
 
     def _stream(self, sock, ctx: RequestContext, reply: Reply, head: bytes, body, chunked: bool) -> None:
+        out = _Out(head)
         complete = False
         try:
-            _send_stream(sock, ctx, reply, head, body, chunked)
+            _send_stream(sock, ctx, reply, out, body, chunked)
             complete = reply.length is None or ctx.bytes_sent == reply.length
             if not complete:
                 log.warning("%s %s: backend body shorter than its Content-Length", ctx.method, ctx.raw_path)
         except EdgeError as e:
-            # The backend failed after the head went out (timeout, truncated body).
+            # The backend failed while its body was being relayed (timeout, truncated body).
             ctx.error = e
             log.warning("%s %s: response cut short: %s", ctx.method, ctx.raw_path, e)
             self.proxy.metrics.incr(e.metric)
+            if out.pending:
+                # Nothing has reached the client yet, so it can still get a proper error answer.
+                if hasattr(body, "close"):
+                    body.close()
+                self._write(sock, ctx, self.proxy._error_reply(ctx, e), False, True)
+                raise StopIteration() from None
         finally:
             if hasattr(body, "close"):
                 body.close()  # closes the backend connection unless it was read to its end
-            if not complete:
-                # The only honest signal left once the head is out is to cut the connection,
-                # so the client sees a truncated body rather than a short one.
-                _abort(sock)
         if not complete:
+            # The only honest signal left once the head is out is to cut the connection,
+            # so the client sees a truncated body rather than a short one.
+            _abort(sock)
             raise StopIteration()
 
     # ------------------------------------------------------------------ upgrades
@@ -192,26 +198,35 @@ class EdgeWorker(GeventWorker):
         ctx.status = 101
 
 
-def _send_stream(sock, ctx: RequestContext, reply: Reply, head: bytes, body, chunked: bool) -> None:
+class _Out:
+    """The response head until it has been sent with the first body chunk."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, head: bytes) -> None:
+        self.pending = head
+
+
+def _send_stream(sock, ctx: RequestContext, reply: Reply, out: _Out, body, chunked: bool) -> None:
     """Write head and body; the head rides with the first chunk, so a small response is one send."""
-    pending = head
     for chunk in body:
         if not chunk:
             continue
         ctx.bytes_sent += len(chunk)
         if chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        if pending:
-            sock.sendall(pending + chunk)
-            pending = b""
+        if out.pending:
+            sock.sendall(out.pending + chunk)
+            out.pending = b""
         else:
             sock.sendall(chunk)
     tail = b""
     if chunked:
         trailers = reply.trailers_from.trailers if reply.trailers_from is not None else ()
         tail = b"0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in trailers).encode("latin-1") + b"\r\n"
-    if pending or tail:
-        sock.sendall(pending + tail)
+    if out.pending or tail:
+        sock.sendall(out.pending + tail)
+        out.pending = b""
 
 
 def _pipe(src, dst) -> None:

@@ -176,7 +176,6 @@ def test_edge_config_env_names_the_default_file(tmp_path, monkeypatch):
     assert load_config().server.workers == 3
 
 
-@pytest.mark.xfail(strict=True, reason="PyYAML keeps the last of duplicate keys; load_config should refuse them")
 def test_duplicate_yaml_keys_are_refused(tmp_path):
     with pytest.raises(ConfigError):
         load_config(write(tmp_path, BASE + "routes: []\nroutes: []\n"))

@@ -1,0 +1,45 @@
+"""Fixtures that start real processes: demo origins and edge (gunicorn master + workers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.launch import start_edge, start_origin
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory):
+    p = start_origin("o1", log_dir=str(tmp_path_factory.mktemp("origin")))
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def origin2(tmp_path_factory):
+    p = start_origin("o2", log_dir=str(tmp_path_factory.mktemp("origin")))
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def edge_factory(tmp_path):
+    """Start edge with a config dict; every instance is stopped by PID at the end of the test."""
+    started = []
+
+    def start(config, workers=2, **kw):
+        d = tmp_path / f"edge{len(started)}"
+        d.mkdir()
+        p = start_edge(config, workers=workers, work_dir=str(d), **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def simple_config(*origins, **route):
+    return {
+        "upstreams": {"app": {"servers": [f"127.0.0.1:{o.port}" for o in origins]}},
+        "routes": [{"match": {"path": "/"}, "upstream": "app", **route}],
+    }
