@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Keys are ``str`` (each backend prepends ``StoreConfig.key_prefix``), values are
 ``bytes``, TTLs are seconds as ``float`` (``None`` = no expiry; memcached rounds
-up to whole seconds). Every method is one atomic step on the backend, so callers
+up to whole seconds and adds one). Every method is one atomic step on the backend, so callers
 never read, decide, then write (DESIGN.md §6):
 
 - ``incr`` creates the key at ``amount`` with ``ttl_s`` when absent, and leaves

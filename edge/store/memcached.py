@@ -25,7 +25,8 @@ a bounded number of attempts. A refused rate-limit step writes nothing (see
 edge.ratelimit), so contention is only between admitted requests. Lock release
 is a ``cas`` to an already-expired item (memcached has no compare-and-delete).
 
-Limits of memcached: TTLs are whole seconds (rounded up), and ``now`` is this
+Limits of memcached: TTLs are whole seconds (rounded up, plus one: see
+``_exptime``), and ``now`` is this
 host's clock, so edge nodes sharing a memcached must run NTP.
 """
 
@@ -55,7 +56,10 @@ _SAFE_KEY = re.compile(rb"^[\x21-\x7e]{1,200}$")
 def _exptime(ttl_s: float | None) -> int:
     if ttl_s is None:
         return 0
-    secs = max(1, math.ceil(ttl_s))
+    # memcached's clock ticks in whole seconds, so "expire in 1 s" may mean a few ms
+    # from now; +1 makes a TTL a lower bound (a lease or a rate-limit state must not
+    # vanish early), at the price of keeping items up to 2 s longer
+    secs = math.ceil(ttl_s) + 1
     return secs if secs <= _MAX_RELATIVE_TTL_S else int(time.time()) + secs
 
 
