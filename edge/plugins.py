@@ -647,7 +647,7 @@ def _candidates(directory: Path) -> list[Path]:
     return out
 
 
-def discover(dirs: Iterable[Path], source: str = "<string>") -> tuple[dict[str, type[Plugin]], dict[str, str]]:
+def discover(dirs: Iterable[Path]) -> tuple[dict[str, type[Plugin]], dict[str, str]]:
     """Import and check every plugin in ``dirs``; ``(name -> class, name -> file)``."""
     classes: dict[str, type[Plugin]] = {}
     files: dict[str, str] = {}
@@ -698,7 +698,7 @@ def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir:
         if not p.is_dir():
             raise ConfigError(source, f"plugin_dirs[{i}]", f"not a directory: {d}")
         dirs.append(p)
-    classes, files = discover(dirs, source)
+    classes, files = discover(dirs)
     known = ", ".join(sorted(classes)) or "none"
 
     for name in cfg.plugins:

@@ -734,3 +734,45 @@ def test_noop_plugins_overhead_is_a_few_microseconds(tmp_path, empty_shipped):
 
 def test_response_error_helper_is_what_closed_failures_send():
     assert Response.error(503, "service unavailable").body == b"503 service unavailable\n"
+
+
+def test_request_body_filter_overrun_ends_upload_with_503(tmp_path, empty_shipped):
+    write(tmp_path / "p", "scanner.py", '''
+        import gevent
+        from edge.plugins import Plugin
+        class Scanner(Plugin):
+            name = "scanner"
+            def on_request_body(self, ctx, chunk, end):
+                if chunk == b"slow":
+                    gevent.sleep(1)
+                return chunk
+    ''')
+    reg = load(config(tmp_path, plugins={"scanner": {"timeout": "30ms"}}), empty_shipped)
+    chain = reg.default_chain
+    assert b"".join(chain.filter_request_body(make_ctx(method="POST"), [b"a", b"b"])) == b"ab"
+    t0 = time.monotonic()
+    with pytest.raises(PluginError) as e:
+        list(chain.filter_request_body(make_ctx(method="POST"), [b"a", b"slow"]))
+    assert time.monotonic() - t0 < 0.5
+    assert (e.value.plugin, e.value.phase, e.value.status) == ("scanner", "on_request_body", 503)
+    assert reg.errors[("scanner", "on_request_body")] == 1
+
+
+def test_run_plugin_isolate_shows_what_the_proxy_would_do(tmp_path):
+    from edge.testing import run_plugin
+    Raiser = load_plugin_file(write(tmp_path / "p", "raiser.py", RAISER))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_plugin(Raiser, ctx=make_ctx(path="/boom"))
+    run = run_plugin(Raiser, ctx=make_ctx(path="/boom"), isolate=True)
+    assert run.status == 500 and run.answered is not None
+    assert run.errors == {("raiser", "on_request"): 1, ("raiser", "on_log"): 1}
+    run = run_plugin(Raiser, {"on_failure": "open"}, ctx=make_ctx(path="/boom"), isolate=True)
+    assert run.status == 200
+
+
+def test_make_ctx_and_make_upstream_response():
+    ctx = make_ctx("post", "/a/b?x=1", {"Accept": "*/*"}, client_ip="192.0.2.7", host="shop.test", scheme="https")
+    assert (ctx.method, ctx.path, ctx.query, ctx.client_ip, ctx.peer_ip, ctx.port) == ("post", "/a/b", "x=1", "192.0.2.7", "192.0.2.7", 443)
+    assert ctx.headers.items() == [("Accept", "*/*"), ("Host", "shop.test")]
+    resp = make_upstream_response(404, {"Content-Type": "text/plain"}, b"nope")
+    assert (resp.status, resp.reason, resp.headers.get("Content-Length"), list(resp.body)) == (404, "Not Found", "4", [b"nope"])
