@@ -190,7 +190,7 @@ def build_client(url: str, timeout_s: float) -> Any:
         q = parse_qs(parts.query)
         return RedisCluster(startup_nodes=nodes, password=password,
                             require_full_coverage=q.get("require_full_coverage", ["false"])[0] == "true",
-                            cluster_error_retry_attempts=0, **common)
+                            **common)
     return redis.Redis.from_url(url, **common)
 
 

@@ -429,6 +429,22 @@ def test_unresponsive_store_costs_one_timeout_per_call(backend, make_cfg, reques
     s.close()
 
 
+@pytest.mark.parametrize("fixture", ["redis_sentinel", "redis_cluster"])
+def test_redis_sentinel_and_cluster_urls(fixture, make_cfg, request):
+    server = request.getfixturevalue(fixture)
+    s = build_store(make_cfg("redis", url=server.url))
+    s.set("a", b"1")
+    s.set("b", b"2")
+    assert s.get_many(["a", "b", "c"]) == {"a": b"1", "b": b"2"}  # different slots on a cluster
+    assert s.incr("n", 2, 10) == 2
+    assert s.cas("a", b"1", b"3") and s.get("a") == b"3"
+    token = s.acquire_lock("L", 5)
+    assert token and s.release_lock("L", token)
+    assert s.ratelimit_step("rl", Limit.parse("1/h", burst=1)).allowed
+    assert not s.ratelimit_step("rl", Limit.parse("1/h", burst=1)).allowed
+    s.close()
+
+
 def test_unreachable_redis_url_is_unavailable_not_a_crash(make_cfg):
     from tests.fixtures.services import free_port
 
