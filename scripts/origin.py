@@ -95,7 +95,7 @@ MAX_HEAD_BYTES = 64 * 1024
 RECV_BYTES = 256 * 1024
 PIECE_BYTES = 64 * 1024
 WS_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # 64 KiB of the pattern plus one period, so any offset can be sliced without wrapping.
 _PERIOD = bytes(range(256))
