@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -160,28 +161,34 @@ def start_edge(
     if wait:
         try:
             wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)
-            wait_for_workers(p, workers)
+            wait_for_workers(p, workers, tls="tls" in full)
         except Exception:
             p.stop()
             raise RuntimeError(f"edge did not start:\n{p.log()}") from None
     return p
 
 
-def wait_for_workers(p: EdgeProcess, workers: int, timeout_s: float = 20.0) -> None:
+def wait_for_workers(p: EdgeProcess, workers: int, timeout_s: float = 20.0, tls: bool = False) -> None:
     """Until every worker has booted (its 'Booting worker' line) and a request is answered."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not p.alive():
             raise RuntimeError("edge exited")
-        if p.log().count("Booting worker") >= workers and _answers(p.port):
+        if p.log().count("Booting worker") >= workers and _answers(p.port, tls):
             return
         time.sleep(0.05)
     raise TimeoutError("edge workers did not boot")
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, tls: bool = False) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+            s = raw
+            if tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE  # a probe of our own test certificate
+                s = ctx.wrap_socket(raw)
             s.sendall(b"GET /__edge_probe HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
             return s.recv(16).startswith(b"HTTP/1.1")
     except OSError:

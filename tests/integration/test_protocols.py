@@ -1,0 +1,123 @@
+"""WebSocket pass-through, HTTP/2 downstream over TLS, and configuration refusal/reload."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import requests
+import websocket
+
+from edge.launch import REPO, free_port
+from edge.tls import generate_self_signed
+from tests.integration.conftest import simple_config
+
+
+def test_websocket_echo_through_edge(origin, edge_factory):
+    e = edge_factory(simple_config(origin), workers=2)
+    ws = websocket.create_connection(f"ws://127.0.0.1:{e.port}/ws", timeout=5)
+    try:
+        ws.send("hello")
+        assert ws.recv() == "hello"
+        ws.send_binary(b"\x00\x01\x02" * 1000)
+        assert ws.recv() == b"\x00\x01\x02" * 1000
+    finally:
+        ws.close()
+    # the worker keeps serving ordinary requests afterwards
+    assert requests.get(f"{e.url}/").status_code == 200
+
+
+def test_websocket_refused_upgrade_when_route_disallows(origin, edge_factory):
+    e = edge_factory(simple_config(origin, websocket=False), workers=1)
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(f"ws://127.0.0.1:{e.port}/ws", timeout=5)
+
+
+def test_websocket_idle_tunnel_closed_both_sides(origin, edge_factory):
+    cfg = simple_config(origin)
+    cfg["server"] = {"keepalive": "1s"}  # also the tunnel idle timeout
+    e = edge_factory(cfg, workers=1)
+    ws = websocket.create_connection(f"ws://127.0.0.1:{e.port}/ws", timeout=5)
+    ws.send("x")
+    assert ws.recv() == "x"
+    time.sleep(2.0)
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError, OSError)):
+        ws.send("after idle")
+        ws.recv()
+
+
+def test_http2_request_end_to_end(origin, edge_factory, tmp_path):
+    cert, key = generate_self_signed(tmp_path / "tls")
+    cfg = simple_config(origin)
+    cfg["tls"] = {"certfile": str(cert), "keyfile": str(key)}
+    e = edge_factory(cfg, workers=1)
+    with httpx.Client(http2=True, verify=False, timeout=10) as c:
+        r = c.get(f"https://127.0.0.1:{e.port}/echo?via=h2", headers={"X-Test": "1"})
+        assert r.http_version == "HTTP/2"
+        assert r.status_code == 200
+        data = r.json()
+        assert data["path"] == "/echo?via=h2"
+        assert any(k.lower() == "x-test" for k, _ in data["headers"])
+        r = c.post(f"https://127.0.0.1:{e.port}/echo", content=b"z" * 100000)
+        assert r.json()["body_length"] == 100000
+        r = c.get(f"https://127.0.0.1:{e.port}/bytes/300000")
+        assert len(r.content) == 300000
+
+
+def _start_raw(config_text: str, tmp_path) -> subprocess.CompletedProcess:
+    path = tmp_path / "bad.yaml"
+    path.write_text(config_text)
+    env = {"EDGE_CONFIG": str(path), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")],
+                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=30), path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("upstreams:\n  api:\n    servers: ['127.0.0.1:70000']\n", "upstreams.api.servers[0].port: port must be 1-65535 (got 70000)"),
+    ("server:\n  bnd: x\n", "server.bnd: unknown key"),
+    ("routes:\n  - match: {path: /}\n    upstream: nope\n", "routes[0].upstream: unknown upstream 'nope' (known: none defined)"),
+    ("routes: [\n", "invalid YAML"),
+])
+def test_bad_config_refuses_start_with_file_key_reason(tmp_path, text, message):
+    proc, path = _start_raw(text, tmp_path)
+    assert proc.returncode != 0
+    assert f"edge: refusing to start: {path}: {message}" in proc.stderr
+
+
+def test_reload_applies_new_config_and_refuses_bad_one(origin, origin2, edge_factory):
+    e = edge_factory(simple_config(origin), workers=2)
+    assert requests.get(f"{e.url}/").headers["X-Origin"] == "o1"
+    e.write_config({**_server(e), **simple_config(origin2)})
+    e.reload()
+    _until(lambda: requests.get(f"{e.url}/").headers.get("X-Origin") == "o2")
+    # A broken file is refused: the master lives on and the running configuration is kept.
+    e.config_path.write_text("upstreams: {app: {servers: ['bad:port:x']}}\n")
+    e.reload()
+    time.sleep(2.0)
+    assert e.alive()
+    assert "reload refused, keeping the running configuration" in e.log()
+    for _ in range(10):
+        assert requests.get(f"{e.url}/").headers["X-Origin"] == "o2"
+
+
+def _server(e) -> dict:
+    import yaml
+
+    return {"server": yaml.safe_load(e.config_path.read_text())["server"],
+            "store": yaml.safe_load(e.config_path.read_text()).get("store", {})}
+
+
+def _until(cond, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
