@@ -42,11 +42,12 @@ from edge.errors import StoreUnavailable
 from edge.ratelimit import Algorithm, Decision, Limit
 from edge.store.base import Health, Store
 
-# Failures of the server or the network. ReadOnlyError: we are talking to a replica
+# Failures of the server or the network. OutOfMemoryError: the server is full (maxmemory
+# with noeviction). ReadOnlyError: we are talking to a replica
 # during a failover; ClusterDownError/TryAgain: the cluster is resharding or broken.
 _DOWN = (
     rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.ClusterError,
-    rexc.TryAgainError, rexc.RedisClusterException, rexc.BusyLoadingError, OSError,
+    rexc.TryAgainError, rexc.RedisClusterException, rexc.BusyLoadingError, rexc.OutOfMemoryError, OSError,
 )
 
 _INCR = """
