@@ -26,11 +26,14 @@ from edge.routing import compile_routes
 def validate(cfg: EdgeConfig) -> None:
     """Everything a worker builds from ``cfg`` that can fail; raise ConfigError.
 
-    Compiles the route table. Plugin loading (each plugin's ``Config`` over its
-    settings, global and per route) will be added here, so ``check`` refuses what a
-    start or a reload would refuse.
+    Compiles the route table and imports and checks the plugins with their settings
+    (global and per route): the same as a start or a reload (``edge.boot.validate``),
+    so ``check`` refuses exactly what they would refuse.
     """
+    from edge.plugins import discover_plugins
+
     compile_routes(cfg)
+    discover_plugins(cfg)
 
 
 def cmd_check(argv: list[str]) -> int:

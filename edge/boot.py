@@ -43,14 +43,12 @@ def current() -> Loaded | None:
 
 def validate(path: str) -> Loaded:
     """Load the config file and the plugin code it enables; raise ConfigError on any problem."""
-    cfg = load_config(path)
-    from edge.plugins import discover_plugins  # the plugin loader imports plugin code; keep boot light
-
-    catalog = discover_plugins(cfg)
+    from edge.plugins import discover_plugins  # imports plugin code: only when validating
     from edge.routing import compile_routes
 
+    cfg = load_config(path)
     compile_routes(cfg)  # a route table that cannot be built must refuse the start, not the first request
-    return Loaded(path, cfg, catalog)
+    return Loaded(path, cfg, discover_plugins(cfg))
 
 
 def load_for_master(path: str | None = None) -> Loaded:

@@ -685,20 +685,29 @@ def _canonical(config: PluginConfig) -> str:
     return json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
 
 
-def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir: Path = SHIPPED_DIR) -> PluginRegistry:
-    """Import and check all plugins, validate their settings, instantiate the enabled ones
-    and build the default chain and one chain per route. Raises ``ConfigError`` (or its
-    subclass ``PluginLoadError``) on the first problem; nothing is half-built."""
-    if services is None:
-        services = Services(logger=log)
-    source = cfg.source
+def plugin_dirs(cfg: EdgeConfig, shipped_dir: Path = SHIPPED_DIR) -> list[Path]:
+    """The shipped directory, then the configured ones (each must exist)."""
     dirs = [Path(shipped_dir)]
     for i, d in enumerate(cfg.plugin_dirs):
         p = Path(d)
         if not p.is_dir():
-            raise ConfigError(source, f"plugin_dirs[{i}]", f"not a directory: {d}")
+            raise ConfigError(cfg.source, f"plugin_dirs[{i}]", f"not a directory: {d}")
         dirs.append(p)
-    classes, files = discover(dirs)
+    return dirs
+
+
+def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir: Path = SHIPPED_DIR,
+                 *, discovered: tuple[dict[str, type[Plugin]], dict[str, str]] | None = None) -> PluginRegistry:
+    """Import and check all plugins, validate their settings, instantiate the enabled ones
+    and build the default chain and one chain per route. Raises ``ConfigError`` (or its
+    subclass ``PluginLoadError``) on the first problem; nothing is half-built.
+
+    ``discovered`` is the result of an earlier ``discover`` (the master's): the code is
+    then not imported again."""
+    if services is None:
+        services = Services(logger=log)
+    source = cfg.source
+    classes, files = discovered if discovered is not None else discover(plugin_dirs(cfg, shipped_dir))
     known = ", ".join(sorted(classes)) or "none"
 
     for name in cfg.plugins:
@@ -760,13 +769,23 @@ class PluginCatalog:
     """
 
     def __init__(self, cfg: EdgeConfig, shipped_dir: Path = SHIPPED_DIR) -> None:
-        self.shipped_dir = shipped_dir
-        # Validation pass: imports, checks and settings; instances are built without services
-        # and dropped, so a plugin whose __init__ fails refuses the start too.
-        load_plugins(cfg, None, shipped_dir)
+        self.classes, self.files = discover(plugin_dirs(cfg, shipped_dir))
+        known = ", ".join(sorted(self.classes)) or "none"
+        for name, settings in cfg.plugins.items():
+            if name not in self.classes:
+                raise ConfigError(cfg.source, f"plugins.{name}", f"unknown plugin (known: {known})")
+            validate_settings(self.classes[name], settings, cfg.source, f"plugins.{name}")
+        for i, route in enumerate(cfg.routes):
+            for name, over in route.plugins.items():
+                if name not in self.classes:
+                    raise ConfigError(cfg.source, f"routes[{i}].plugins.{name}", f"unknown plugin (known: {known})")
+                if isinstance(over, dict):
+                    validate_settings(self.classes[name], {**cfg.plugins.get(name, {}), **over}, cfg.source,
+                                      f"plugins.{name}", route_keys=over, route_path=f"routes[{i}].plugins.{name}")
 
     def instantiate(self, cfg: EdgeConfig, services: Services) -> PluginRegistry:
-        return load_plugins(cfg, services, self.shipped_dir)
+        """In the worker, after fork: instances and chains from the classes the master checked."""
+        return load_plugins(cfg, services, discovered=(self.classes, self.files))
 
 
 def discover_plugins(cfg: EdgeConfig) -> PluginCatalog:
