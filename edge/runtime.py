@@ -30,23 +30,30 @@ class WorkerState:
     store: Any
     metrics: Metrics
     scheme: str
+    local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
 
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
         if self.store is not None:
             self.store.close()
+        if self.local_store is not None and self.local_store is not self.store:
+            self.local_store.close()
 
 
 def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
     loaded = loaded or boot.current() or boot.validate_default()
     cfg = loaded.config
     from edge.plugins import Services
-    from edge.store import build_store
+    from edge.store import build_local_fallback, build_store
 
     metrics = Metrics(cfg.metrics.statsd, cfg.metrics.prefix)
     store = build_store(cfg.store)
-    services = Services(store=store, metrics=metrics, logger=logging.getLogger("edge.plugin"))
+    # the ratelimit plugin's `on_store_error: local` needs a node-local store even when the
+    # main one is remote; opened lazily, on first use (edge.store.build_local_fallback)
+    local_store = build_local_fallback(cfg.store, store)
+    services = Services(store=store, metrics=metrics, logger=logging.getLogger("edge.plugin"),
+                        extras={"local_store": local_store})
     plugins = loaded.plugins.instantiate(cfg, services)
     pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
     routes = compile_routes(cfg)
@@ -65,4 +72,5 @@ def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
         store=store,
         metrics=metrics,
         scheme="https" if cfg.tls is not None else "http",
+        local_store=local_store,
     )

@@ -34,4 +34,28 @@ def build_store(cfg: StoreConfig) -> Store:
     raise ValueError(f"unknown store backend {cfg.backend!r}")
 
 
-__all__ = ["Store", "build_store"]
+#: size bound of the node-local fallback store (it holds only rate-limit states)
+FALLBACK_MAX_BYTES = 16 * 1024 * 1024
+
+
+def build_local_fallback(cfg: StoreConfig, main: Store | None = None) -> Store:
+    """The node-local store the ``ratelimit`` plugin falls back to (``on_store_error: local``).
+
+    When the main store is already ``local``, it is that same store (``main``).
+    Otherwise an LMDB store shared by the workers of this node, opened on first use
+    (``LazyStore``), in a directory of its own so it never meets the keys or the
+    size accounting of another store: ``<store.path>-fallback`` when ``store.path``
+    is set, else the default ``local`` directory for this ``key_prefix`` plus
+    ``-fallback``. Keys are the same strings as on the main store.
+    """
+    if cfg.backend == "local" and main is not None:
+        return main
+    from edge.store.lazy import LazyStore
+    from edge.store.local import LocalStore, default_path
+
+    path = (cfg.path or default_path(cfg.key_prefix)) + "-fallback"
+    max_bytes = min(cfg.max_bytes, FALLBACK_MAX_BYTES)
+    return LazyStore(lambda: LocalStore(path=path, max_bytes=max_bytes, key_prefix=cfg.key_prefix))
+
+
+__all__ = ["Store", "build_store", "build_local_fallback"]
