@@ -32,11 +32,13 @@ host's clock, so edge nodes sharing a memcached must run NTP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import random
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -49,6 +51,7 @@ from edge.ratelimit import Decision, Limit, step_encoded
 from edge.store.base import Health, Store
 
 CAS_ATTEMPTS = 64  # bound of the gets/cas loop; beyond it the step is reported unavailable
+MAX_CONNECTIONS = 64  # per server and worker; more concurrent calls wait for a free one (see _call)
 _MAX_RELATIVE_TTL_S = 30 * 86400  # memcached reads larger exptimes as absolute Unix times
 _SAFE_KEY = re.compile(rb"^[\x21-\x7e]{1,200}$")
 
@@ -61,6 +64,48 @@ def _exptime(ttl_s: float | None) -> int:
     # vanish early), at the price of keeping items up to 2 s longer
     secs = math.ceil(ttl_s) + 1
     return secs if secs <= _MAX_RELATIVE_TTL_S else int(time.time()) + secs
+
+
+def _guard_pool(pool: Any) -> None:
+    """Make a pymemcache ``ObjectPool`` drop a connection interrupted by a ``BaseException``.
+
+    pymemcache's ``get_and_release`` handles only ``Exception``: a ``gevent.Timeout`` or
+    edge's ``PluginTimeout`` thrown into a call (a plugin over its budget) left the
+    connection neither released nor destroyed, so after ``MAX_CONNECTIONS`` such
+    interruptions every call failed with ``RuntimeError: Too many objects`` (found by
+    the issue 4 accuracy test). Here an interrupted connection, whose socket may be
+    in the middle of a command, is destroyed (closed), never reused.
+    """
+
+    @contextlib.contextmanager
+    def get_and_release(destroy_on_fail: bool = False) -> Any:
+        obj = pool.get()
+        try:
+            yield obj
+        except Exception:
+            if destroy_on_fail:
+                pool.destroy(obj)
+            else:
+                pool.release(obj)
+            raise
+        except BaseException:
+            pool.destroy(obj)
+            raise
+        pool.release(obj)
+
+    pool.get_and_release = get_and_release
+
+
+class _HashClient(HashClient):
+    """HashClient whose per-server pools survive interrupted calls (see ``_guard_pool``);
+    ``add_server`` also runs when a dead server is put back."""
+
+    def add_server(self, server: Any, port: Any = None) -> None:
+        super().add_server(server, port)
+        client = self.clients[self._make_client_key(server if port is None else (server, port))]
+        pool = getattr(client, "client_pool", None)
+        if pool is not None:
+            _guard_pool(pool)
 
 
 def _server(spec: str) -> tuple[str, int] | str:
@@ -79,11 +124,20 @@ class MemcachedStore(Store):
         self.failures = 0
         self.available = True
         self.cas_exhausted = 0  # steps given up after CAS_ATTEMPTS lost races
+        self.pool_exhausted = 0  # calls given up after waiting _wait_s for a free connection
+        # pymemcache's pool raises RuntimeError ("Too many objects") instead of waiting when
+        # all its connections are in use, which 200 concurrent requests per worker reach (issue 4
+        # accuracy test); so calls wait here for a slot (cooperatively: threading is gevent's
+        # under the worker's monkey-patching). A busy pool is a queue in an overloaded
+        # worker, not a sick server: the wait is long (a plugin's own budget cuts it first),
+        # and only then the call counts as unavailable
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._wait_s = max(20 * timeout_s, 1.0)
         self._health = Health(self, ",".join(self._servers))
-        self._mc = HashClient(
+        self._mc = _HashClient(
             [_server(s) for s in self._servers],
             connect_timeout=timeout_s, timeout=timeout_s, no_delay=True,
-            use_pooling=True, max_pool_size=64,
+            use_pooling=True, max_pool_size=MAX_CONNECTIONS,
             retry_attempts=2, retry_timeout=0, dead_timeout=1.0,
             ignore_exc=False, default_noreply=False,
         )
@@ -96,6 +150,10 @@ class MemcachedStore(Store):
         return self._prefix + b"#" + hashlib.sha256(k).hexdigest().encode()
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self._slots.acquire(timeout=self._wait_s):
+            # busy, not down: the server's health is not in question
+            self.pool_exhausted += 1
+            raise StoreUnavailable(f"memcached {method}: all {MAX_CONNECTIONS} connections busy for {self._wait_s}s")
         try:
             result = getattr(self._mc, method)(*args, **kwargs)
         except (MemcacheClientError, MemcacheIllegalInputError) as e:
@@ -105,6 +163,13 @@ class MemcachedStore(Store):
             # or "all servers seem to be down" while the ring is empty
             self._health.down(e)
             raise StoreUnavailable(f"memcached {method}: {e}") from e
+        except KeyError as e:
+            # pymemcache's dead-server bookkeeping is not safe for concurrent greenlets:
+            # two of them recovering the same server both pop it from _failed_clients
+            # (hash.py _safely_run_func). The command's answer is lost; report this call only.
+            raise StoreUnavailable(f"memcached {method}: client bookkeeping race on {e}") from e
+        finally:
+            self._slots.release()
         self._health.up()
         return result
 
