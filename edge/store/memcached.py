@@ -96,9 +96,26 @@ def _guard_pool(pool: Any) -> None:
     pool.get_and_release = get_and_release
 
 
+class _FailedClients(dict):
+    """HashClient's failing-server table, safe for concurrent greenlets.
+
+    Two greenlets that both retry a failing server successfully both call
+    ``_failed_clients.pop(server)``; the second raised ``KeyError`` (hash.py
+    ``_safely_run_func``) and its successful answer was lost.
+    """
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        return super().pop(key, None)
+
+
 class _HashClient(HashClient):
-    """HashClient whose per-server pools survive interrupted calls (see ``_guard_pool``);
+    """HashClient whose per-server pools survive interrupted calls (see ``_guard_pool``)
+    and whose failure table tolerates concurrent recovery (``_FailedClients``);
     ``add_server`` also runs when a dead server is put back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._failed_clients = _FailedClients(self._failed_clients)
 
     def add_server(self, server: Any, port: Any = None) -> None:
         super().add_server(server, port)
@@ -163,11 +180,6 @@ class MemcachedStore(Store):
             # or "all servers seem to be down" while the ring is empty
             self._health.down(e)
             raise StoreUnavailable(f"memcached {method}: {e}") from e
-        except KeyError as e:
-            # pymemcache's dead-server bookkeeping is not safe for concurrent greenlets:
-            # two of them recovering the same server both pop it from _failed_clients
-            # (hash.py _safely_run_func). The command's answer is lost; report this call only.
-            raise StoreUnavailable(f"memcached {method}: client bookkeeping race on {e}") from e
         finally:
             self._slots.release()
         self._health.up()

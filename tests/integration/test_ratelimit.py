@@ -29,7 +29,7 @@ from edge.launch import free_port
 
 RATE, BURST = 100, 20
 MAX_RECORDS = 2_000_000  # bound on recorded responses per load run
-STORE_TIMEOUT_S = 0.05
+STORE_TIMEOUT_S = 0.1  # the failure tests' store.timeout (default 50 ms; doubled against this box's load)
 # The accuracy runs saturate both CPUs (200 clients, 4 workers, the store, this process):
 # a CPU-starved worker then reads a store reply later than 50 ms, the call counts as a
 # store failure and the fallback policy (here `open`) decides. That is the failure
@@ -37,7 +37,7 @@ STORE_TIMEOUT_S = 0.05
 # limit decides.
 ACCURACY_STORE_TIMEOUT = "500ms"
 # a request during the outage may take the store timeout, plus scheduling on a shared 2-CPU box
-LATENCY_MARGIN_S = 0.30
+LATENCY_MARGIN_S = 0.20
 WORKERS = 2
 
 
@@ -272,7 +272,7 @@ def test_accuracy_across_workers_and_instances(kind, instances, duration_s, orig
 # --------------------------------------------------------------------------- store failure
 
 
-FAIL_RATE = 50  # /s, burst 10: well below what 20 clients offer
+FAIL_RATE = 50  # /s, burst 10: well below what 10 clients offer
 
 
 @pytest.mark.parametrize("kind", ["redis", "memcached"])
@@ -282,12 +282,13 @@ def test_store_down_applies_policy_at_once_and_recovers(kind, policy, origin, ed
     server = make_redis_server() if kind == "redis" else make_memcached_server()
     prefix = unique_prefix()
     cfg = rl_config(origin, store_section(kind, server, prefix, tmp_path),
-                    {"limits": [{"rate": f"{FAIL_RATE}/s", "burst": 10}], "on_store_error": policy, "local_share": 0.5},
+                    {"limits": [{"rate": f"{FAIL_RATE}/s", "burst": 10}], "on_store_error": policy, "local_share": 0.5,
+                     "timeout": "1s"},
                     statsd.address)
     edge = edge_factory(cfg, workers=WORKERS)
     key = f"{prefix}rl:default:{FAIL_RATE}/1g:127.0.0.1"
 
-    load = Load([edge.port], clients=20, duration_s=30.0).start()  # stopped below; 30 s is the bound
+    load = Load([edge.port], clients=10, duration_s=30.0).start()  # stopped below; 30 s is the bound
     gevent.sleep(1.0)
     assert load.statuses()[429] > 0 and has_key(kind, server, key)
 
@@ -331,7 +332,10 @@ def test_store_down_applies_policy_at_once_and_recovers(kind, policy, origin, ed
         assert down[200] <= 5 + FAIL_RATE * 0.5 * span + 5
     assert worst <= STORE_TIMEOUT_S + LATENCY_MARGIN_S
     assert fallbacks >= sum(down.values())
-    assert 1 <= went_down <= WORKERS and 1 <= came_back <= WORKERS
+    # logged once per state change, not per request: each worker logs the switch to the
+    # fallback and back once for the outage (a store call that times out on this shared
+    # machine before or after it is a real, shorter outage of its own, logged the same way)
+    assert 1 <= went_down == came_back <= 2 * WORKERS and went_down * 100 < fallbacks
     assert recovered_in is not None and recovered_in <= 2.0
     assert set(after) == {200, 429} and after[429] > after[200]  # shared limits again
 
