@@ -244,7 +244,7 @@ class Proxy:
 
     def _answer(self, ctx: RequestContext, resp: Response, chain=None) -> Reply:
         """An answer edge makes itself; the response phase still sees it (CORS, security headers)."""
-        if chain is not None:
+        if chain is not None and chain.has_response_hooks:
             ur = UpstreamResponse(resp.status, STATUS_REASONS.get(resp.status, ""), Headers(list(resp.headers.items())), None)
             chain.run_response(ctx, ur)
             if ur.replacement is not None:

@@ -285,7 +285,7 @@ class Chain:
     """
 
     __slots__ = (
-        "plugin_names", "has_body_filters", "has_request_body_filters",
+        "plugin_names", "has_body_filters", "has_request_body_filters", "has_connect_hooks", "has_response_hooks",
         "_connect", "_request", "_request_body", "_response", "_body", "_error", "_log", "_fail",
     )
 
@@ -307,6 +307,8 @@ class Chain:
         self._log = hooks(reverse, "on_log")
         self.has_body_filters = bool(self._body)
         self.has_request_body_filters = bool(self._request_body)
+        self.has_connect_hooks = bool(self._connect)
+        self.has_response_hooks = bool(self._response)
         self._fail = fail
 
     def __repr__(self) -> str:

@@ -1,18 +1,18 @@
-"""The gunicorn worker class: gevent, with an HTTP/1 fast path and connection-level concerns.
+"""The gunicorn worker class: gevent, with edge's own HTTP/1 connection handling.
 
-Theory of operation. gunicorn parses each HTTP/1 request (its C parser when
-``gunicorn_h1c`` is installed) and hands the parsed ``Request`` to
-``handle_request``. The stock worker would then build a WSGI environ and a
-Response object; measured on this machine that costs about half the throughput of
-a small proxied request (docs/benchmarks.md), so this worker turns the parsed
-request straight into a ``RequestContext``, runs ``Proxy.handle`` and writes the
-reply bytes itself. HTTP/2 streams still go through gunicorn's WSGI layer into
-``edge.app.application`` (same ``Proxy``).
+Theory of operation. gunicorn's master forks this worker; gevent's StreamServer
+accepts connections (and wraps TLS). ``handle`` gives HTTP/2 connections (ALPN
+``h2``) to gunicorn's HTTP/2 code, which calls the WSGI entry point
+``edge.app.application``; every other connection is served by ``edge.h1.serve``,
+which turns each request straight into a ``RequestContext`` for ``Proxy.handle``
+and writes the reply bytes here (``write_reply``). Measured on this machine, the
+stock path (gunicorn's request objects, a WSGI environ, its Response) costs about
+half the throughput of a small proxied request (docs/benchmarks.md).
 
-It is also where things WSGI cannot see live: ``100 Continue``, closing a
-connection whose request body was not read, and WebSocket/Upgrade tunnels (after
-a 101 the client socket and the backend socket are relayed byte for byte until
-either side closes or stays idle too long; then both are closed).
+It is also where things WSGI cannot see live: the per-connection plugin hook
+(``on_connect``), and WebSocket/Upgrade tunnels: after a 101 the client socket and
+the backend socket are relayed byte for byte until either side closes or stays
+idle too long; then both are closed.
 """
 
 from __future__ import annotations
@@ -20,21 +20,25 @@ from __future__ import annotations
 import email.utils
 import logging
 import socket
+import ssl
 import time
 
 import gevent
+from gunicorn import sock as gunicorn_sock
 from gunicorn.workers.ggevent import GeventWorker
 
+from edge import h1
 from edge import http as rules
-from edge.app import Proxy, Reply, RequestBody, application
-from edge.context import Headers, RequestContext
-from edge.errors import BadRequest, EdgeError
+from edge.app import Proxy, Reply, application
+from edge.context import RequestContext
+from edge.errors import EdgeError
 from edge.runtime import build_worker_state
 
 log = logging.getLogger("edge.worker")
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 TUNNEL_CHUNK = 65536
+IDLE_CLOSE_AFTER_S = 1.0  # a stopping worker closes keep-alive connections idle this long
+_LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST
 
 
 class _Clock:
@@ -54,6 +58,15 @@ class _Clock:
         return self._value
 
 
+class ConnectionInfo:
+    """What ``on_connect`` hooks see of a new connection."""
+
+    __slots__ = ("peer_ip", "peer_port", "local_port", "tls")
+
+    def __init__(self, peer_ip: str, peer_port: int, local_port: int, tls: bool) -> None:
+        self.peer_ip, self.peer_port, self.local_port, self.tls = peer_ip, peer_port, local_port, tls
+
+
 class EdgeWorker(GeventWorker):
     """gunicorn's gevent worker, with edge's request path wired in after fork."""
 
@@ -67,41 +80,73 @@ class EdgeWorker(GeventWorker):
         application.install(self.proxy)
         self.clock = _Clock()
         self.tunnel_idle_s = self.proxy.state.cfg.server.keepalive
+        self.scheme = self.proxy.state.scheme
+        self.idle_connections: dict = {}
+        gevent.spawn(self._close_idle_when_stopping)
 
-    def handle_request(self, listener_name, req, sock, addr):
+    def _close_idle_when_stopping(self) -> None:
+        """On a graceful stop (reload, shutdown), close idle keep-alive connections.
+
+        Busy connections finish their request, answered with ``Connection: close``;
+        idle ones would otherwise hold the old worker until their keep-alive timeout.
+        Only connections idle for a while are closed: a client that is about to send
+        on an active one would otherwise see its request cut (the keep-alive race).
+        """
+        while self.alive:
+            gevent.sleep(0.1)
+        while True:
+            cutoff = time.monotonic() - IDLE_CLOSE_AFTER_S
+            for sock, since in list(self.idle_connections.items()):
+                if since < cutoff:
+                    self.idle_connections.pop(sock, None)
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already gone
+            gevent.sleep(0.1)
+
+    def count_request(self) -> None:
         self.nr += 1
         if self.nr >= self.max_requests and self.alive:
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
-        proxy = self.proxy
-        ctx = _context(req, listener_name, addr, time.monotonic(), self.proxy.state.scheme)
-        body = None
+
+    def handle(self, listener, client, addr):
         try:
-            body = _request_body(req, sock)
-        except BadRequest as e:
-            reply = proxy._error_reply(ctx, e)
-        else:
-            reply = proxy.handle(ctx, body)
-        keep = self.alive and not reply.close_connection and not req.should_close() and req.version >= (1, 1)
-        if body is not None and not body.finished:
-            # Unread body bytes would be parsed as the next request; gunicorn would drain them,
-            # which for a refused 1 GiB upload means reading 1 GiB. Close instead (as nginx does).
-            keep = False
-        try:
-            if reply.upgrade is not None:
-                self._tunnel(sock, req, ctx, reply)
-                keep = False
-            else:
-                self._write(sock, ctx, reply, keep, req.version >= (1, 1))
+            is_tls = isinstance(client, ssl.SSLSocket)
+            if is_tls and not self.cfg.do_handshake_on_connect:
+                client.do_handshake()
+            if is_tls and gunicorn_sock.is_http2_negotiated(client):
+                super().handle(listener, client, addr)  # gunicorn's HTTP/2 -> edge.app.application
+                return
+            local_port = listener.getsockname()[1] if listener.family != socket.AF_UNIX else 0
+            chain = self.proxy.plugins.default_chain
+            if chain.has_connect_hooks:
+                info = ConnectionInfo(addr[0], addr[1], local_port, is_tls) if isinstance(addr, tuple) else \
+                    ConnectionInfo("unix", 0, 0, is_tls)
+                answer = chain.run_connect(info)
+                if answer is not None:
+                    ctx = RequestContext("GET", "/", client_ip=info.peer_ip, start=time.monotonic())
+                    self.write_reply(client, ctx, self.proxy._answer(ctx, answer), False, True)
+                    return
+            h1.serve(self, client, addr, local_port, self.scheme)
+        except ssl.SSLError as e:
+            log.debug("TLS error from %s: %s", addr, e)
+        except OSError as e:
+            # The client went away (reset, broken pipe): nothing to answer, nothing to log loudly.
+            log.debug("connection from %s ended: %s", addr, e)
+        except Exception:
+            log.exception("error serving connection from %s", addr)
         finally:
-            proxy.finish(ctx)
-        if not keep:
-            raise StopIteration()
-        return True
+            try:
+                client.close()
+            except OSError:
+                pass  # already closed by the peer
 
     # ------------------------------------------------------------------ writing
 
-    def _write(self, sock, ctx: RequestContext, reply: Reply, keep: bool, http11: bool) -> None:
+    def write_reply(self, sock, ctx: RequestContext, reply: Reply, keep: bool, http11: bool) -> bool:
+        """Write a reply; True when the connection may carry another request."""
         status = reply.status
         parts = [f"HTTP/1.1 {status} {reply.reason}\r\n"]
         has_date = False
@@ -131,14 +176,14 @@ class EdgeWorker(GeventWorker):
             if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
                 body.close()  # HEAD: release the backend connection
             sock.sendall(head)
-            return
+            return keep
         if isinstance(body, bytes):
             sock.sendall(head + body)
             ctx.bytes_sent += len(body)
-            return
-        self._stream(sock, ctx, reply, head, body, chunked)
+            return keep
+        return self._stream(sock, ctx, reply, head, body, chunked) and keep
 
-    def _stream(self, sock, ctx: RequestContext, reply: Reply, head: bytes, body, chunked: bool) -> None:
+    def _stream(self, sock, ctx: RequestContext, reply: Reply, head: bytes, body, chunked: bool) -> bool:
         out = _Out(head)
         complete = False
         try:
@@ -155,8 +200,8 @@ class EdgeWorker(GeventWorker):
                 # Nothing has reached the client yet, so it can still get a proper error answer.
                 if hasattr(body, "close"):
                     body.close()
-                self._write(sock, ctx, self.proxy._error_reply(ctx, e), False, True)
-                raise StopIteration() from None
+                self.write_reply(sock, ctx, self.proxy._error_reply(ctx, e), False, True)
+                return False
         finally:
             if hasattr(body, "close"):
                 body.close()  # closes the backend connection unless it was read to its end
@@ -164,23 +209,20 @@ class EdgeWorker(GeventWorker):
             # The only honest signal left once the head is out is to cut the connection,
             # so the client sees a truncated body rather than a short one.
             _abort(sock)
-            raise StopIteration()
+        return complete
 
     # ------------------------------------------------------------------ upgrades
 
-    def _tunnel(self, sock, req, ctx: RequestContext, reply: Reply) -> None:
+    def tunnel(self, sock, buffered: bytes, ctx: RequestContext, reply: Reply) -> None:
+        """Relay a 101'd connection both ways until either side closes or idles out."""
         backend, early = reply.upgrade
         head = [f"HTTP/1.1 101 {reply.reason or 'Switching Protocols'}\r\n"]
         head.extend(f"{k}: {v}\r\n" for k, v in reply.headers)
         head.append("\r\n")
         try:
             sock.sendall("".join(head).encode("latin-1") + early)
-            buffered = b""
-            unreader = getattr(req, "unreader", None)
-            if unreader is not None and hasattr(unreader, "take_buffered"):
-                buffered = unreader.take_buffered() or b""
             if buffered:
-                backend.sendall(buffered)
+                backend.sendall(buffered)  # bytes the client sent right after its upgrade request
             idle = self.tunnel_idle_s
             sock.settimeout(idle)
             backend.settimeout(idle)
@@ -242,49 +284,7 @@ def _pipe(src, dst) -> None:
 
 def _abort(sock) -> None:
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.close()
     except OSError:
         pass  # the client is already gone
-
-
-def _context(req, listener_name, addr, now: float, scheme: str) -> RequestContext:
-    headers = Headers(req.headers)
-    host = ""
-    for k, v in req.headers:
-        if k == "HOST":
-            host = v
-            break
-    port = listener_name[1] if isinstance(listener_name, tuple) else 0
-    peer = addr[0] if isinstance(addr, tuple) else "unix"
-    ctx = RequestContext(
-        req.method,
-        req.path or "/",
-        req.query,
-        headers,
-        version=f"{req.version[0]}.{req.version[1]}",
-        scheme=scheme,
-        host=host,
-        port=port,
-        client_ip=peer,
-        start=now,
-    )
-    return ctx
-
-
-def _request_body(req, sock) -> RequestBody | None:
-    """The body as announced by gunicorn's framing checks (it already refused CL+TE and the like)."""
-    length = None
-    chunked = False
-    for k, v in req.headers:
-        if k == "CONTENT-LENGTH":
-            length = int(v)
-        elif k == "TRANSFER-ENCODING":
-            chunked = True
-    if not chunked and not length:
-        return None
-    on_first = None
-    if req._expected_100_continue:
-        def on_first() -> None:
-            sock.sendall(CONTINUE)
-    return RequestBody(None if chunked else length, req.body.read, on_first)

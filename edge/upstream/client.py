@@ -322,7 +322,7 @@ def _read_head(sock, server: Server, t: Timeouts, deadline: float | None, may_be
     upgrade_data = b""
     first = True
     while not p.head_done:
-        data = _recv(sock, t, deadline, stale_ok=first and may_be_stale)
+        data = _recv(sock, t, deadline, stale_ok=first and may_be_stale, wait_first=first)
         if not data:
             if first and may_be_stale:
                 raise _StaleConnection()
@@ -344,9 +344,15 @@ def _read_head(sock, server: Server, t: Timeouts, deadline: float | None, may_be
     return reply, p, parser
 
 
-def _recv(sock, t: Timeouts, deadline: float | None, stale_ok: bool = False) -> bytes:
+def _recv(sock, t: Timeouts, deadline: float | None, stale_ok: bool = False, wait_first: bool = False) -> bytes:
     try:
         sock.settimeout(_remaining(t.read, deadline))
+        if wait_first:
+            # Just after sending, the answer cannot be there yet: wait for readability first
+            # instead of paying a recv() that fails with EAGAIN (one syscall per request).
+            wait = getattr(sock, "_wait", None)
+            if wait is not None:
+                wait(sock._read_event)
         return sock.recv(RECV_BYTES)
     except _stdsocket.timeout:
         if deadline is not None and time.monotonic() >= deadline:

@@ -239,3 +239,36 @@ def test_many_requests_one_connection_after_errors(edge):
         for path in ("/status/500", "/", "/status/404", "/echo"):
             r = s.get(f"{edge.url}{path}")
         assert r.status_code == 200
+
+
+def test_request_head_in_pieces_and_pipelined_requests(edge):
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=5) as s:
+        for piece in (b"GET /echo?a=1 HT", b"TP/1.1\r\nHo", b"st: x\r\n", b"\r\n"):
+            s.sendall(piece)
+            time.sleep(0.05)
+        # two more requests in one write (pipelining): answered in order on the same connection
+        s.sendall(b"GET /echo?b=2 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo?c=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.count(b"HTTP/1.1 200 OK") == 3
+    assert got.index(b"/echo?a=1") < got.index(b"/echo?b=2") < got.index(b"/echo?c=3")
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Many: y\r\n" * 200 + b"\r\n", b"431"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"501"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 1\r\n\r\nx", b"417"),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", b"400"),
+])
+def test_request_limits_and_framing_errors(edge, request_bytes, status):
+    raw = raw_exchange(edge.port, request_bytes)
+    assert raw.startswith(b"HTTP/1.1 " + status), raw[:80]
+
+
+def test_absolute_form_target_routes_by_its_authority(edge):
+    raw = raw_exchange(edge.port, b"GET http://example.test/echo?z=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
+    data = json.loads(raw.partition(b"\r\n\r\n")[2])
+    assert data["path"] == "/echo?z=1"
+    assert dict((k.lower(), v) for k, v in data["headers"])["x-forwarded-host"] == "example.test"
