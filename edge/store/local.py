@@ -86,6 +86,10 @@ class LocalStore(Store):
         self._env = lmdb.open(
             self.path, map_size=2 * max_bytes + 16 * 1024 * 1024, max_dbs=3,
             sync=False, metasync=False, readahead=False, meminit=False, max_readers=1024,
+            # writemap: a commit writes into the shared map instead of a pwrite() per dirty page,
+            # 5.0 -> 1.5 µs for a one-put transaction (issue 4 benchmark). Still copy-on-write:
+            # a killed writer's pages are never reachable from a committed meta page.
+            writemap=True,
         )
         # reader slots left by killed workers pin old pages; clear them at every open
         self._env.reader_check()
