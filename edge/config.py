@@ -150,7 +150,11 @@ class ServerAddress(Model):
 
 
 class KeepaliveConfig(Model):
-    max_idle: int = Field(64, ge=0, description="idle connections kept per backend server and worker; 0 disables reuse")
+    max_idle: int = Field(
+        1024, ge=0,
+        description="idle connections kept per backend server and worker; 0 disables reuse. Keep it above the concurrency "
+        "a worker sees: every request beyond it opens and closes a connection (TIME_WAIT churn under load)",
+    )
     idle_timeout: Duration = Field(60.0, description="idle connections older than this are closed, not reused")
     max_requests: int = Field(10000, ge=1, description="requests sent on one connection before it is retired")
 

@@ -125,6 +125,7 @@ class ChunkedDecoder:
 
     MAX_LINE = 4096
     MAX_TRAILER_BYTES = 16384
+    MAX_TRAILERS = 64
 
     def __init__(self) -> None:
         self._state = 0          # 0 size line, 1 data, 2 CRLF after data, 3 trailer section
@@ -198,6 +199,8 @@ class ChunkedDecoder:
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip() or b" " in name:
             raise BadRequest("invalid trailer field")
+        if len(self.trailers) >= self.MAX_TRAILERS:
+            raise BadRequest("too many trailer fields")
         self.trailers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
 
 
