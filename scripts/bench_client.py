@@ -42,6 +42,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{port}; keepalive_requests 10
 
 def start_origin() -> tuple[subprocess.Popen, str, str]:
     d = tempfile.mkdtemp(prefix="edge-bench-client-")
+    os.chmod(d, 0o755)  # nginx's workers run as nobody and must read the file
     os.makedirs(f"{d}/www")
     with open(f"{d}/www/1k", "wb") as f:
         f.write(os.urandom(1024))
@@ -62,6 +63,7 @@ def edge_client(base: str):
 
     def get() -> int:
         r = pool.exchange("GET", "/1k", "bench", [("Accept", "*/*")], None, None)
+        assert r.status == 200, r.status
         n = sum(len(c) for c in r.body)
         return n
     return get
@@ -113,7 +115,9 @@ def main() -> int:
         for name, make in CLIENTS.items():
             try:
                 getters[name] = make(base)
-                assert getters[name]() == 1024
+                got = getters[name]()
+                if got != 1024:
+                    raise SystemExit(f"{name}: expected a 1024-byte body, got {got}")
             except ImportError as e:
                 print(f"{name}: not installed ({e})")
                 getters.pop(name, None)
