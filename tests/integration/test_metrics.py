@@ -1,0 +1,45 @@
+"""Metrics reach a real UDP statsd listener; a dead statsd never fails a request."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import requests
+
+from edge.launch import free_port
+from tests.integration.conftest import simple_config
+
+
+def test_route_counters_and_latency_reach_statsd(origin, edge_factory):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    cfg = simple_config(origin, name="web")
+    cfg["metrics"] = {"statsd": f"127.0.0.1:{listener.getsockname()[1]}", "prefix": "edgetest"}
+    e = edge_factory(cfg, workers=1)
+    for path in ("/", "/status/404", "/status/503"):
+        requests.get(f"{e.url}{path}")
+    got = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            got.extend(listener.recv(65536).decode().split("\n"))
+        except socket.timeout:
+            if any("route.web.requests.5xx" in g for g in got):
+                break
+    listener.close()
+    assert "edgetest.route.web.requests.2xx:1|c" in got
+    assert "edgetest.route.web.requests.4xx:1|c" in got
+    assert "edgetest.route.web.requests.5xx:1|c" in got
+    assert any(g.startswith("edgetest.route.web.latency:") and g.endswith("|ms") for g in got)
+    assert any(g.startswith("edgetest.gunicorn.") for g in got)  # gunicorn's own metrics, same host and prefix
+
+
+def test_unreachable_statsd_does_not_affect_requests(origin, edge_factory):
+    cfg = simple_config(origin)
+    cfg["metrics"] = {"statsd": f"127.0.0.1:{free_port()}"}  # nothing listens: ICMP port unreachable
+    e = edge_factory(cfg, workers=1)
+    with requests.Session() as s:
+        for _ in range(50):
+            assert s.get(f"{e.url}/").status_code == 200
