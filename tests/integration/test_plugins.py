@@ -271,3 +271,13 @@ def _until(cond, timeout_s: float = 15.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def test_short_circuit_answer_passes_response_phase(origin, origin2, edge_factory, tmp_path):
+    d = write_plugins(tmp_path / "p", {"behaviour.py": BEHAVIOUR})
+    cfg = base_config(origin, origin2, plugin_dirs=[str(d)],
+                      plugins={"behaviour": {}, "headers": {"response": {"set": {"X-Frame-Options": "DENY"}}}})
+    e = edge_factory(cfg, workers=1)
+    r = requests.get(f"{e.url}/blocked")
+    assert r.status_code == 403
+    assert r.headers["X-Frame-Options"] == "DENY"  # security headers reach edge-made answers too
