@@ -59,6 +59,7 @@ from edge.store.base import Store
 
 ENTRY_OVERHEAD = 64  # bytes accounted per entry for B-tree nodes and the expiry index
 SWEEP_PER_WRITE = 16  # expired entries removed by each write (amortized cleaning)
+FULL_PUT_EVERY = 16  # ratelimit_step: every n-th step of a process takes the full _put (see there)
 _HDR = struct.Struct("<d")
 _EXP = struct.Struct(">Q")
 _NEVER_US = 2**64 - 1
@@ -83,6 +84,7 @@ class LocalStore(Store):
         self._max_bytes = max_bytes
         self._prefix = key_prefix.encode()
         self._clock = clock
+        self._steps = 0
         self._env = lmdb.open(
             self.path, map_size=2 * max_bytes + 16 * 1024 * 1024, max_dbs=3,
             sync=False, metasync=False, readahead=False, meminit=False, max_readers=1024,
@@ -258,9 +260,25 @@ class LocalStore(Store):
 
         def op(txn: lmdb.Transaction, clock_now: float) -> Decision:
             t = clock_now if given_now is None else given_now
-            raw, ttl_s, decision = step_encoded(self._unpack(txn.get(k, db=self._data), t), t, limit, cost)
-            if raw is not None:
-                self._put(txn, k, raw, ttl_s, t)
+            stored = txn.get(k, db=self._data)
+            live = self._unpack(stored, t)
+            raw, ttl_s, decision = step_encoded(live, t, limit, cost)
+            if raw is None:
+                return decision
+            self._steps += 1
+            if stored is not None and len(raw) == len(stored) - _HDR.size and self._steps % FULL_PUT_EVERY:
+                # The hot path of a busy key: the new state has the stored one's length (live or
+                # just expired: a limit far above the traffic expires between requests), so the
+                # accounted size is unchanged and nothing needs evicting; overwrite the value
+                # and move its expiry index row (3 writes instead of ~8 and a cursor; halves
+                # the step, issue 4 benchmark). Every FULL_PUT_EVERY-th step takes the full
+                # _put, so expired entries keep being swept under rate-limit-only traffic.
+                expires_at = t + ttl_s
+                txn.delete(self._exp_key(_HDR.unpack_from(stored)[0], k), db=self._expiry)
+                txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
+                txn.put(k, _HDR.pack(expires_at) + raw, db=self._data)
+                return decision
+            self._put(txn, k, raw, ttl_s, t)
             return decision
 
         return self._write(op)  # type: ignore[return-value]
