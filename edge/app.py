@@ -115,6 +115,7 @@ class Proxy:
         self.hide = frozenset(n.lower() for n in h.hide_backend)
         self.request_id_header = h.request_id_header
         self.route_timeouts = state.route_timeouts
+        self.access_log = state.access_log
 
     # ------------------------------------------------------------------ entry
 
@@ -133,7 +134,10 @@ class Proxy:
         route = ctx.route
         chain = self.plugins.chain_for(route.index) if route is not None else self.plugins.default_chain
         chain.run_log(ctx)
-        self.metrics.request(route.name if route is not None else "_none", ctx.status, time.monotonic() - ctx.start)
+        duration_s = time.monotonic() - ctx.start
+        self.metrics.request(route.name if route is not None else "_none", ctx.status, duration_s)
+        if self.access_log is not None:
+            self.access_log.write(ctx, duration_s)
 
     # ------------------------------------------------------------------ steps
 

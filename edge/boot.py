@@ -89,7 +89,8 @@ def gunicorn_settings(loaded: Loaded) -> dict[str, Any]:
         "secure_scheme_headers": {},
         "errorlog": s.errorlog,
         "loglevel": s.loglevel,
-        "accesslog": s.accesslog,
+        # The access log is edge's own (edge/accesslog.py, both HTTP/1 and HTTP/2); gunicorn's stays off.
+        "accesslog": None,
         "pidfile": s.pidfile,
         "proc_name": "edge",
     }

@@ -76,7 +76,7 @@ class ServerConfig(Model):
         None, description="path of gunicorn's control socket; unset disables it (gunicorn shares one default path between instances)"
     )
     pidfile: str | None = Field(None, description="where the master writes its PID")
-    accesslog: str | None = Field(None, description="gunicorn access log target (`-` for stdout); unset disables it")
+    accesslog: str | None = Field(None, description="JSON access log: a file path, or `-` for stdout; unset disables it")
     errorlog: str = Field("-", description="gunicorn error log target")
     loglevel: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="log level")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import boot
+from edge.accesslog import AccessLog
 from edge.config import EdgeConfig
 from edge.metrics import Metrics
 from edge.routing import RouteTable, compile_routes
@@ -30,6 +31,7 @@ class WorkerState:
     store: Any
     metrics: Metrics
     scheme: str
+    access_log: AccessLog | None = None
     local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
 
     def close(self) -> None:
@@ -37,6 +39,8 @@ class WorkerState:
             pool.close()
         if self.store is not None:
             self.store.close()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.local_store is not None and self.local_store is not self.store:
             self.local_store.close()
 
@@ -73,4 +77,5 @@ def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
         metrics=metrics,
         scheme="https" if cfg.tls is not None else "http",
         local_store=local_store,
+        access_log=AccessLog(cfg.server.accesslog) if cfg.server.accesslog else None,
     )

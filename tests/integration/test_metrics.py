@@ -43,3 +43,25 @@ def test_unreachable_statsd_does_not_affect_requests(origin, edge_factory):
     with requests.Session() as s:
         for _ in range(50):
             assert s.get(f"{e.url}/").status_code == 200
+
+
+def test_json_access_log_line_per_request(origin, edge_factory, tmp_path):
+    import json
+
+    log_path = tmp_path / "access.log"
+    cfg = simple_config(origin, name="web")
+    cfg["server"] = {"accesslog": str(log_path)}
+    e = edge_factory(cfg, workers=1)
+    requests.get(f"{e.url}/echo?x=1", headers={"X-Forwarded-For": "203.0.113.1"})
+    requests.get(f"{e.url}/status/503")
+    deadline = time.monotonic() + 5
+    lines = []
+    while time.monotonic() < deadline and len(lines) < 2:
+        lines = [json.loads(line) for line in log_path.read_text().splitlines() if '"/__edge_probe"' not in line]
+        time.sleep(0.05)
+    first, second = lines[:2]
+    assert first["method"] == "GET" and first["path"] == "/echo?x=1" and first["status"] == 200
+    assert first["client"] == "127.0.0.1"  # not a trusted proxy: its X-Forwarded-For is not believed
+    assert first["route"] == "web" and first["upstream"] == f"127.0.0.1:{origin.port}"
+    assert first["bytes"] > 0 and first["duration_ms"] >= first["upstream_ms"] >= 0
+    assert second["status"] == 503
