@@ -123,11 +123,11 @@ class Proxy:
         try:
             return self._handle(ctx, body)
         except EdgeError as e:
-            return self._error_reply(ctx, e)
+            return self.error_reply(ctx, e)
         except Exception as e:  # a bug: answer 500, keep the worker serving
             log.exception("internal error handling %s %s", ctx.method, ctx.raw_path)
             self.metrics.incr("internal_error")
-            return self._error_reply(ctx, e)
+            return self.error_reply(ctx, e)
 
     def finish(self, ctx: RequestContext) -> None:
         """After the last byte: log phase of the plugins, then metrics."""
@@ -166,20 +166,20 @@ class Proxy:
             chain = self.plugins.default_chain
             answer = chain.run_request(ctx)
             if answer is not None:
-                return self._answer(ctx, answer)
-            return self._answer(ctx, Response.error(404, "not found", ctx.request_id))
+                return self.answer(ctx, answer)
+            return self.answer(ctx, Response.error(404, "not found", ctx.request_id))
         ctx.route = route
         ctx.upstream = route.upstream
         chain = self.plugins.chain_for(route.index)
         answer = chain.run_request(ctx)
         if answer is not None:
-            return self._answer(ctx, answer, chain)
+            return self.answer(ctx, answer, chain)
         action = route.action
         if action is Action.RESPOND:
-            return self._answer(ctx, route.response, chain)
+            return self.answer(ctx, route.response, chain)
         if action is Action.REDIRECT:
             location = route.redirect_location(host_value, ctx.path, ctx.query)
-            return self._answer(ctx, Response.redirect(route.redirect_status, location), chain)
+            return self.answer(ctx, Response.redirect(route.redirect_status, location), chain)
         return self._forward(ctx, route, chain, body)
 
     def _forward(self, ctx: RequestContext, route, chain, body: RequestBody | None) -> Reply:
@@ -221,8 +221,8 @@ class Proxy:
             self.metrics.incr(f"upstream.{pool.name}.{e.metric}")
             custom = chain.run_error(ctx, e)
             if custom is not None:
-                return self._answer(ctx, custom, None)
-            return self._error_reply(ctx, e)
+                return self.answer(ctx, custom, None)
+            return self.error_reply(ctx, e)
         ctx.upstream_addr = up.server.authority
         ctx.upstream_time = time.monotonic() - started
         out_headers = rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
@@ -230,7 +230,7 @@ class Proxy:
         chain.run_response(ctx, resp)
         if resp.replacement is not None:
             up.close()
-            return self._answer(ctx, resp.replacement, None)
+            return self.answer(ctx, resp.replacement, None)
         reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), resp.headers.items(), up.body, up.length)
         if up.status == 101:
             reply.upgrade = (up.upgrade_sock, up.upgrade_data)
@@ -246,7 +246,7 @@ class Proxy:
         ctx.response_headers = resp.headers
         return reply
 
-    def _answer(self, ctx: RequestContext, resp: Response, chain=None) -> Reply:
+    def answer(self, ctx: RequestContext, resp: Response, chain=None) -> Reply:
         """An answer edge makes itself; the response phase still sees it (CORS, security headers)."""
         if chain is not None and chain.has_response_hooks:
             ur = UpstreamResponse(resp.status, STATUS_REASONS.get(resp.status, ""), Headers(list(resp.headers.items())), None)
@@ -259,7 +259,7 @@ class Proxy:
         ctx.response_headers = resp.headers
         return reply_from_response(resp)
 
-    def _error_reply(self, ctx: RequestContext, e: BaseException) -> Reply:
+    def error_reply(self, ctx: RequestContext, e: BaseException) -> Reply:
         status = e.status if isinstance(e, EdgeError) else 500
         public = e.public if isinstance(e, EdgeError) else "internal error"
         if isinstance(e, EdgeError) and not isinstance(e, UpstreamError) and status < 500:
@@ -297,18 +297,18 @@ class WSGIApplication:
         body = None
         cl = environ.get("CONTENT_LENGTH")
         wsgi_input = environ["wsgi.input"]
-        if cl:
-            if not cl.isdigit():
-                reply = proxy._error_reply(ctx, BadRequest("bad Content-Length"))
-            else:
-                body = RequestBody(int(cl), wsgi_input.read)
-        elif ctx.method in ("POST", "PUT", "PATCH") or environ.get("HTTP_TRANSFER_ENCODING"):
-            body = RequestBody(None, wsgi_input.read)
-        reply = proxy.handle(ctx, body)
+        if cl and not cl.isdigit():
+            reply = proxy.error_reply(ctx, BadRequest("bad Content-Length"))
+        else:
+            if cl:
+                body = RequestBody(int(cl), wsgi_input.read) if int(cl) else None
+            elif ctx.method in ("POST", "PUT", "PATCH") or environ.get("HTTP_TRANSFER_ENCODING"):
+                body = RequestBody(None, wsgi_input.read)  # HTTP/2 DATA frames without a length
+            reply = proxy.handle(ctx, body)
         headers = list(reply.headers)
         if reply.upgrade is not None:
             reply.upgrade[0].close()
-            reply = proxy._error_reply(ctx, UpstreamError("upgrade is not available on this protocol"))
+            reply = proxy.error_reply(ctx, UpstreamError("upgrade is not available on this protocol"))
             headers = list(reply.headers)
         if reply.length is not None and rules.response_has_body(ctx.method, reply.status):
             headers.append(("Content-Length", str(reply.length)))

@@ -380,7 +380,7 @@ def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
         except ClientError as e:
             ctx = RequestContext("GET", "/", client_ip=peer_ip, start=time.monotonic())
             log.info("bad request from %s: %s", peer_ip, e)
-            reply = proxy._error_reply(ctx, e)
+            reply = proxy.error_reply(ctx, e)
             write(sock, ctx, reply, False, True)
             proxy.finish(ctx)
             return
@@ -398,7 +398,7 @@ def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
                 body = RequestBody(None if chunked else length, reader.read, first)
         except ClientError as e:
             ctx = RequestContext(req.method.decode("latin-1"), "/", client_ip=peer_ip, start=now)
-            reply = proxy._error_reply(ctx, e)
+            reply = proxy.error_reply(ctx, e)
             reply.close_connection = True
         else:
             reply = proxy.handle(ctx, body)

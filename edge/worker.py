@@ -135,7 +135,7 @@ class EdgeWorker(GeventWorker):
                 answer = chain.run_connect(info)
                 if answer is not None:
                     ctx = RequestContext("GET", "/", client_ip=info.peer_ip, start=time.monotonic())
-                    self.write_reply(client, ctx, self.proxy._answer(ctx, answer), False, True)
+                    self.write_reply(client, ctx, self.proxy.answer(ctx, answer), False, True)
                     return
             h1.serve(self, client, addr, local_port, self.scheme)
         except ssl.SSLError as e:
@@ -208,7 +208,7 @@ class EdgeWorker(GeventWorker):
                 # Nothing has reached the client yet, so it can still get a proper error answer.
                 if hasattr(body, "close"):
                     body.close()
-                self.write_reply(sock, ctx, self.proxy._error_reply(ctx, e), False, True)
+                self.write_reply(sock, ctx, self.proxy.error_reply(ctx, e), False, True)
                 return False
         finally:
             if hasattr(body, "close"):

@@ -246,8 +246,8 @@ class Tag(Plugin):
         # A broken plugin file: the reload is refused and v2 keeps serving.
         (d / "tag.py").write_text("from edge.plugins import Plugin\nclass Tag(Plugin):\n    name = 'tag'\n    def on_respons(self, ctx, r):\n        pass\n")
         e.reload()
-        time.sleep(2.5)
-        time.sleep(1.0)
+        _until(lambda: "reload refused, keeping the running configuration" in e.log())
+        time.sleep(1.0)  # keep the load on a little longer after the refused reload
     finally:
         stop.set()
         for t in threads:
