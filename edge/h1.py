@@ -33,6 +33,7 @@ from gunicorn_h1c._parser_fast import IncompleteError as _Incomplete  # the fast
 from edge.app import Reply, RequestBody
 from edge.context import Headers, RequestContext
 from edge.errors import BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge, SlowClient
+from edge.netio import send_all
 
 log = logging.getLogger("edge.h1")
 
@@ -421,7 +422,7 @@ def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
 
 def _continue_sender(sock):
     def send_continue() -> None:
-        sock.sendall(CONTINUE)
+        send_all(sock, CONTINUE)
     return send_continue
 
 

@@ -33,6 +33,7 @@ from edge import http as rules
 from edge.app import Proxy, Reply, application
 from edge.context import RequestContext
 from edge.errors import EdgeError
+from edge.netio import send_all
 from edge.runtime import build_worker_state
 
 log = logging.getLogger("edge.worker")
@@ -183,10 +184,10 @@ class EdgeWorker(GeventWorker):
         if not with_body or body is None:
             if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
                 body.close()  # HEAD: release the backend connection
-            sock.sendall(head)
+            send_all(sock, head)
             return keep
         if isinstance(body, bytes):
-            sock.sendall(head + body)
+            send_all(sock, head + body)
             ctx.bytes_sent += len(body)
             return keep
         return self._stream(sock, ctx, reply, head, body, chunked) and keep
@@ -228,9 +229,9 @@ class EdgeWorker(GeventWorker):
         head.extend(f"{k}: {v}\r\n" for k, v in reply.headers)
         head.append("\r\n")
         try:
-            sock.sendall("".join(head).encode("latin-1") + early)
+            send_all(sock, "".join(head).encode("latin-1") + early)
             if buffered:
-                backend.sendall(buffered)  # bytes the client sent right after its upgrade request
+                send_all(backend, buffered)  # bytes the client sent right after its upgrade request
             idle = self.tunnel_idle_s
             sock.settimeout(idle)
             backend.settimeout(idle)
@@ -266,16 +267,16 @@ def _send_stream(sock, ctx: RequestContext, reply: Reply, out: _Out, body, chunk
         if chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         if out.pending:
-            sock.sendall(out.pending + chunk)
+            send_all(sock, out.pending + chunk)
             out.pending = b""
         else:
-            sock.sendall(chunk)
+            send_all(sock, chunk)
     tail = b""
     if chunked:
         trailers = reply.trailers_from.trailers if reply.trailers_from is not None else ()
         tail = b"0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in trailers).encode("latin-1") + b"\r\n"
     if out.pending or tail:
-        sock.sendall(out.pending + tail)
+        send_all(sock, out.pending + tail)
         out.pending = b""
 
 
@@ -285,7 +286,7 @@ def _pipe(src, dst) -> None:
             data = src.recv(TUNNEL_CHUNK)
             if not data:
                 return
-            dst.sendall(data)
+            send_all(dst, data)
     except OSError:
         return  # timeout, reset, or the other direction closed the sockets: the tunnel is over
 

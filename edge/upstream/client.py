@@ -45,6 +45,7 @@ from edge.errors import (
     TotalTimeout,
     UpstreamError,
 )
+from edge.netio import send_all
 from edge.upstream.balancer import RoundRobin
 from edge.upstream.pool import ConnectionPool, PooledConnection
 
@@ -291,7 +292,7 @@ def _request_head_rest(headers: list[tuple[str, str]], method: str, body, body_l
 
 def _send(sock, data: bytes, reused: bool) -> None:
     try:
-        sock.sendall(data)
+        send_all(sock, data)
     except _stdsocket.timeout:
         raise SendTimeout("sending to the backend timed out") from None
     except OSError as e:
