@@ -28,4 +28,5 @@ check: install
 	$(PY) -m edge check
 
 bench: install system-deps
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(PY) scripts/bench
