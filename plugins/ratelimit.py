@@ -186,7 +186,7 @@ class RateLimitFact:
 
 
 class _CompiledLimit:
-    __slots__ = ("name", "limit", "local_limit", "prefix", "quoted")
+    __slots__ = ("name", "limit", "local_limit", "prefix", "quoted", "_r")
 
     def __init__(self, name: str, limit: Limit, local_limit: Limit) -> None:
         self.name = name
@@ -195,6 +195,12 @@ class _CompiledLimit:
         tag = "g" if limit.algorithm is Algorithm.GCRA else "w"
         self.prefix = f"rl:{name}:{limit.count:g}/{limit.period_s:g}{tag}:"
         self.quoted = f'"{name}"'
+        self._r = f'"{name}";r='
+
+    def rate_item(self, d: Decision) -> str:
+        """This limit's item of the ``RateLimit`` field for decision ``d``."""
+        t = d.reset_after_s if d.allowed else d.retry_after_s
+        return f"{self._r}{d.remaining};t={math.ceil(t) if t < MAX_RETRY_AFTER_S else MAX_RETRY_AFTER_S}"
 
 
 def _hash(value: str) -> str:
@@ -289,6 +295,9 @@ class _KeyBuilder:
         return "|".join(out)
 
 
+_RL_FIELDS = frozenset({"ratelimit-policy", "ratelimit"})  # the fields on_response sets
+_RL_FIELD_LENGTHS = frozenset(len(f) for f in _RL_FIELDS)
+
 _OPEN = object()  # _step: the fallback policy `open` admitted without a decision
 _CLOSED = object()  # _step: the fallback policy `closed` refused
 
@@ -360,6 +369,7 @@ class RateLimit(Plugin):
             compiled.append(_CompiledLimit(name, limit, local))
         compiled.sort(key=lambda c: c.limit.period_s)  # stable: config order among equal periods
         self._limits = tuple(compiled)
+        self._one = compiled[0] if len(compiled) == 1 else None  # _limit's fast path
         self._key = _KeyBuilder(config.key, config.missing_key == "skip")
         self._status = config.status
         self._dry_run = config.dry_run
@@ -439,6 +449,19 @@ class RateLimit(Plugin):
         return None
 
     def _limit(self, ctx: RequestContext, key: str) -> Response | None:
+        one = self._one
+        if one is not None and self._state is _State.UP:
+            # the common case, kept lean: one limit, shared store up, request admitted
+            try:
+                d = self._store.ratelimit_step(one.prefix + key, one.limit)
+            except StoreUnavailable as e:
+                self._down(e)  # and the fallback decides below, as in _step
+            else:
+                if d.allowed:
+                    ctx.facts["ratelimit"] = RateLimitFact(True, (d,), one.rate_item(d) if self._headers else None,
+                                                           None)
+                    return None
+                return self._finish(ctx, key, [one], [d], d, False, False)
         decisions: list[Decision] = []
         checked: list[_CompiledLimit] = []
         refused: Decision | None = None
@@ -456,6 +479,10 @@ class RateLimit(Plugin):
             if not d.allowed:
                 refused = d
                 break
+        return self._finish(ctx, key, checked, decisions, refused, closed, fell)
+
+    def _finish(self, ctx: RequestContext, key: str, checked: list[_CompiledLimit], decisions: list[Decision],
+                refused: Decision | None, closed: bool, fell: bool) -> Response | None:
         fallback = None
         if fell:
             fallback = self._policy
@@ -489,12 +516,7 @@ class RateLimit(Plugin):
 
     @staticmethod
     def _rate_header(checked: list[_CompiledLimit], decisions: list[Decision]) -> str:
-        out = []
-        for c, d in zip(checked, decisions):
-            t = d.reset_after_s if d.allowed else d.retry_after_s
-            t_s = MAX_RETRY_AFTER_S if not t < MAX_RETRY_AFTER_S else math.ceil(t)
-            out.append(f"{c.quoted};r={d.remaining};t={t_s}")
-        return ", ".join(out)
+        return ", ".join([c.rate_item(d) for c, d in zip(checked, decisions)])
 
     def _log_dry_run(self, ctx: RequestContext, key: str) -> None:
         now = time.monotonic()
@@ -555,9 +577,17 @@ class RateLimit(Plugin):
         fact = ctx.facts.get("ratelimit")
         if fact is None or fact.header is None:
             return None
-        headers = response.replacement.headers if response.replacement is not None else response.headers
-        headers.set("RateLimit-Policy", self._policy_header)
-        headers.set("RateLimit", fact.header)
+        replacement = response.replacement
+        headers = replacement.headers if replacement is not None else response.headers
+        # Headers.set twice would rebuild the field list twice; an origin seldom sends these
+        # fields, so look once (by length first: 9 and 16) and append when it does not
+        for name, _ in headers:
+            if len(name) in _RL_FIELD_LENGTHS and name.lower() in _RL_FIELDS:
+                headers.set("RateLimit-Policy", self._policy_header)
+                headers.set("RateLimit", fact.header)
+                return None
+        headers.add("RateLimit-Policy", self._policy_header)
+        headers.add("RateLimit", fact.header)
         return None
 
     def on_log(self, ctx: RequestContext) -> None:

@@ -45,6 +45,7 @@ e.g. parallel test runs, do not share state, while the workers of one instance d
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import struct
@@ -54,13 +55,18 @@ from collections.abc import Callable, Iterable
 
 import lmdb
 
-from edge.ratelimit import Decision, Limit, step_encoded
+from edge.ratelimit import Algorithm, Decision, Limit, step_encoded
 from edge.store.base import Store
 
 ENTRY_OVERHEAD = 64  # bytes accounted per entry for B-tree nodes and the expiry index
 SWEEP_PER_WRITE = 16  # expired entries removed by each write (amortized cleaning)
-FULL_PUT_EVERY = 16  # ratelimit_step: every n-th step of a process takes the full _put (see there)
+FULL_PUT_EVERY = 64  # ratelimit_step: every n-th step of a process takes the full _put (see there)
+RL_EXPIRY_GRID = 16  # ratelimit_step: state expiries are rounded up to 1/16 s (see there)
+# ratelimit_step: states are space-padded to a fixed width (a float's repr is at most 24
+# bytes; a window state is "<index>:<float>:<float>"); a longer one just takes the full _put
+_RL_WIDTH = {Algorithm.GCRA: 24, Algorithm.WINDOW: 64}
 _HDR = struct.Struct("<d")
+_HDR_SIZE = _HDR.size
 _EXP = struct.Struct(">Q")
 _NEVER_US = 2**64 - 1
 _BYTES_KEY = b"bytes"
@@ -255,33 +261,46 @@ class LocalStore(Store):
         return int(self._write(op))  # type: ignore[call-overload]
 
     def ratelimit_step(self, key: str, limit: Limit, cost: float = 1, now: float | None = None) -> Decision:
-        k = self._k(key)
-        given_now = now
+        k = self._prefix + key.encode()
+        try:
+            # inlined _write: the hot path of the ratelimit plugin (no closure, one transaction)
+            with self._env.begin(write=True) as txn:
+                return self._step(txn, k, limit, cost, self._clock() if now is None else now)
+        except lmdb.MapFullError:
+            # rare: _write retries once after evicting a quarter of the bound
+            return self._write(  # type: ignore[return-value]
+                lambda txn, clock_now: self._step(txn, k, limit, cost, clock_now if now is None else now))
 
-        def op(txn: lmdb.Transaction, clock_now: float) -> Decision:
-            t = clock_now if given_now is None else given_now
-            stored = txn.get(k, db=self._data)
-            live = self._unpack(stored, t)
-            raw, ttl_s, decision = step_encoded(live, t, limit, cost)
-            if raw is None:
-                return decision
-            self._steps += 1
-            if stored is not None and len(raw) == len(stored) - _HDR.size and self._steps % FULL_PUT_EVERY:
-                # The hot path of a busy key: the new state has the stored one's length (live or
-                # just expired: a limit far above the traffic expires between requests), so the
-                # accounted size is unchanged and nothing needs evicting; overwrite the value
-                # and move its expiry index row (3 writes instead of ~8 and a cursor; halves
-                # the step, issue 4 benchmark). Every FULL_PUT_EVERY-th step takes the full
-                # _put, so expired entries keep being swept under rate-limit-only traffic.
-                expires_at = t + ttl_s
-                txn.delete(self._exp_key(_HDR.unpack_from(stored)[0], k), db=self._expiry)
+    def _step(self, txn: lmdb.Transaction, k: bytes, limit: Limit, cost: float, t: float) -> Decision:
+        stored = txn.get(k, db=self._data)
+        live = None
+        if stored is not None:
+            (old_expires_at,) = _HDR.unpack_from(stored)
+            if not old_expires_at or old_expires_at > t:
+                live = stored[_HDR_SIZE:]
+        raw, ttl_s, decision = step_encoded(live, t, limit, cost)
+        if raw is None:
+            return decision  # refused: nothing to write (the empty transaction commits for free)
+        # Fixed width: the stored length never changes, so the accounted size stays put.
+        # (float() and int() ignore the trailing spaces; older code reads it as well.)
+        raw = raw.ljust(_RL_WIDTH[limit.algorithm])
+        # Rounded up to the grid: a state kept past its TTL is equivalent to no state
+        # (edge.ratelimit.Limit.ttl_s), and a busy key's expiry index row then moves only
+        # RL_EXPIRY_GRID times a second instead of at every step.
+        expires_at = math.ceil((t + ttl_s) * RL_EXPIRY_GRID) / RL_EXPIRY_GRID
+        self._steps += 1
+        if stored is not None and len(stored) == _HDR_SIZE + len(raw) and self._steps % FULL_PUT_EVERY:
+            # The hot path of a busy key (live or just expired: a limit far above the traffic
+            # expires between requests): same length, so nothing to account and nothing to
+            # evict; overwrite the value, and move its index row if the expiry changed.
+            # Every FULL_PUT_EVERY-th step takes the full _put, which sweeps expired entries.
+            if expires_at != old_expires_at:
+                txn.delete(self._exp_key(old_expires_at, k), db=self._expiry)
                 txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
-                txn.put(k, _HDR.pack(expires_at) + raw, db=self._data)
-                return decision
-            self._put(txn, k, raw, ttl_s, t)
+            txn.put(k, _HDR.pack(expires_at) + raw, db=self._data)
             return decision
-
-        return self._write(op)  # type: ignore[return-value]
+        self._put(txn, k, raw, None, t, expires_at=expires_at)
+        return decision
 
     def acquire_lock(self, key: str, ttl_s: float) -> str | None:
         token = secrets.token_hex(16)

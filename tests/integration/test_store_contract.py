@@ -482,3 +482,77 @@ def test_store_works_under_gevent_monkey_patching(backend, make_cfg):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1000", "30"]
+
+
+# --------------------------------------------------------------------------- redis pipelining (gevent)
+
+_PIPELINE_SCRIPT = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import json, os, signal, sys, time, gevent
+    from edge.config import StoreConfig
+    from edge.errors import StoreUnavailable
+    from edge.store import build_store
+    from edge.ratelimit import Limit
+    cfg = StoreConfig.model_validate_json(sys.argv[1])
+    pid = int(sys.argv[2])
+    s = build_store(cfg)
+    out = {"pipelined": s._pipe is not None}
+
+    def burst(n, key, limit):
+        # n concurrent steps; each one's (outcome, seconds)
+        def one():
+            t0 = time.monotonic()
+            try:
+                return s.ratelimit_step(key, limit).allowed, time.monotonic() - t0
+            except StoreUnavailable:
+                return "unavailable", time.monotonic() - t0
+        gs = [gevent.spawn(one) for _ in range(n)]
+        gevent.joinall(gs, timeout=30, raise_error=True)
+        return [g.value for g in gs]
+
+    # exactness: 1000 steps from 100 greenlets on one key, 300 tokens for an hour
+    limit = Limit.parse("1/h", burst=300)
+    results = [r for _ in range(10) for r in burst(100, "exact", limit)]
+    out["admitted"] = sum(r[0] is True for r in results)
+    out["batches"], out["commands"] = s._pipe.batches, s._pipe.commands
+    # a restarted server has no scripts: every queued EVALSHA gets NOSCRIPT, then EVAL
+    s._r.script_flush()
+    out["after_flush"] = sorted({r[0] for r in burst(50, "flush", Limit.parse("1/h", burst=50))}, key=str)
+    # an unresponsive server: every concurrent step fails within about one store timeout
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stalled = burst(50, "stall", limit)
+        time.sleep(0.05)
+        stalled += burst(50, "stall", limit)  # a new connection, stalled too
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out["stalled"] = sorted({r[0] for r in stalled}, key=str)
+    out["stalled_max_s"] = max(r[1] for r in stalled)
+    t_up = time.monotonic()
+    while burst(1, "back", limit)[0][0] != True and time.monotonic() - t_up < 2:
+        time.sleep(0.05)
+    out["back_after_s"] = time.monotonic() - t_up
+    out["failures"] = s.failures
+    print(json.dumps(out))
+""")
+
+
+def test_redis_steps_of_concurrent_greenlets_share_pipelines_exactly(make_cfg, make_redis_server):
+    import json
+
+    server = make_redis_server()
+    timeout_s = 0.1
+    cfg = make_cfg("redis", server=server, timeout=timeout_s)
+    proc = subprocess.run([sys.executable, "-c", _PIPELINE_SCRIPT, cfg.model_dump_json(), str(server.pid)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["pipelined"]
+    assert out["admitted"] == 300  # one atomic EVALSHA per step, pipelined or not
+    # steps really shared pipelines (1,000, plus one EVAL each for the first NOSCRIPT batch)
+    assert out["commands"] >= 1000 and out["batches"] <= out["commands"] // 4
+    assert out["after_flush"] == [True]  # NOSCRIPT answered one by one, then EVAL loaded the script
+    assert out["stalled"] == ["unavailable"]
+    assert out["stalled_max_s"] <= timeout_s + 0.15  # queued behind a stalled batch: still one timeout
+    assert out["back_after_s"] <= 2.0
+    assert out["failures"] >= 100
