@@ -247,6 +247,18 @@ class BodyReader:
         self.pending: list[bytes] = []
         self.finished = not chunked and not length
 
+    def _next_data(self) -> bytes:
+        """What the connection has buffered, else the next recv; EOF mid-body is an error."""
+        conn = self.conn
+        data = conn.buf
+        if data:
+            conn.buf = b""
+            return data
+        data = conn.recv()
+        if not data:
+            raise ClientDisconnected("client closed the connection mid-body")
+        return data
+
     def read(self, n: int) -> bytes:
         if self.pending:
             return self.pending.pop(0)
@@ -254,15 +266,9 @@ class BodyReader:
             return b""
         conn = self.conn
         if self.decoder is None:
-            data = conn.buf
-            if data:
-                conn.buf = b""
-            else:
-                data = conn.recv()
-                if not data:
-                    raise ClientDisconnected("client closed the connection mid-body")
+            data = self._next_data()
             if len(data) > self.left:
-                conn.buf = data[self.left:]
+                conn.buf = data[self.left:]  # the next pipelined request
                 data = data[:self.left]
             self.left -= len(data)
             if self.left == 0:
@@ -270,14 +276,7 @@ class BodyReader:
             return data
         dec = self.decoder
         while True:
-            data = conn.buf
-            if data:
-                conn.buf = b""
-            else:
-                data = conn.recv()
-                if not data:
-                    raise ClientDisconnected("client closed the connection mid-body")
-            pieces = [p for p in dec.feed(data) if p]
+            pieces = [p for p in dec.feed(self._next_data()) if p]
             if dec.done:
                 self.finished = True
                 conn.buf = dec.surplus

@@ -43,3 +43,31 @@ def simple_config(*origins, **route):
         "upstreams": {"app": {"servers": [f"127.0.0.1:{o.port}" for o in origins]}},
         "routes": [{"match": {"path": "/"}, "upstream": "app", **route}],
     }
+
+
+def until(cond, timeout_s: float = 15.0, interval_s: float = 0.1) -> None:
+    """Poll ``cond`` until it is true (connection errors count as not yet); fail after ``timeout_s``."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
+def read_until_close(sock) -> bytes:
+    """Everything a server sends until it closes (or resets) the connection."""
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from edge.launch import free_port
-from tests.integration.conftest import simple_config
+from tests.integration.conftest import read_until_close, simple_config
 
 
 def _cfg(origin_port: int, **timeouts) -> dict:
@@ -83,12 +83,7 @@ def test_read_timeout_mid_body_cuts_response(origin, edge_factory):
     e = edge_factory(_cfg(origin.port, read="300ms"), workers=1)
     with socket.create_connection(("127.0.0.1", e.port), timeout=5) as c:
         c.sendall(b"GET /bytes/100000?rate=2048 HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        try:
-            while chunk := c.recv(65536):
-                got += chunk
-        except ConnectionResetError:
-            pass
+        got = read_until_close(c)
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert 0 < len(body) < 100000  # the head was out: the body is cut, not completed

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from edge.launch import REPO
+from tests.integration.conftest import until
 
 ORDER_PLUGINS = {
     "p_alpha.py": ("alpha", 30),
@@ -242,11 +243,11 @@ class Tag(Plugin):
         time.sleep(1.0)
         (d / "tag.py").write_text(textwrap.dedent(tag.format(version="v2")))
         e.reload()
-        _until(lambda: requests.get(f"{e.url}/").headers.get("X-Tag") == "v2")
+        until(lambda: requests.get(f"{e.url}/").headers.get("X-Tag") == "v2")
         # A broken plugin file: the reload is refused and v2 keeps serving.
         (d / "tag.py").write_text("from edge.plugins import Plugin\nclass Tag(Plugin):\n    name = 'tag'\n    def on_respons(self, ctx, r):\n        pass\n")
         e.reload()
-        _until(lambda: "reload refused, keeping the running configuration" in e.log())
+        until(lambda: "reload refused, keeping the running configuration" in e.log())
         time.sleep(1.0)  # keep the load on a little longer after the refused reload
     finally:
         stop.set()
@@ -260,17 +261,6 @@ class Tag(Plugin):
     for _ in range(5):
         assert requests.get(f"{e.url}/").headers["X-Tag"] == "v2"
 
-
-def _until(cond, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_short_circuit_answer_passes_response_phase(origin, origin2, edge_factory, tmp_path):

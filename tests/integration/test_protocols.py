@@ -14,7 +14,7 @@ import websocket
 
 from edge.launch import REPO, free_port
 from edge.tls import generate_self_signed
-from tests.integration.conftest import simple_config
+from tests.integration.conftest import simple_config, until
 
 
 def test_websocket_echo_through_edge(origin, edge_factory):
@@ -94,12 +94,12 @@ def test_reload_applies_new_config_and_refuses_bad_one(origin, origin2, edge_fac
     e.write_config({**_server(e), **simple_config(origin2)})
     e.reload()
     # old workers keep accepting for up to a second while they drain (gunicorn's gevent loop)
-    _until(lambda: all(requests.get(f"{e.url}/").headers.get("X-Origin") == "o2" for _ in range(10)))
+    until(lambda: all(requests.get(f"{e.url}/").headers.get("X-Origin") == "o2" for _ in range(10)))
     # A broken file is refused: the master lives on and the running configuration is kept.
     e.config_path.write_text("upstreams: {app: {servers: ['bad:port:x']}}\n")
     e.reload()
     # gunicorn handles the second HUP once the first reload has retired the old workers
-    _until(lambda: "reload refused, keeping the running configuration" in e.log())
+    until(lambda: "reload refused, keeping the running configuration" in e.log())
     assert e.alive()
     for _ in range(10):
         assert requests.get(f"{e.url}/").headers["X-Origin"] == "o2"
@@ -111,14 +111,3 @@ def _server(e) -> dict:
     return {"server": yaml.safe_load(e.config_path.read_text())["server"],
             "store": yaml.safe_load(e.config_path.read_text()).get("store", {})}
 
-
-def _until(cond, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
