@@ -136,3 +136,59 @@ def test_unmatched_route_is_404(origin, edge_factory):
     e = edge_factory(cfg, workers=1)
     assert requests.get(f"{e.url}/other").status_code == 404
     assert requests.get(f"{e.url}/only").status_code == 200
+
+
+def test_send_timeout_is_504_when_backend_stops_reading(edge_factory):
+    """A backend that accepts but never reads: edge's writes block, and the send timeout answers."""
+    import threading
+
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_hold():
+        backend.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = backend.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                held.append(conn)  # never read from
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=accept_and_hold, daemon=True)
+    t.start()
+    try:
+        e = edge_factory(_cfg(backend.getsockname()[1], send="300ms"), workers=1)
+        size = 64 * 1024 * 1024
+        c = socket.create_connection(("127.0.0.1", e.port), timeout=10)
+        c.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+        c.setblocking(False)
+        chunk = b"x" * 65536
+        sent, answer = 0, b""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10 and not answer.startswith(b"HTTP/1.1 "):
+            try:
+                if sent < size:
+                    sent += c.send(chunk)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                answer += c.recv(4096)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except (ConnectionResetError, OSError):
+                break
+        c.close()
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:60]
+        assert time.monotonic() - t0 < 5
+    finally:
+        stop.set()
+        t.join()
+        for h in held:
+            h.close()
+        backend.close()
