@@ -271,3 +271,30 @@ def test_short_circuit_answer_passes_response_phase(origin, origin2, edge_factor
     r = requests.get(f"{e.url}/blocked")
     assert r.status_code == 403
     assert r.headers["X-Frame-Options"] == "DENY"  # security headers reach edge-made answers too
+
+
+UPLOAD_FILTER = '''
+from edge.plugins import Plugin
+
+
+class Shout(Plugin):
+    """Upper-cases request bodies and appends a marker: the upload changes length on the way."""
+    name = "shout"
+
+    def on_request_body(self, ctx, chunk, end):
+        return chunk.upper() + (b"<EOF>" if end else b"")
+'''
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_request_body_filter_streams_upload_chunked(origin, edge_factory, tmp_path, chunked):
+    import hashlib
+
+    d = write_plugins(tmp_path / "p", {"shout.py": UPLOAD_FILTER})
+    e = edge_factory(base_config(origin, plugin_dirs=[str(d)], plugins={"shout": {}}), workers=1)
+    body = b"abc" * 50000
+    r = requests.post(f"{e.url}/echo", data=iter([body[:70000], body[70000:]]) if chunked else body)
+    data = json.loads(r.content)
+    expected = body.upper() + b"<EOF>"
+    assert data["body_sha256"] == hashlib.sha256(expected).hexdigest()
+    assert data["chunked"] is True  # a filter may change the length: forwarded chunked
