@@ -166,8 +166,8 @@ class Proxy:
             chain = self.plugins.default_chain
             answer = chain.run_request(ctx)
             if answer is not None:
-                return self.answer(ctx, answer)
-            return self.answer(ctx, Response.error(404, "not found", ctx.request_id))
+                return self.answer(ctx, answer, chain)
+            return self.answer(ctx, Response.error(404, "not found", ctx.request_id), chain)
         ctx.route = route
         ctx.upstream = route.upstream
         chain = self.plugins.chain_for(route.index)

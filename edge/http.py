@@ -9,9 +9,12 @@ connection-option, and then remove the Connection header field itself"). Framing
 (Content-Length / Transfer-Encoding) is decided anew for each side by the request
 path, so both are always removed here and re-added by whoever serialises.
 
-Forwarding headers are appended, never overwritten, and are only believed from
-peers in ``trusted_proxies`` (X-Forwarded-For is a list that the nearest proxy
-appends to; taking its first element lets any client pick its own address).
+X-Forwarded-For is appended to, never overwritten; what it says is only believed
+(for the client address edge logs, limits and routes by) from peers in
+``trusted_proxies``: it is a list that each proxy appends to, so taking its first
+element would let any client pick its own address. The single-valued claims
+(X-Forwarded-Proto/-Host/-Port, Forwarded) are replaced by edge's own unless the
+peer is trusted.
 
 Header names arrive from gunicorn upper-cased; ``canonical_name`` gives them back
 their usual spelling once, through a bounded cache, so backends and clients see
@@ -207,7 +210,9 @@ def upstream_request_headers(
         out.append(("Upgrade", upgrade))
         out.append(("Connection", "upgrade"))
     if x_forwarded:
-        prior = ", ".join(xff) if (xff and peer_trusted) else ""
+        # Appended, never overwritten (as nginx's $proxy_add_x_forwarded_for): a backend reads it
+        # from the right, and the entry edge adds is the only one it can trust.
+        prior = ", ".join(xff) if xff else ""
         out.append(("X-Forwarded-For", f"{prior}, {peer_ip}" if prior else peer_ip))
         out.append(("X-Forwarded-Proto", xfp or scheme))
         out.append(("X-Forwarded-Host", xfh or client_host))

@@ -156,8 +156,9 @@ def test_backend_identity_hidden_and_duplicates_kept(edge):
 def test_x_forwarded_for_appended_from_untrusted_peer_not_believed(edge):
     data = echo(requests.get(f"{edge.url}/echo", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}))
     h = {k.lower(): v for k, v in data["headers"]}
-    # The peer (127.0.0.1) is not a trusted proxy: its claims are dropped, its own address is the hop.
-    assert h["x-forwarded-for"] == "127.0.0.1"
+    # The peer (127.0.0.1) is not a trusted proxy: X-Forwarded-For is still appended to (never
+    # overwritten), but its single-valued claims are replaced by edge's own.
+    assert h["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert h["x-forwarded-proto"] == "http"
     assert h["x-forwarded-port"] == str(edge.port)
     assert h["host"] == f"127.0.0.1:{edge.port}"

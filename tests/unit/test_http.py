@@ -1,0 +1,135 @@
+"""Header rules between client and backend (edge/http.py), without sockets."""
+
+import pytest
+
+from edge import http as rules
+
+
+def up(headers, **kw):
+    args = dict(peer_ip="192.0.2.10", scheme="http", client_host="example.com", client_port=80,
+                peer_trusted=False, allow_upgrade=False)
+    args.update(kw)
+    return rules.upstream_request_headers(headers, **args)
+
+
+def names(pairs):
+    return [k.lower() for k, _ in pairs]
+
+
+def value(pairs, name):
+    vals = [v for k, v in pairs if k.lower() == name.lower()]
+    return vals[0] if len(vals) == 1 else vals
+
+
+def test_hop_by_hop_and_connection_listed_fields_removed():
+    out = up([("CONNECTION", "close, X-Secret"), ("X-SECRET", "s"), ("KEEP-ALIVE", "5"), ("TE", "trailers"),
+              ("TRAILER", "X"), ("TRANSFER-ENCODING", "chunked"), ("PROXY-CONNECTION", "x"),
+              ("PROXY-AUTHORIZATION", "Basic x"), ("HTTP2-SETTINGS", "x"), ("UPGRADE", "websocket"),
+              ("CONTENT-LENGTH", "5"), ("EXPECT", "100-continue"), ("HOST", "example.com"), ("ACCEPT", "*/*")])
+    assert names(out) == ["accept", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "via"]
+    assert out[0] == ("Accept", "*/*")  # canonical case restored
+
+
+def test_duplicates_kept_in_order():
+    out = up([("COOKIE", "a=1"), ("X-A", "1"), ("COOKIE", "b=2")], x_forwarded=False, via=None)
+    assert out == [("Cookie", "a=1"), ("X-A", "1"), ("Cookie", "b=2")]
+
+
+def test_upgrade_kept_only_when_allowed():
+    req = [("CONNECTION", "Upgrade"), ("UPGRADE", "websocket")]
+    assert "upgrade" not in names(up(req))
+    out = up(req, allow_upgrade=True)
+    assert ("Upgrade", "websocket") in out and ("Connection", "upgrade") in out
+
+
+def test_x_forwarded_for_is_appended_never_overwritten():
+    assert value(up([]), "X-Forwarded-For") == "192.0.2.10"
+    out = up([("X-FORWARDED-FOR", "203.0.113.1"), ("X-FORWARDED-FOR", "198.51.100.2")])
+    assert value(out, "X-Forwarded-For") == "203.0.113.1, 198.51.100.2, 192.0.2.10"
+
+
+def test_single_valued_forwarding_claims_believed_only_from_trusted_peers():
+    claims = [("X-FORWARDED-PROTO", "https"), ("X-FORWARDED-HOST", "evil"), ("X-FORWARDED-PORT", "1"),
+              ("FORWARDED", "for=1.2.3.4")]
+    out = up(claims, forwarded=True)
+    assert value(out, "X-Forwarded-Proto") == "http"
+    assert value(out, "X-Forwarded-Host") == "example.com"
+    assert value(out, "X-Forwarded-Port") == "80"
+    assert value(out, "Forwarded") == "for=192.0.2.10;host=example.com;proto=http"
+    out = up(claims, forwarded=True, peer_trusted=True)
+    assert value(out, "X-Forwarded-Proto") == "https"
+    assert value(out, "Forwarded") == "for=1.2.3.4, for=192.0.2.10;host=example.com;proto=http"
+
+
+def test_forwarded_quotes_ipv6():
+    out = up([], forwarded=True, peer_ip="2001:db8::1")
+    assert value(out, "Forwarded").startswith('for="[2001:db8::1]";')
+
+
+def test_via_and_switches():
+    assert value(up([]), "Via") == "1.1 edge"
+    assert "via" not in names(up([], via=None))
+    assert "x-forwarded-for" not in names(up([], x_forwarded=False))
+
+
+def test_response_headers():
+    resp = [("Server", "origin"), ("X-Powered-By", "php"), ("Connection", "close, X-Hop"), ("X-Hop", "1"),
+            ("Transfer-Encoding", "chunked"), ("Content-Length", "3"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+            ("Keep-Alive", "timeout=5")]
+    out = rules.downstream_response_headers(resp, hide=frozenset({"server", "x-powered-by"}))
+    assert out == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Via", "1.1 edge")]
+
+
+def test_101_response_keeps_upgrade():
+    out = rules.downstream_response_headers([("Upgrade", "websocket"), ("Connection", "Upgrade")], keep_upgrade=True, via=None)
+    assert out == [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+
+
+@pytest.mark.parametrize("method, status, body", [
+    ("GET", 200, True), ("HEAD", 200, False), ("GET", 204, False), ("GET", 304, False), ("GET", 101, False),
+    ("POST", 404, True),
+])
+def test_response_has_body(method, status, body):
+    assert rules.response_has_body(method, status) is body
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("Example.COM", ("example.com", 80)), ("example.com:8080", ("example.com", 8080)),
+    ("[::1]:8443", ("::1", 8443)), ("[::1]", ("::1", 80)), ("127.0.0.1:81", ("127.0.0.1", 81)),
+])
+def test_split_host_port(host, expected):
+    assert rules.split_host_port(host, 80) == expected
+
+
+@pytest.mark.parametrize("host", ["a:b:c", "[::1", "x:99999", "x:abc", "[::1]x"])
+def test_split_host_port_refusals(host):
+    with pytest.raises(ValueError):
+        rules.split_host_port(host, 80)
+
+
+@pytest.mark.parametrize("host, ok", [("example.com", True), ("a.b:80", True), ("[::1]:1", True),
+                                      ("a b", False), ("a/b", False), ("user@host", False), ("", False)])
+def test_valid_host(host, ok):
+    assert rules.valid_host(host) is ok
+
+
+def test_resolve_client_ip_walks_trusted_hops_from_the_right():
+    trusted = rules.TrustedProxies(["10.0.0.0/8", "192.0.2.1"])
+    assert rules.resolve_client_ip("198.51.100.5", ["1.2.3.4"], trusted) == "198.51.100.5"  # untrusted peer
+    assert rules.resolve_client_ip("10.0.0.2", ["1.2.3.4, 10.0.0.9"], trusted) == "1.2.3.4"
+    assert rules.resolve_client_ip("10.0.0.2", ["6.6.6.6, 1.2.3.4"], trusted) == "1.2.3.4"  # spoofed left entry ignored
+    assert rules.resolve_client_ip("192.0.2.1", ["[2001:db8::7]:4711"], trusted) == "2001:db8::7"
+    assert rules.resolve_client_ip("10.0.0.2", ["10.1.1.1"], trusted) == "10.1.1.1"  # all trusted: leftmost
+    assert "::ffff:10.1.2.3" in trusted  # IPv4-mapped addresses match IPv4 networks
+
+
+def test_canonical_name():
+    assert rules.canonical_name("CONTENT-TYPE") == "Content-Type"
+    assert rules.canonical_name("WWW-AUTHENTICATE") == "WWW-Authenticate"
+    assert rules.canonical_name("ETAG") == "ETag"
+    assert rules.canonical_name("x-request-id") == "X-Request-Id"
+
+
+def test_wants_upgrade():
+    assert rules.wants_upgrade([("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket")]) == "websocket"
+    assert rules.wants_upgrade([("Upgrade", "websocket")]) is None
