@@ -193,6 +193,10 @@ def upstream_request_headers(
         if lk == "x-forwarded-for":
             xff.append(v)
             continue
+        if "_" in lk:
+            # CGI-style backends map X_Forwarded_For and X-Forwarded-For to the same variable:
+            # an underscore name could smuggle a claim past the rules above (nginx drops them too).
+            continue
         if lk in ("x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded"):
             # Believed (kept) only from a trusted proxy; otherwise a client could claim https.
             if peer_trusted:
