@@ -298,3 +298,29 @@ def test_request_body_filter_streams_upload_chunked(origin, edge_factory, tmp_pa
     expected = body.upper() + b"<EOF>"
     assert data["body_sha256"] == hashlib.sha256(expected).hexdigest()
     assert data["chunked"] is True  # a filter may change the length: forwarded chunked
+
+
+DENY_ON_CONNECT = '''
+from edge.context import Response
+from edge.plugins import Plugin
+
+
+class Gate(Plugin):
+    """Refuses connections from a listed peer before any request is read."""
+    name = "gate"
+
+    def on_connect(self, conn):
+        if conn.peer_ip == "127.0.0.1" and conn.local_port > 0:
+            return Response.error(403, "connection refused by policy")
+        return None
+'''
+
+
+def test_on_connect_refuses_before_any_request(origin, edge_factory, tmp_path):
+    d = write_plugins(tmp_path / "p", {"gate.py": DENY_ON_CONNECT})
+    e = edge_factory(base_config(origin, plugin_dirs=[str(d)], plugins={"gate": {}}), workers=1)
+    requests.get(f"{origin.url}/stats/reset")
+    r = requests.get(f"{e.url}/echo")
+    assert r.status_code == 403
+    assert r.headers.get("Connection") == "close"
+    assert requests.get(f"{origin.url}/stats").json()["requests"] == 1  # the backend never saw it
