@@ -204,11 +204,13 @@ def step_encoded(
     Shared by the memory, local and memcached backends so the encoding lives in one place.
     """
     if limit.algorithm is Algorithm.GCRA:
-        tat = decode_gcra(raw)
-        new_tat, d = gcra_step(tat, now, limit.period_s, limit.count, limit.burst, cost)
+        # decode_gcra, encode_gcra and Limit.ttl_s inlined: this runs once per request
+        new_tat, d = gcra_step(None if raw is None else float(raw), now, limit.period_s, limit.count, limit.burst,
+                               cost)
         if not d.allowed or new_tat is None:
             return None, 0.0, d
-        return encode_gcra(new_tat), limit.ttl_s(new_tat - now), d
+        horizon_s = new_tat - now
+        return repr(float(new_tat)).encode(), (horizon_s if horizon_s > 0.0 else 0.0) + EPS_S, d
     state = decode_window(raw)
     new_state, d = window_step(state, now, limit.period_s, limit.count, cost)
     if not d.allowed or new_state is None:

@@ -27,6 +27,12 @@ Layout, three named databases in one environment:
   an index used to drop expired entries and to choose victims;
 - ``meta``: ``bytes`` -> ``<q`` the accounted size of all entries.
 
+Rate-limit states (``ratelimit_step``, the ``ratelimit`` plugin's hot path) are
+written so that a busy key costs one get and one put in its transaction: the state
+is space-padded to a fixed width (its accounted size never changes), and its expiry
+is rounded up to a 1/16 s grid (keeping a state past its TTL changes no decision),
+so its expiry index row moves at most 16 times a second instead of at every step.
+
 Bounding: each entry is accounted as ``len(key) + len(value) + ENTRY_OVERHEAD``.
 Every write transaction first removes up to ``SWEEP_PER_WRITE`` expired entries
 (so expired data does not linger), then, while the total exceeds ``max_bytes``,
@@ -55,16 +61,21 @@ from collections.abc import Callable, Iterable
 
 import lmdb
 
-from edge.ratelimit import Algorithm, Decision, Limit, step_encoded
+from edge.ratelimit import EPS_S, Algorithm, Decision, Limit, gcra_step, step_encoded
 from edge.store.base import Store
 
 ENTRY_OVERHEAD = 64  # bytes accounted per entry for B-tree nodes and the expiry index
 SWEEP_PER_WRITE = 16  # expired entries removed by each write (amortized cleaning)
 FULL_PUT_EVERY = 64  # ratelimit_step: every n-th step of a process takes the full _put (see there)
 RL_EXPIRY_GRID = 16  # ratelimit_step: state expiries are rounded up to 1/16 s (see there)
-# ratelimit_step: states are space-padded to a fixed width (a float's repr is at most 24
-# bytes; a window state is "<index>:<float>:<float>"); a longer one just takes the full _put
-_RL_WIDTH = {Algorithm.GCRA: 24, Algorithm.WINDOW: 64}
+_WINDOW_WIDTH = 64  # ratelimit_step: window states are space-padded to this (longest: 63 bytes)
+# ratelimit_step: GCRA states as two little-endian doubles (the <d header, then tat), under
+# the key plus a byte no UTF-8 string contains, so they never meet the text states of
+# older versions (whose float() would choke on them) nor any other key
+_GCRA_KEY_SUFFIX = b"\xff"
+_GCRA_STATE = struct.Struct("<dd")
+_GCRA_SIZE = _GCRA_STATE.size
+_TAT = struct.Struct("<d")
 _HDR = struct.Struct("<d")
 _HDR_SIZE = _HDR.size
 _EXP = struct.Struct(">Q")
@@ -184,7 +195,7 @@ class LocalStore(Store):
         """Run ``fn(txn, now)`` in one write transaction (atomic across processes)."""
         for attempt in (0, 1):
             try:
-                with self._env.begin(write=True) as txn:
+                with self._env.begin(write=True, db=self._data) as txn:
                     return fn(txn, self._clock())
             except lmdb.MapFullError:
                 if attempt:
@@ -261,35 +272,37 @@ class LocalStore(Store):
         return int(self._write(op))  # type: ignore[call-overload]
 
     def ratelimit_step(self, key: str, limit: Limit, cost: float = 1, now: float | None = None) -> Decision:
-        k = self._prefix + key.encode()
+        gcra = limit.algorithm is Algorithm.GCRA
+        step = self._gcra if gcra else self._window
+        k = self._prefix + key.encode() + _GCRA_KEY_SUFFIX if gcra else self._prefix + key.encode()
         try:
             # inlined _write: the hot path of the ratelimit plugin (no closure, one transaction)
-            with self._env.begin(write=True) as txn:
-                return self._step(txn, k, limit, cost, self._clock() if now is None else now)
+            with self._env.begin(write=True, db=self._data) as txn:
+                return step(txn, k, limit, cost, self._clock() if now is None else now)
         except lmdb.MapFullError:
             # rare: _write retries once after evicting a quarter of the bound
             return self._write(  # type: ignore[return-value]
-                lambda txn, clock_now: self._step(txn, k, limit, cost, clock_now if now is None else now))
+                lambda txn, clock_now: step(txn, k, limit, cost, clock_now if now is None else now))
 
-    def _step(self, txn: lmdb.Transaction, k: bytes, limit: Limit, cost: float, t: float) -> Decision:
-        stored = txn.get(k, db=self._data)
-        live = None
-        if stored is not None:
-            (old_expires_at,) = _HDR.unpack_from(stored)
-            if not old_expires_at or old_expires_at > t:
-                live = stored[_HDR_SIZE:]
-        raw, ttl_s, decision = step_encoded(live, t, limit, cost)
-        if raw is None:
+    def _gcra(self, txn: lmdb.Transaction, k: bytes, limit: Limit, cost: float, t: float) -> Decision:
+        """One GCRA step on ``k`` (``expires_at``, ``tat`` as two packed doubles)."""
+        stored = txn.get(k)  # the transaction's default database is data
+        tat = None
+        old_expires_at = 0.0
+        if stored is not None and len(stored) == _GCRA_SIZE:
+            old_expires_at, tat = _GCRA_STATE.unpack(stored)
+            if old_expires_at and old_expires_at <= t:
+                tat = None  # expired: as good as no state
+        new_tat, decision = gcra_step(tat, t, limit.period_s, limit.count, limit.burst, cost)
+        if not decision.allowed:
             return decision  # refused: nothing to write (the empty transaction commits for free)
-        # Fixed width: the stored length never changes, so the accounted size stays put.
-        # (float() and int() ignore the trailing spaces; older code reads it as well.)
-        raw = raw.ljust(_RL_WIDTH[limit.algorithm])
-        # Rounded up to the grid: a state kept past its TTL is equivalent to no state
-        # (edge.ratelimit.Limit.ttl_s), and a busy key's expiry index row then moves only
-        # RL_EXPIRY_GRID times a second instead of at every step.
-        expires_at = math.ceil((t + ttl_s) * RL_EXPIRY_GRID) / RL_EXPIRY_GRID
+        # Limit.ttl_s, rounded up to the grid: a state kept past its TTL is equivalent to no
+        # state, and a busy key's expiry index row then moves only RL_EXPIRY_GRID times a
+        # second instead of at every step.
+        horizon_s = new_tat - t
+        expires_at = math.ceil((t + (horizon_s if horizon_s > 0.0 else 0.0) + EPS_S) * RL_EXPIRY_GRID) / RL_EXPIRY_GRID
         self._steps += 1
-        if stored is not None and len(stored) == _HDR_SIZE + len(raw) and self._steps % FULL_PUT_EVERY:
+        if old_expires_at and self._steps % FULL_PUT_EVERY:
             # The hot path of a busy key (live or just expired: a limit far above the traffic
             # expires between requests): same length, so nothing to account and nothing to
             # evict; overwrite the value, and move its index row if the expiry changed.
@@ -297,7 +310,31 @@ class LocalStore(Store):
             if expires_at != old_expires_at:
                 txn.delete(self._exp_key(old_expires_at, k), db=self._expiry)
                 txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
-            txn.put(k, _HDR.pack(expires_at) + raw, db=self._data)
+            txn.put(k, _GCRA_STATE.pack(expires_at, new_tat))
+            return decision
+        self._put(txn, k, _TAT.pack(new_tat), None, t, expires_at=expires_at)
+        return decision
+
+    def _window(self, txn: lmdb.Transaction, k: bytes, limit: Limit, cost: float, t: float) -> Decision:
+        """One sliding-window step on ``k`` (the text encoding of edge.ratelimit, space-padded)."""
+        stored = txn.get(k)
+        live = None
+        if stored is not None:
+            (old_expires_at,) = _HDR.unpack_from(stored)
+            if not old_expires_at or old_expires_at > t:
+                live = stored[_HDR_SIZE:]
+        raw, ttl_s, decision = step_encoded(live, t, limit, cost)
+        if raw is None:
+            return decision
+        # fixed width, so that the accounted size stays put (float() and int() ignore the spaces)
+        raw = raw.ljust(_WINDOW_WIDTH)
+        expires_at = math.ceil((t + ttl_s) * RL_EXPIRY_GRID) / RL_EXPIRY_GRID
+        self._steps += 1
+        if stored is not None and len(stored) == _HDR_SIZE + len(raw) and self._steps % FULL_PUT_EVERY:
+            if expires_at != old_expires_at:
+                txn.delete(self._exp_key(old_expires_at, k), db=self._expiry)
+                txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
+            txn.put(k, _HDR.pack(expires_at) + raw)
             return decision
         self._put(txn, k, raw, None, t, expires_at=expires_at)
         return decision

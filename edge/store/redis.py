@@ -24,6 +24,12 @@ failover). The rate-limit script is a line-by-line transcription of
 (``TIME``) so every edge node agrees on ``now``; a caller may pass ``now``
 instead (used by the test that checks Lua and Python agree). Floats cross the
 Lua boundary as ``%.17g`` strings: Redis truncates Lua numbers to integers.
+
+The rate-limit step is the ``ratelimit`` plugin's per-request call, so it skips
+redis-py's command layers (``_DirectConnections``) and, in a gevent worker, the
+steps that concurrent greenlets issue at the same moment travel as one pipeline
+(``_Pipeliner``: one send and one read for the batch, each step still one atomic
+``EVALSHA``).
 """
 
 from __future__ import annotations
@@ -288,7 +294,7 @@ class _Pipeliner:
         if idle is not None:
             self._idle = None
             get_hub().loop.run_callback(idle.switch, None)
-        elif self._batcher is None:
+        elif self._batcher is None or self._batcher.dead:  # (dead: killed before it ever ran)
             self._batcher = gevent.spawn(self._run)
         return waiter.get()
 

@@ -117,6 +117,18 @@ def test_on_response_edits_a_replacement():
     assert "RateLimit" not in resp.headers
 
 
+def test_origin_ratelimit_fields_are_replaced_not_repeated():
+    p = make_plugin(RateLimit, ONE, services())
+    origin = [("Server", "o"), ("ratelimit", "origin's"), ("X-A", "1"), ("RATELIMIT-POLICY", "a"),
+              ("RateLimit-Policy", "b")]
+    _, headers, _ = hit(p, response=make_upstream_response(headers=origin))
+    assert [h for h in headers if h[0] != "Content-Length"] == [("Server", "o"), ("RateLimit", '"default";r=2;t=60'), ("X-A", "1"),
+                               ("RateLimit-Policy", '"default";q=1;w=60')]
+    _, headers, _ = hit(p, response=make_upstream_response(headers=[("Server", "o")]))
+    assert [h for h in headers if h[0] != "Content-Length"] == [("Server", "o"), ("RateLimit-Policy", '"default";q=1;w=60'),
+                               ("RateLimit", '"default";r=1;t=120')]
+
+
 def test_run_plugin_end_to_end():
     run = run_plugin(RateLimit, ONE, services=services())
     assert run.status == 200 and run.headers.get("RateLimit-Policy") == '"default";q=1;w=60'
