@@ -111,3 +111,20 @@ def _server(e) -> dict:
     return {"server": yaml.safe_load(e.config_path.read_text())["server"],
             "store": yaml.safe_load(e.config_path.read_text()).get("store", {})}
 
+
+
+def test_https_http1_request_and_forwarded_proto(origin, edge_factory, tmp_path):
+    import json
+    import warnings
+
+    cert, key = generate_self_signed(tmp_path / "tls")
+    cfg = simple_config(origin)
+    cfg["tls"] = {"certfile": str(cert), "keyfile": str(key)}
+    e = edge_factory(cfg, workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # our own self-signed test certificate
+        with requests.Session() as s:  # requests speaks HTTP/1.1 only: edge's own HTTP/1 path over TLS
+            for _ in range(3):
+                r = s.get(f"https://127.0.0.1:{e.port}/echo", verify=False)
+                sent = {k.lower(): v for k, v in json.loads(r.content)["headers"]}
+                assert sent["x-forwarded-proto"] == "https"
