@@ -114,6 +114,8 @@ class Decision(NamedTuple):
     limit: int = 0
 
 
+_decision = tuple.__new__  # Decision without the generated __new__ (see gcra_step)
+
 # --------------------------------------------------------------------------- GCRA
 
 
@@ -129,8 +131,10 @@ def gcra_step(
     if now + EPS_S < allow_at:
         remaining = max(0, math.floor((now + tau - base + EPS_S) / t))
         return tat, Decision(False, remaining, allow_at - now, base - now, burst)
-    remaining = max(0, math.floor((now + tau - new_tat + EPS_S) / t))
-    return new_tat, Decision(True, remaining, 0.0, new_tat - now, burst)
+    # the admitted path runs once per request: int() is floor() here (r > 0), and the
+    # tuple is built without NamedTuple's Python-level __new__
+    r = (now + tau - new_tat + EPS_S) / t
+    return new_tat, _decision(Decision, (True, int(r) if r > 0 else 0, 0.0, new_tat - now, burst))
 
 
 def encode_gcra(tat: float) -> bytes:

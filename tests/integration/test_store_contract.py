@@ -556,3 +556,33 @@ def test_redis_steps_of_concurrent_greenlets_share_pipelines_exactly(make_cfg, m
     assert out["stalled_max_s"] <= timeout_s + 0.15  # queued behind a stalled batch: still one timeout
     assert out["back_after_s"] <= 2.0
     assert out["failures"] >= 100
+
+
+_LOCAL_BATCH_SCRIPT = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import json, sys, gevent
+    from edge.config import StoreConfig
+    from edge.store import build_store
+    from edge.ratelimit import Limit
+    s = build_store(StoreConfig.model_validate_json(sys.argv[1]))
+    gcra, window = Limit.parse("1/h", burst=300), Limit.parse("200/h", algorithm="window")
+    out = []
+    def work():
+        for _ in range(10):
+            out.append((s.ratelimit_step("g", gcra).allowed, s.ratelimit_step("w", window).allowed))
+    gevent.joinall([gevent.spawn(work) for _ in range(100)], timeout=30, raise_error=True)
+    print(json.dumps({"gcra": sum(g for g, _ in out), "window": sum(w for _, w in out),
+                      "batches": s._batch.batches, "steps": s._batch.steps}))
+""")
+
+
+def test_local_steps_of_concurrent_greenlets_share_transactions_exactly(make_cfg):
+    import json
+
+    cfg = make_cfg("local")
+    proc = subprocess.run([sys.executable, "-c", _LOCAL_BATCH_SCRIPT, cfg.model_dump_json()],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["gcra"], out["window"]) == (300, 200)  # each step still one atomic read-decide-write
+    assert out["steps"] == 2000 and out["batches"] <= 2000 // 4  # steps really shared transactions
