@@ -375,7 +375,7 @@ class RateLimit(Plugin):
         self._dry_run = config.dry_run
         self._headers = config.headers and not config.dry_run
         self._policy_header = ", ".join(
-            f"{c.quoted};q={c.limit.count:g};w={max(1, math.ceil(c.limit.period_s))}" for c in self._limits)
+            f"{c.quoted};q={_quota(c.limit.count)};w={max(1, math.ceil(c.limit.period_s))}" for c in self._limits)
         conc = config.concurrency
         if conc is not None:
             self._conc_key = _KeyBuilder(conc.key, config.missing_key == "skip") if conc.key else self._key
@@ -603,6 +603,11 @@ class RateLimit(Plugin):
             # the slot comes back when the counter's epoch ends (see the module docstring)
             self._incr(M_RELEASE_FAILED)
         return None
+
+
+def _quota(count: float) -> str:
+    """``q`` of RateLimit-Policy: an integer (``1000000``, not ``1e+06``); a fraction stays one."""
+    return str(int(count)) if count == int(count) else f"{count:g}"
 
 
 def _body(status: int, message: str, request_id: str | None) -> bytes:

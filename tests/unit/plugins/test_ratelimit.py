@@ -95,6 +95,11 @@ def test_admitted_responses_carry_remaining_and_reset():
     assert ctx.facts["ratelimit"].allowed is True
 
 
+def test_policy_quota_is_an_integer_for_big_limits():
+    p = make_plugin(RateLimit, {"limits": [{"rate": "1000000/s"}]}, services())
+    assert hit(p)[1].get("RateLimit-Policy") == '"default";q=1000000;w=1'
+
+
 def test_headers_can_be_turned_off():
     p = make_plugin(RateLimit, {**ONE, "headers": False}, services())
     assert "RateLimit" not in hit(p)[1]
