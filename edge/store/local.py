@@ -65,13 +65,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import gevent
 import lmdb
 from gevent import monkey
-from gevent.hub import Waiter, get_hub
+from gevent.hub import Waiter
 
 from edge.ratelimit import EPS_S, Algorithm, Decision, Limit, gcra_step, step_encoded
 from edge.store.base import Store
+from edge.store.batching import Answer, GreenletBatcher, deliver
 
 ENTRY_OVERHEAD = 64  # bytes accounted per entry for B-tree nodes and the expiry index
 SWEEP_PER_WRITE = 16  # expired entries removed by each write (amortized cleaning)
@@ -381,20 +381,15 @@ class LocalStore(Store):
 
 
 
-class _StepBatcher:
+class _StepBatcher(GreenletBatcher):
     """The rate-limit steps of one worker's concurrent greenlets, run in one write transaction.
 
-    Under gevent, the greenlets woken by one poll of the event loop each call
-    ``ratelimit_step`` at about the same moment. Each step in its own transaction cost
-    far more than its instructions: a write transaction copies (copy-on-write) a leaf
-    page of ``data``, a page of the main database (the ``data`` root moved) and one of
-    the free list, 12 KiB or more of fresh memory that then evicts what the rest of the
-    request needs; the bench lost 20% of its throughput to it (issue 4). Here each
-    caller queues its step and parks on its own ``Waiter``; one batcher greenlet per
-    store (per worker) runs everything queued in ONE write transaction, where the pages
-    are copied once and the later steps write into pages already dirty, then wakes the
-    callers (one hub callback per batch). The batcher wakes from a hub callback, after
-    the greenlets made ready by the same poll have queued their steps.
+    Each step in its own transaction cost far more than its instructions: a write
+    transaction copies (copy-on-write) a leaf page of ``data``, a page of the main
+    database (the ``data`` root moved) and one of the free list, 12 KiB or more of
+    fresh memory that then evicts what the rest of the request needs; the bench lost
+    20% of its throughput to it (issue 4). Batched (``edge.store.batching``), the pages
+    are copied once per batch and the later steps write into pages already dirty.
 
     Exactness does not change: the steps of a batch run one after the other inside a
     transaction that holds LMDB's writer lock, so each is still one atomic
@@ -405,70 +400,34 @@ class _StepBatcher:
     """
 
     def __init__(self, store: LocalStore) -> None:
+        super().__init__()
         self._store = store
-        self._queue: list[tuple[_Step, bytes, Limit, float, float | None, Waiter]] = []
-        self._batcher: Any = None  # the batcher greenlet, started on first use
-        self._idle: Waiter | None = None  # the batcher's waiter while the queue is empty
-        #: transactions run and steps they carried (tests, benchmark)
-        self.batches = 0
-        self.steps = 0
 
     def run(self, step: _Step, k: bytes, limit: Limit, cost: float, now: float | None) -> Decision:
-        waiter = Waiter()
-        self._queue.append((step, k, limit, cost, now, waiter))
-        idle = self._idle
-        if idle is not None:
-            self._idle = None
-            get_hub().loop.run_callback(idle.switch, None)
-        elif self._batcher is None or self._batcher.dead:  # (dead: killed before it ever ran)
-            self._batcher = gevent.spawn(self._run)
-        ok, value = waiter.get()
-        if ok:
-            return value  # type: ignore[no-any-return]
-        raise value
+        return self.submit((step, k, limit, cost, now))  # type: ignore[no-any-return]
 
-    def _run(self) -> None:
-        queue = self._queue
-        try:
-            while True:
-                if not queue:
-                    self._idle = waiter = Waiter()
-                    waiter.get()
-                    continue
-                batch = queue[:]
-                queue.clear()
-                answers = self._steps(batch)
-                self.batches += 1
-                self.steps += len(batch)
-                get_hub().loop.run_callback(_wake, answers)
-        finally:
-            # killed (worker exit): nobody must wait for an answer that will not come
-            self._batcher = self._idle = None
-            stopped = RuntimeError("local store: step batcher stopped")
-            _wake([(w, (False, stopped)) for *_, w in queue])
-            queue.clear()
+    def stopped_error(self) -> BaseException:
+        return RuntimeError("local store: step batcher stopped")
 
-    def _steps(self, batch: list[tuple[_Step, bytes, Limit, float, float | None, Waiter]]) -> list[Any]:
+    def process(self, batch: list[tuple[Any, Waiter]]) -> None:
         store = self._store
         try:
             with store._env.begin(write=True, db=store._data) as txn:
                 clock_now = store._clock()
-                return [(w, (True, step(txn, k, limit, cost, clock_now if now is None else now)))
-                        for step, k, limit, cost, now, w in batch]
+                answers = [(w, True, step(txn, k, limit, cost, clock_now if now is None else now))
+                           for (step, k, limit, cost, now), w in batch]
         except Exception:  # noqa: BLE001 - nothing was committed; each step alone raises its own
-            pass  # (and _write recovers from MapFullError)
-        answers = []
-        for step, k, limit, cost, now, w in batch:
+            answers = self._one_by_one(batch)  # (and _write recovers from MapFullError)
+        deliver(answers)
+
+    def _one_by_one(self, batch: list[tuple[Any, Waiter]]) -> list[Answer]:
+        store = self._store
+        answers: list[Answer] = []
+        for (step, k, limit, cost, now), w in batch:
             try:
-                answers.append((w, (True, store._write(
+                answers.append((w, True, store._write(
                     lambda txn, c, step=step, k=k, limit=limit, cost=cost, now=now:
-                    step(txn, k, limit, cost, c if now is None else now)))))
+                    step(txn, k, limit, cost, c if now is None else now))))
             except Exception as e:  # raised in its own caller, as without batching
-                answers.append((w, (False, e)))
+                answers.append((w, False, e))
         return answers
-
-
-def _wake(answers: list[Any]) -> None:
-    """Hub callback: give each parked caller its ``(ok, decision or exception)``."""
-    for waiter, answer in answers:
-        waiter.switch(answer)

@@ -39,17 +39,17 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import gevent
 import redis
 import redis.exceptions as rexc
 from gevent import monkey
-from gevent.hub import Waiter, get_hub
+from gevent.hub import Waiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from edge.errors import StoreUnavailable
 from edge.ratelimit import Algorithm, Decision, Limit
 from edge.store.base import Health, Store
+from edge.store.batching import Answer, GreenletBatcher, deliver
 
 # Failures of the server or the network. OutOfMemoryError: the server is full (maxmemory
 # with noeviction). ReadOnlyError: we are talking to a replica
@@ -252,19 +252,15 @@ class _DirectConnections:
 PIPELINE_MAX = 256
 
 
-class _Pipeliner:
+class _Pipeliner(GreenletBatcher):
     """Automatic pipelining of the rate-limit step within a worker (gevent only).
 
     Under load, many greenlets of a worker need a step at about the same moment, and
     each one's own round trip (a ``send``, a ``recv`` that first finds nothing and
     parks the greenlet, a wake-up, a second ``recv``) cost more worker time than the
-    request it guarded (issue 4 benchmark). Here a caller appends its command to a
-    queue and parks on its own ``Waiter``; one batcher greenlet per store (hence per
-    worker) takes everything queued, writes it as ONE pipeline on its one connection,
-    reads the answers in order and wakes each caller with its own answer (one hub
-    callback for the whole batch). The batcher wakes from a hub callback, so it runs
-    after the greenlets made ready by the same poll have queued their steps, which is
-    what fills a batch; while a batch is in flight, new steps queue for the next one.
+    request it guarded (issue 4 benchmark). Batched (``edge.store.batching``), the
+    commands queued at one moment go out as ONE pipeline on the batcher's one
+    connection, and the answers are read in order.
 
     Each command stays one ``EVALSHA``: Redis runs each script atomically whether it
     arrives alone or in a pipeline, so decisions are as exact as without pipelining.
@@ -275,48 +271,23 @@ class _Pipeliner:
     the connection is closed and the next batch opens a new one.
     """
 
+    max_batch = PIPELINE_MAX
+
     def __init__(self, conn_cls: Any, conn_kwargs: dict[str, Any]) -> None:
+        super().__init__()
         self._cls = conn_cls
         self._kwargs = conn_kwargs
         self._conn: Any = None
-        self._queue: list[tuple[tuple[Any, ...], Waiter]] = []
-        self._batcher: Any = None  # the batcher greenlet, started on first use
-        self._idle: Waiter | None = None  # the batcher's waiter while the queue is empty
-        #: pipelines sent and commands they carried (tests, benchmark)
-        self.batches = 0
-        self.commands = 0
 
     def execute(self, *args: Any) -> Any:
         """Send one command in the next pipeline; its answer (or its error, raised)."""
-        waiter = Waiter()
-        self._queue.append((args, waiter))
-        idle = self._idle
-        if idle is not None:
-            self._idle = None
-            get_hub().loop.run_callback(idle.switch, None)
-        elif self._batcher is None or self._batcher.dead:  # (dead: killed before it ever ran)
-            self._batcher = gevent.spawn(self._run)
-        return waiter.get()
+        return self.submit(args)
 
-    def _run(self) -> None:
-        queue = self._queue
-        try:
-            while True:
-                if not queue:
-                    self._idle = waiter = Waiter()
-                    waiter.get()
-                    continue
-                batch = queue[:PIPELINE_MAX]
-                del queue[:PIPELINE_MAX]
-                self._send(batch)
-        finally:
-            # killed (worker exit): nobody must wait for an answer that will not come
-            self._batcher = self._idle = None
-            self._fail([*queue], rexc.ConnectionError("redis pipeline stopped"))
-            queue.clear()
+    def stopped_error(self) -> BaseException:
+        return rexc.ConnectionError("redis pipeline stopped")
 
-    def _send(self, batch: list[tuple[tuple[Any, ...], Waiter]]) -> None:
-        answers: list[tuple[Waiter, bool, Any]] = []
+    def process(self, batch: list[tuple[tuple[Any, ...], Waiter]]) -> None:
+        answers: list[Answer] = []
         try:
             conn = self._conn
             if conn is None:
@@ -331,40 +302,23 @@ class _Pipeliner:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.disconnect()  # it may hold half an answer
-            failed = batch[len(answers):] + self._queue
-            self._queue.clear()
-            self._deliver(answers)
-            self._fail(failed, e)
+            failed = batch[len(answers):] + self.take_queued()
+            deliver(answers)
+            self.fail(failed, e)
             if not isinstance(e, Exception):
-                raise  # GreenletExit and the like: stop the batcher (_run fails the rest)
+                raise  # GreenletExit and the like: stop the batcher (which fails the rest)
             return
-        self.batches += 1
-        self.commands += len(batch)
-        self._deliver(answers)
+        deliver(answers)
 
-    def _deliver(self, answers: list[tuple[Waiter, bool, Any]]) -> None:
-        if answers:
-            get_hub().loop.run_callback(_wake, answers)
-
-    def _fail(self, items: list[tuple[tuple[Any, ...], Waiter]], exc: BaseException) -> None:
-        if items:
-            # each caller gets its own exception object (one raised in many greenlets would
-            # collect all their tracebacks); StoreUnavailable names the original
-            self._deliver([(w, False, _copy_error(exc)) for _, w in items])
+    def fail(self, items: list[tuple[Any, Waiter]], exc: BaseException) -> None:
+        # each caller gets its own exception object (one raised in many greenlets would
+        # collect all their tracebacks); StoreUnavailable names the original
+        deliver([(w, False, _copy_error(exc)) for _, w in items])
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.disconnect()
             self._conn = None
-
-
-def _wake(answers: list[tuple[Waiter, bool, Any]]) -> None:
-    """Hub callback: give each parked caller its answer."""
-    for waiter, ok, value in answers:
-        if ok:
-            waiter.switch(value)
-        else:
-            waiter.throw(value)
 
 
 def _copy_error(exc: BaseException) -> BaseException:

@@ -266,7 +266,7 @@ def _peer_closed(sock) -> bool:
     """True when the backend has closed (or reset) an idle connection; one non-blocking peek."""
     raw = getattr(sock, "_sock", sock)  # gevent's wrapper would wait on EAGAIN; ask the kernel directly
     try:
-        data = raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+        raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
     except OSError:

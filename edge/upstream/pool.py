@@ -11,7 +11,6 @@ request once on a fresh connection when that is safe (see client.py).
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
 
 
 class PooledConnection:

@@ -109,7 +109,6 @@ def test_connect_failure_retried_on_next_server(origin, edge_factory):
 
 def test_stale_pooled_connection_is_retried_transparently(edge_factory, tmp_path):
     """The origin closes idle connections after 1 s; edge must not surface that as a 502."""
-    from edge.launch import start_origin
     import subprocess, sys
     from edge.launch import ORIGIN_SCRIPT, Process, wait_for_port
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 import requests
 import websocket
 
-from edge.launch import REPO, free_port
+from edge.launch import REPO
 from edge.tls import generate_self_signed
 from tests.integration.conftest import simple_config, until
 

@@ -25,7 +25,6 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from edge.launch import free_port
 
 RATE, BURST = 100, 20
 MAX_RECORDS = 2_000_000  # bound on recorded responses per load run

@@ -514,7 +514,7 @@ _PIPELINE_SCRIPT = textwrap.dedent("""
     limit = Limit.parse("1/h", burst=300)
     results = [r for _ in range(10) for r in burst(100, "exact", limit)]
     out["admitted"] = sum(r[0] is True for r in results)
-    out["batches"], out["commands"] = s._pipe.batches, s._pipe.commands
+    out["batches"], out["commands"] = s._pipe.batches, s._pipe.items
     # a restarted server has no scripts: every queued EVALSHA gets NOSCRIPT, then EVAL
     s._r.script_flush()
     out["after_flush"] = sorted({r[0] for r in burst(50, "flush", Limit.parse("1/h", burst=50))}, key=str)
@@ -572,7 +572,7 @@ _LOCAL_BATCH_SCRIPT = textwrap.dedent("""
             out.append((s.ratelimit_step("g", gcra).allowed, s.ratelimit_step("w", window).allowed))
     gevent.joinall([gevent.spawn(work) for _ in range(100)], timeout=30, raise_error=True)
     print(json.dumps({"gcra": sum(g for g, _ in out), "window": sum(w for _, w in out),
-                      "batches": s._batch.batches, "steps": s._batch.steps}))
+                      "batches": s._batch.batches, "steps": s._batch.items}))
 """)
 
 
