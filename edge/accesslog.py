@@ -2,7 +2,7 @@
 
 Fields: ``time`` (ISO 8601, UTC), ``client`` (after trusted-proxy resolution),
 ``method``, ``path`` (as the client sent it, with the query), ``status``,
-``bytes`` (body bytes sent), ``duration_ms``, ``route``, ``upstream`` (server that
+``bytes`` (body bytes sent), ``bytes_received`` (request body bytes read), ``duration_ms``, ``route``, ``upstream`` (server that
 answered, if any), ``upstream_ms``, ``request_id``, ``protocol``, ``error`` (cause of
 a failure, if any). One line per request, so ``jq`` and log shippers read it as is.
 
@@ -40,6 +40,7 @@ class AccessLog:
             "path": ctx.raw_path + ("?" + ctx.query if ctx.query else ""),
             "status": ctx.status,
             "bytes": ctx.bytes_sent,
+            "bytes_received": ctx.bytes_received,
             "duration_ms": round(duration_s * 1000, 3),
             "route": route.name if route is not None else None,
             "upstream": ctx.upstream_addr,

@@ -186,7 +186,6 @@ class Proxy:
         pool = self.pools.get(ctx.upstream)
         if pool is None:
             raise EdgeError(f"route {route.name}: unknown upstream {ctx.upstream!r}")
-        upgrade = route.websocket and rules.wants_upgrade(ctx.headers) is not None
         headers = rules.upstream_request_headers(
             ctx.headers.items(),
             peer_ip=ctx.peer_ip,
@@ -194,7 +193,7 @@ class Proxy:
             client_host=ctx.host,
             client_port=ctx.port,
             peer_trusted=ctx.peer_ip in self.trusted,
-            allow_upgrade=upgrade,
+            allow_upgrade=route.websocket,  # kept only when the client asked for an upgrade
             x_forwarded=self.x_forwarded,
             forwarded=self.forwarded,
             via=self.via,
@@ -313,16 +312,16 @@ class WSGIApplication:
         if reply.length is not None and rules.response_has_body(ctx.method, reply.status):
             headers.append(("Content-Length", str(reply.length)))
         start_response(f"{reply.status} {reply.reason}", headers)
-        return _WSGIBody(proxy, ctx, reply)
+        return _WSGIBody(proxy, ctx, reply, body)
 
 
 class _WSGIBody:
     """Iterates the reply body for gunicorn and runs the log phase when gunicorn closes it."""
 
-    __slots__ = ("proxy", "ctx", "reply")
+    __slots__ = ("proxy", "ctx", "reply", "request_body")
 
-    def __init__(self, proxy: Proxy, ctx: RequestContext, reply: Reply) -> None:
-        self.proxy, self.ctx, self.reply = proxy, ctx, reply
+    def __init__(self, proxy: Proxy, ctx: RequestContext, reply: Reply, request_body: RequestBody | None) -> None:
+        self.proxy, self.ctx, self.reply, self.request_body = proxy, ctx, reply, request_body
 
     def __iter__(self):
         body = self.reply.body
@@ -341,6 +340,8 @@ class _WSGIBody:
         body = self.reply.body
         if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
             body.close()
+        if self.request_body is not None:
+            self.ctx.bytes_received = self.request_body.consumed
         self.proxy.finish(self.ctx)
 
 

@@ -338,17 +338,12 @@ class StoreConfig(Model):
         return self
 
 
-# --------------------------------------------------------------------------- metrics, admin
+# --------------------------------------------------------------------------- metrics
 
 
 class MetricsConfig(Model):
     statsd: str | None = Field(None, description="`host:port` of a statsd server; unset disables metrics")
     prefix: str = Field("edge", description="prefix of every metric name")
-
-
-class AdminConfig(Model):
-    status_path: str | None = Field(None, description="path of the operator status page; unset disables it")
-    allow: tuple[str, ...] = Field(("127.0.0.1/32", "::1/128"), description="CIDRs allowed to read the status page")
 
 
 # --------------------------------------------------------------------------- top level
@@ -364,7 +359,6 @@ class EdgeConfig(Model):
     plugin_dirs: tuple[str, ...] = Field((), description="directories searched for plugins after the shipped `plugins/`")
     plugins: dict[str, dict[str, Any]] = Field({}, description="plugins enabled on every route, with their settings")
     metrics: MetricsConfig = Field(MetricsConfig(), description="statsd metrics")
-    admin: AdminConfig = Field(AdminConfig(), description="operator endpoints")
 
     # Where this configuration was read from; set by load_config, used in error messages.
     source: str = Field("<string>", exclude=True, description="(internal) file the configuration came from")
@@ -376,9 +370,6 @@ class EdgeConfig(Model):
                 known = ", ".join(sorted(self.upstreams)) or "none defined"
                 raise _KeyError(f"routes[{i}].upstream", f"unknown upstream {route.upstream!r} (known: {known})")
         return self
-
-    def route_names(self) -> list[str]:
-        return [r.name or f"route{i}" for i, r in enumerate(self.routes)]
 
 
 class _KeyError(ValueError):

@@ -414,6 +414,8 @@ def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
         except EdgeError:
             return
         finally:
+            if body is not None:
+                ctx.bytes_received = body.consumed
             proxy.finish(ctx)
         if not keep:
             return

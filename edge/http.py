@@ -266,15 +266,3 @@ def response_has_body(method: str, status: int) -> bool:
     """RFC 9110 §6.4.1: HEAD answers, 1xx, 204 and 304 never carry content."""
     return not (method == "HEAD" or status < 200 or status == 204 or status == 304)
 
-
-def wants_upgrade(headers: Iterable[tuple[str, str]]) -> str | None:
-    """The requested protocol when the client asks to upgrade (``Connection: upgrade`` + ``Upgrade``)."""
-    upgrade = None
-    conn = False
-    for k, v in headers:
-        lk = k.lower()
-        if lk == "upgrade":
-            upgrade = v
-        elif lk == "connection" and "upgrade" in connection_options((v,)):
-            conn = True
-    return upgrade if conn else None

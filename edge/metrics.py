@@ -35,10 +35,6 @@ class Metrics:
             host, _, port = statsd_addr.rpartition(":")
             self._client = statsd.StatsClient(host.strip("[]") or "127.0.0.1", int(port), prefix=prefix)
 
-    @property
-    def enabled(self) -> bool:
-        return self._client is not None
-
     def incr(self, name: str, count: int = 1) -> None:
         if self._client is None:
             return

@@ -86,9 +86,6 @@ HOOKS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "on_log": ("ctx",),
 })
 
-#: Hooks that run under the plugin's ``timeout``.
-BUDGETED_HOOKS = frozenset({"on_connect", "on_request", "on_request_body"})
-
 #: A failing plugin+hook is logged with its traceback at most once per this many seconds.
 ERROR_LOG_INTERVAL_S = 10.0
 

@@ -53,7 +53,7 @@ def test_json_access_log_line_per_request(origin, edge_factory, tmp_path):
     cfg["server"] = {"accesslog": str(log_path)}
     e = edge_factory(cfg, workers=1)
     requests.get(f"{e.url}/echo?x=1", headers={"X-Forwarded-For": "203.0.113.1"})
-    requests.get(f"{e.url}/status/503")
+    requests.post(f"{e.url}/status/503", data=b"z" * 1000)
     deadline = time.monotonic() + 5
     lines = []
     while time.monotonic() < deadline and len(lines) < 2:
@@ -64,4 +64,5 @@ def test_json_access_log_line_per_request(origin, edge_factory, tmp_path):
     assert first["client"] == "127.0.0.1"  # not a trusted proxy: its X-Forwarded-For is not believed
     assert first["route"] == "web" and first["upstream"] == f"127.0.0.1:{origin.port}"
     assert first["bytes"] > 0 and first["duration_ms"] >= first["upstream_ms"] >= 0
-    assert second["status"] == 503
+    assert second["status"] == 503 and second["method"] == "POST"
+    assert second["bytes_received"] == 1000 and first["bytes_received"] == 0

@@ -130,10 +130,6 @@ def test_canonical_name():
     assert rules.canonical_name("x-request-id") == "X-Request-Id"
 
 
-def test_wants_upgrade():
-    assert rules.wants_upgrade([("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket")]) == "websocket"
-    assert rules.wants_upgrade([("Upgrade", "websocket")]) is None
-
 
 def test_underscore_names_dropped_so_cgi_backends_cannot_be_spoofed():
     out = up([("X_FORWARDED_FOR", "6.6.6.6"), ("X-REAL", "1")], via=None)
