@@ -51,6 +51,7 @@ from edge.ratelimit import Decision, Limit, step_encoded
 from edge.store.base import Health, Store
 
 CAS_ATTEMPTS = 64  # lost races after which a step keeps retrying only while within its time budget
+KEY_LOCK_STRIPES = 64  # per-worker locks that serialise rate-limit steps of the same key
 CAS_BUDGET_TIMEOUTS = 10  # that budget, in store timeouts: a hot key under heavy contention waits a little, it does not fail
 MAX_CONNECTIONS = 64  # per server and worker; more concurrent calls wait for a free one (see _call)
 _MAX_RELATIVE_TTL_S = 30 * 86400  # memcached reads larger exptimes as absolute Unix times
@@ -151,6 +152,7 @@ class MemcachedStore(Store):
         # and only then the call counts as unavailable
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._timeout_s = timeout_s
+        self._key_locks = tuple(threading.Lock() for _ in range(KEY_LOCK_STRIPES))
         self._wait_s = max(20 * timeout_s, 1.0)
         self._health = Health(self, ",".join(self._servers))
         self._mc = _HashClient(
@@ -230,6 +232,20 @@ class MemcachedStore(Store):
         raise StoreUnavailable(f"memcached incr {key!r}: key vanished {CAS_ATTEMPTS} times")
 
     def ratelimit_step(self, key: str, limit: Limit, cost: float = 1, now: float | None = None) -> Decision:
+        # One step per key at a time within this worker: the other greenlets on a hot key
+        # queue here (FIFO, cooperative under gevent) instead of all racing gets/cas, so CAS
+        # races only happen between workers and nodes, and no greenlet starves losing them.
+        # The wait is bounded by one store timeout: behind a hung server the queue must not
+        # add up timeouts, so a greenlet that waited that long goes ahead and races.
+        lock = self._key_locks[hash(key) % KEY_LOCK_STRIPES]
+        locked = lock.acquire(timeout=self._timeout_s)
+        try:
+            return self._ratelimit_step(key, limit, cost, now)
+        finally:
+            if locked:
+                lock.release()
+
+    def _ratelimit_step(self, key: str, limit: Limit, cost: float, now: float | None) -> Decision:
         k = self._k(key)
         attempt = 0
         give_up = None
