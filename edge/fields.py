@@ -1,0 +1,70 @@
+"""HTTP field syntax: the one place that says what a valid name or value is (pure).
+
+Theory of operation. Every header name and value that edge writes to a socket,
+to a client or to a backend, whatever produced it (the client, a plugin, the
+configuration), passes one of these checks first (h11 validates on the way out
+too). Config loaders call the same functions so that an invalid value is refused
+at start with file/key/reason instead of at request time.
+
+RFC 9110 §5.1: ``field-name = token``; §5.6.2: ``token = 1*tchar``,
+``tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA``.
+RFC 9110 §5.5: "Field values containing CR, LF, or NUL characters are invalid
+and dangerous"; other CTLs are tolerated in received values but edge never
+writes them either (except HTAB, which is part of the value grammar).
+"""
+
+from __future__ import annotations
+
+import re
+
+TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# field-value = *field-content; obs-text (0x80-0xFF) allowed; CTLs except HTAB are not.
+_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_VALUE_BYTES_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def is_token(s: str) -> bool:
+    """True when ``s`` is an RFC 9110 token (method names, field names)."""
+    return _TOKEN_RE.fullmatch(s) is not None
+
+
+def is_field_value(s: str) -> bool:
+    """True when ``s`` may be written as a field value: no CR, LF, NUL or other CTL but HTAB,
+    no leading or trailing whitespace (RFC 9110 §5.5: field-value excludes them)."""
+    if _BAD_VALUE_RE.search(s) is not None:
+        return False
+    return not s or (s[0] not in " \t" and s[-1] not in " \t")
+
+
+def is_field_value_bytes(b: bytes) -> bool:
+    """``is_field_value`` for raw bytes."""
+    if _BAD_VALUE_BYTES_RE.search(b) is not None:
+        return False
+    return not b or (b[:1] not in b" \t" and b[-1:] not in b" \t")
+
+
+def field_error(name: str, value: str) -> str | None:
+    """Why ``name: value`` cannot be written, or None when it can (for config errors and logs)."""
+    if not is_token(name):
+        return f"invalid header name {name!r}: must be a token (RFC 9110 §5.1)"
+    if not is_field_value(value):
+        return f"invalid value for header {name}: {value[:60]!r} contains a control character or surrounding whitespace"
+    return None
+
+
+def fields_valid(fields) -> bool:
+    """True when every ``(name, value)`` pair of ``fields`` may be written (the serialisers' check)."""
+    for name, value in fields:
+        if _TOKEN_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value) is not None:
+            return False
+    return True
+
+
+def first_invalid_field(fields) -> tuple[str, str] | None:
+    """The first pair of ``fields`` that may not be written, for the log line; None when all may."""
+    for name, value in fields:
+        if _TOKEN_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value) is not None:
+            return name, value
+    return None
