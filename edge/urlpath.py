@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["normalize_path"]
+__all__ = ["normalize_path", "slash_interpretations", "decode_slashes", "has_slash_forms", "SLASH_FORMS"]
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -108,3 +108,49 @@ def _remove_dot_segments(path: str) -> str:
         elif seg != ".":
             out.append(seg)
     return "/" + "/".join(out)
+
+
+# The spellings of a path separator that some backend may honour even though edge
+# keeps them as data: "%2F" (reserved, RFC 3986 §2.2; decoded before dot segments by
+# some servers and frameworks), "%5C" and a raw "\" (a separator on IIS and in
+# Windows file APIs). normalize_path upper-cases escapes, so these are the only forms.
+SLASH_FORMS = ("%2F", "%5C", "\\")
+
+
+def has_slash_forms(path: str) -> bool:
+    """True when the normalised ``path`` holds ``%2F``, ``%5C`` or ``\\``."""
+    return ("%" in path and ("%2F" in path or "%5C" in path)) or "\\" in path
+
+
+def slash_interpretations(path: str) -> tuple[str, ...]:
+    """The other paths a backend may resolve the normalised ``path`` to.
+
+    For each non-empty subset of the separator spellings present in ``path`` (see
+    SLASH_FORMS), those are read as ``/`` and the result normalised again (slashes
+    collapsed, dot segments resolved): ``/p/..%2Fadmin/x`` gives ``/admin/x``. Returns
+    the distinct results that differ from ``path``, in sorted order; empty when ``path``
+    holds none of them (the common case, decided by two substring scans).
+    """
+    present = [f for f in SLASH_FORMS if f in path]
+    if not present:
+        return ()
+    out: set[str] = set()
+    for mask in range(1, 1 << len(present)):
+        p = path
+        for j, form in enumerate(present):
+            if mask >> j & 1:
+                p = p.replace(form, "/")
+        p = normalize_path(p)
+        if p != path:
+            out.add(p)
+    return tuple(sorted(out))
+
+
+def decode_slashes(path: str) -> str:
+    """``path`` with every separator spelling read as ``/``, normalised again
+    (``encoded_slash: decode``); ``path`` itself when it holds none."""
+    if not has_slash_forms(path):
+        return path
+    for form in SLASH_FORMS:
+        path = path.replace(form, "/")
+    return normalize_path(path)

@@ -94,15 +94,15 @@ def error_of(path):
         ),
         (
             BASE + "routes:\n  - match: {path: {regex: '^/(a'}}\n    upstream: demo\n",
-            "FILE: routes[0].match.path: bad regular expression '^/(a': missing ), unterminated subpattern at position 2",
+            "FILE: routes[0].match.path: bad regular expression '^/(a': missing ): ^/(a (RE2 syntax: no backreferences, no lookaround)",
         ),
         (
             BASE + "routes:\n  - match: {headers: {X-A: '~[a'}}\n    upstream: demo\n",
-            "FILE: routes[0].match.headers: header X-A: bad regular expression: unterminated character set at position 0",
+            "FILE: routes[0].match.headers: header X-A: bad regular expression '[a': missing ]: [a (RE2 syntax: no backreferences, no lookaround)",
         ),
         (
             BASE + "routes:\n  - rewrite: {regex: '(', replace: x}\n    upstream: demo\n",
-            "FILE: routes[0].rewrite.regex: bad regular expression '(': missing ), unterminated subpattern at position 0",
+            "FILE: routes[0].rewrite.regex: bad regular expression '(': missing ): ( (RE2 syntax: no backreferences, no lookaround)",
         ),
         (
             BASE + "routes:\n  - match: {path: {exact: /a, prefix: /b}}\n    upstream: demo\n",

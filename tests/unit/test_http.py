@@ -7,7 +7,7 @@ from edge import http as rules
 
 def up(headers, **kw):
     args = dict(peer_ip="192.0.2.10", scheme="http", client_host="example.com", client_port=80,
-                peer_trusted=False, allow_upgrade=False)
+                peer_trusted=False)
     args.update(kw)
     return rules.upstream_request_headers(headers, **args)
 
@@ -38,7 +38,7 @@ def test_duplicates_kept_in_order():
 def test_upgrade_kept_only_when_allowed():
     req = [("CONNECTION", "Upgrade"), ("UPGRADE", "websocket")]
     assert "upgrade" not in names(up(req))
-    out = up(req, allow_upgrade=True)
+    out = up(req, upgrade_protocols=frozenset({"websocket"}))
     assert ("Upgrade", "websocket") in out and ("Connection", "upgrade") in out
 
 

@@ -241,7 +241,7 @@ def test_admin_rule_cannot_be_bypassed(raw):
     assert matched(t, path=normalize_path(raw)) == "deny"
 
 
-@pytest.mark.parametrize("raw", ["/ADMIN", "/Admin/x", "/admin%2Fx", "/%2561dmin", "/adminx"])
+@pytest.mark.parametrize("raw", ["/ADMIN", "/Admin/x", "/%2561dmin", "/adminx"])
 def test_paths_that_are_not_admin(raw):
     t = table(
         {"name": "deny", "match": {"path": "/admin"}, "respond": {"status": 403}},
@@ -309,7 +309,7 @@ def test_forward_route_fields():
         }
     )
     r = t.routes[0]
-    assert (r.action, r.upstream, r.websocket, r.host_header, r.forward_normalized_path) == (Action.FORWARD, "v", False, "upstream", True)
+    assert (r.action, r.upstream, r.upgrade_protocols, r.host_header, r.forward_normalized_path) == (Action.FORWARD, "v", frozenset(), "upstream", True)
     assert r.timeouts.read == 5.0
     assert r.response is None
     with pytest.raises(TypeError):
