@@ -16,6 +16,15 @@ element would let any client pick its own address. The single-valued claims
 (X-Forwarded-Proto/-Host/-Port, Forwarded) are replaced by edge's own unless the
 peer is trusted.
 
+Host (RFC 9110 §7.2) is read by one parser, ``parse_host``, for the whole code base:
+a DNS-style name or an IP literal and an optional port, nothing else, so that a
+Host value cannot carry list separators into the fields edge builds from it. Those
+fields are also serialised by their grammar: every RFC 7239 ``Forwarded`` value is a
+token or a quoted-string (``host="example.com:8080"``).
+
+``Upgrade`` is forwarded only for the protocols the route allows (``websocket`` by
+default); ``h2c`` and anything else are removed, with ``HTTP2-Settings``.
+
 Header names arrive from gunicorn upper-cased; ``canonical_name`` gives them back
 their usual spelling once, through a bounded cache, so backends and clients see
 ``Content-Type`` rather than ``CONTENT-TYPE``.

@@ -18,7 +18,11 @@ RE2's ``PossibleMatchRange`` bounds), so a route regex that does not apply to a 
 is usually refused by one ``str.startswith``. Measured (``timeit``, best of 5 x 100k,
 CPython 3.11, 2-core VM shared with other jobs): ``re`` 0.1-0.4 µs per match on
 typical route patterns, RE2 through the binding 1.6-5 µs, direct ``RE2.Match``
-1.5-1.7 µs; with the prefix test a non-applying route costs about 0.1 µs.
+1.5-1.7 µs; with the prefix test a non-applying route costs about 0.1 µs. On a whole
+``RouteTable.match`` (conf/edge.yaml plus two regex routes, best of 3x3 x 100k,
+interleaved old/new in one process): a plain path is unchanged (1.3 µs), a path taken
+by a regex route costs 2.2 µs instead of 0.9-1.1 µs with ``re``, about 1% of a proxied
+request's CPU; that is the price of never stalling a worker on a hostile path.
 """
 
 from __future__ import annotations

@@ -33,9 +33,11 @@ percent-encoded octet are not equivalent" (§2.2). ``/repos/a%2Fb`` names one
 segment ``a/b`` (GitLab-style ids); decoding it would change the resource and
 forward a different path. It also means ``/a%2F..%2Fadmin`` is one segment for edge.
 A backend that decodes ``%2F`` *before* resolving dot segments would see
-``/a/../admin``; such backends must not be protected by path rules alone (the same
-holds for ``\\`` on IIS and ``;`` path parameters on Tomcat, which edge leaves as
-they are).
+``/a/../admin`` (the same holds for ``%5C`` and ``\\`` on IIS):
+``slash_interpretations`` lists those other readings, and the route table refuses
+a path whose readings would be routed differently (``edge.routing``, "Encoded
+slashes"); ``decode_slashes`` is the reading ``encoded_slash: decode`` forwards.
+``;`` path parameters (Tomcat) are left as they are.
 
 Hot path: most paths contain no ``%``, no ``/.`` and no ``//`` and are returned
 unchanged (the same object) after three substring scans and one ``isprintable``
