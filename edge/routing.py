@@ -504,9 +504,12 @@ def _upstream_path(rc: RouteConfig, transform: Callable[[str], str] | None) -> C
 
     def raw_upstream_path(path: str, raw: str) -> str:
         # A plugin that rewrote ctx.path decides what is forwarded (issue 7): the raw
-        # path is sent only while ctx.path is still its normalised form. normalize_path
-        # cannot fail here: the request path already went through it.
-        if path != normalize_path(raw):
+        # path is sent only while ctx.path is still its normalised form.
+        try:
+            changed = path != normalize_path(raw)
+        except ValueError:  # a raw path another front end admitted differently: its normalised form decides
+            changed = True
+        if changed:
             return t(path)
         # The raw path matched only through its normalised form: when it does not start
         # with the prefix itself (e.g. "/%61pi/x" for "/api"), strip from the normalised one.

@@ -361,3 +361,12 @@ def test_server_addresses_refused(tmp_path, server):
     assert error_of(write(tmp_path, f"upstreams:\n  demo:\n    servers: ['{server}']\n")) == (
         f"FILE: upstreams.demo.servers[0]: expected 'host:port' or 'http://host:port' (got '{server}')"
     )
+
+
+def test_keepalive_zero_never_becomes_a_zero_timeout_for_gunicorn(tmp_path):
+    # gunicorn's HTTP/2 connections use keepalive as their idle timeout (0 would mean none);
+    # edge's own HTTP/1 loop reads server.keepalive == 0 as "close after each response".
+    from edge.boot import Loaded, gunicorn_settings
+
+    cfg = load_config(write(tmp_path, BASE + "server: {keepalive: 0}\n"))
+    assert gunicorn_settings(Loaded("x", cfg, None))["keepalive"] >= 1
