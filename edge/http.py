@@ -33,6 +33,7 @@ their usual spelling once, through a bounded cache, so backends and clients see
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Collection, Iterable, Sequence
 
 from edge.fields import is_token
@@ -150,11 +151,15 @@ def _hop_ip(hop: str) -> str | None:
 # RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name. A reg-name may hold
 # sub-delims and pct-encoded octets, but no DNS name does and several of them
 # (",", ";", "=", '"') are the separators of Forwarded and other list fields: edge
-# accepts the DNS subset (letters, digits, "-", ".", and "_", which some internal
-# names carry), as nginx does in practice.
-_REG_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-_DIGITS = frozenset("0123456789")
+# accepts the DNS subset (letters, digits, "-", and "_", which some internal names
+# carry, in dot-separated non-empty labels, with an optional final dot), as nginx
+# does in practice.
+_REG_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 _MAX_HOST_NAME = 255  # RFC 1035 §2.3.4: names are 255 octets or less
+# Host values repeat (a site has a few names): parsed ones are kept, bounded like
+# canonical_name's cache so that a client sending many names cannot grow it.
+_HOST_CACHE_MAX = 1024
+_host_cache: dict[str, tuple[str, int | None]] = {}
 
 
 def parse_host(value: str) -> tuple[str, int | None]:
@@ -162,11 +167,20 @@ def parse_host(value: str) -> tuple[str, int | None]:
 
     The host is lower-cased and an IPv6 literal loses its brackets (``[::1]:8080`` ->
     ``("::1", 8080)``). Raises ValueError with the reason for anything else: a reg-name
-    outside letters, digits, ``-``, ``.``, ``_``; an empty label; a bracketed literal
-    that is not an IPv6 address (RFC 3986 §3.2.2; IPvFuture and zone ids are refused);
-    a port that is not 1-65535 in ASCII digits (RFC 3986 §3.2.3, an empty port means
-    the scheme's default and gives None).
+    outside letters, digits, ``-``, ``_`` in non-empty dot-separated labels; a bracketed
+    literal that is not an IPv6 address (RFC 3986 §3.2.2; IPvFuture and zone ids are
+    refused); a port that is not 1-65535 in ASCII digits (RFC 3986 §3.2.3; an empty
+    port means the scheme's default and gives None).
     """
+    parsed = _host_cache.get(value)
+    if parsed is None:
+        parsed = _parse_host(value)
+        if len(_host_cache) < _HOST_CACHE_MAX:
+            _host_cache[value] = parsed
+    return parsed
+
+
+def _parse_host(value: str) -> tuple[str, int | None]:
     if value[:1] == "[":
         end = value.find("]")
         if end < 0:
@@ -175,7 +189,7 @@ def parse_host(value: str) -> tuple[str, int | None]:
         if rest and rest[0] != ":":
             raise ValueError(f"unexpected characters after IPv6 literal in host {value[:80]!r}")
         try:
-            if ipaddress.ip_address(name).version != 6 or "%" in name:
+            if "%" in name or ipaddress.ip_address(name).version != 6:
                 raise ValueError
         except ValueError:
             raise ValueError(f"not an IPv6 address in host {value[:80]!r}") from None
@@ -184,13 +198,11 @@ def parse_host(value: str) -> tuple[str, int | None]:
         name, sep, port = value.partition(":")
         if not sep:
             port = None
-        if not name or len(name) > _MAX_HOST_NAME or not all(c in _REG_NAME_CHARS for c in name):
+        if len(name) > _MAX_HOST_NAME or _REG_NAME.fullmatch(name) is None:
             raise ValueError(f"invalid host name in {value[:80]!r}")
-        if ".." in name or name[0] == ".":
-            raise ValueError(f"empty label in host {value[:80]!r}")
     if not port:
         return name.lower(), None
-    if len(port) > 5 or not all(c in _DIGITS for c in port) or not 0 < int(port) < 65536:
+    if len(port) > 5 or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"port must be 1-65535 in host {value[:80]!r}")
     return name.lower(), int(port)
 
