@@ -215,7 +215,7 @@ class KeepaliveConfig(Model):
         description="idle connections kept per backend server and worker; 0 disables reuse. Keep it above the concurrency "
         "a worker sees: every request beyond it opens and closes a connection (TIME_WAIT churn under load)",
     )
-    idle_timeout: PositiveDuration = Field(60.0, description="idle connections older than this are closed, not reused")
+    idle_timeout: PositiveDuration = Field(60.0, description="idle connections older than this are closed, not reused (> 0)")
     max_requests: int = Field(10000, ge=1, description="requests sent on one connection before it is retired")
 
 
@@ -363,7 +363,7 @@ class RouteConfig(Model):
     encoded_slash: Literal["keep", "decode", "reject"] = Field(
         "keep",
         description="paths holding `%2F`, `%5C` or `\\`: `keep` forwards them unchanged (a request whose path would "
-        "match another route once they are read as `/` is refused with 400, see *Encoded slashes* below); `decode` "
+        "match another route once they are read as `/` is refused with 400, see *Encoded slashes* under Routes); `decode` "
         "forwards them as `/` (then normalised); `reject` answers 400",
     )
     timeouts: TimeoutsConfig | None = Field(None, description="override the upstream's timeouts on this route")
@@ -438,8 +438,8 @@ class StoreConfig(Model):
     )
     servers: tuple[str, ...] = Field((), description="memcached: `host:port` of each server")
     path: str | None = Field(None, description="local: directory of the node's store (default: a per-config directory under the temp dir)")
-    timeout: PositiveDuration = Field(0.05, description="longest a single remote store call may take")
-    max_bytes: PositiveSize = Field(64 * 1024 * 1024, description="memory/local: size bound")
+    timeout: PositiveDuration = Field(0.05, description="longest a single remote store call may take (> 0)")
+    max_bytes: PositiveSize = Field(64 * 1024 * 1024, description="memory/local: size bound (> 0)")
     max_entries: int = Field(100000, ge=1, description="memory: entry bound")
     key_prefix: str = Field("edge:", description="prefix of every key, so several deployments can share one server")
 
