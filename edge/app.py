@@ -193,7 +193,7 @@ class Proxy:
             client_host=ctx.host,
             client_port=ctx.port,
             peer_trusted=ctx.peer_ip in self.trusted,
-            allow_upgrade=route.websocket,  # kept only when the client asked for an upgrade
+            upgrade_protocols=route.upgrade_protocols,  # kept only when the client asked for an upgrade
             x_forwarded=self.x_forwarded,
             forwarded=self.forwarded,
             via=self.via,

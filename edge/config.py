@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,6 +32,9 @@ from pydantic import (
 )
 
 from edge.errors import ConfigError
+from edge.fields import field_error, is_token
+from edge.http import parse_host
+from edge.pattern import compile_client_pattern
 from edge.units import parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = "conf/edge.yaml"
@@ -45,8 +48,42 @@ def _size(v: Any) -> int:
     return parse_size(v)
 
 
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError(f"must be positive (got {v:g})")
+    return v
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
+# A duration or size where 0 would break the server (a 0 s socket timeout makes a socket
+# non-blocking; a 0-byte bound refuses everything): refused at load (issue 7).
+PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+PositiveSize = Annotated[int, BeforeValidator(_size), AfterValidator(_positive)]
+
+
+def _client_regex(v: str) -> str:
+    """A regex that runs on client input: it must compile with the linear-time engine."""
+    compile_client_pattern(v)
+    return v
+
+
+def _header_fields(v: dict[str, str]) -> dict[str, str]:
+    """Header name -> value pairs that edge will write: RFC 9110 §5.1 names, §5.5 values."""
+    for name, value in v.items():
+        reason = field_error(name, value)
+        if reason is not None:
+            raise ValueError(reason)
+    return v
+
+
+def _header_name(v: str) -> str:
+    if not is_token(v):
+        raise ValueError(f"invalid header name {v!r}: must be a token (RFC 9110 §5.1)")
+    return v
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
 
 
 class Model(BaseModel):
@@ -62,11 +99,19 @@ class ServerConfig(Model):
     bind: tuple[str, ...] = Field(("127.0.0.1:8080",), description="addresses to listen on, `host:port` or `unix:/path`")
     workers: int = Field(0, ge=0, description="worker processes; 0 means one per core")
     worker_connections: int = Field(10000, ge=1, description="concurrent connections per worker")
-    keepalive: Duration = Field(75.0, description="how long an idle client keep-alive connection is kept")
+    keepalive: Duration = Field(
+        75.0,
+        description="how long an idle client keep-alive connection is kept; 0 means no keep-alive, as in gunicorn "
+        "(HTTP/1 connections close after each response; never a 0 s socket timeout)",
+    )
     graceful_timeout: Duration = Field(30.0, description="how long a stopping worker may finish its requests")
-    max_request_line: int = Field(8190, ge=0, le=65535, description="longest request line in bytes (414 beyond)")
-    max_header_fields: int = Field(100, ge=0, le=32768, description="most request header fields (431 beyond)")
-    max_header_field_size: int = Field(8190, ge=0, description="longest request header field in bytes (431 beyond)")
+    max_request_line: int = Field(
+        8190,
+        description="longest request line in bytes, 1-65535 (414 beyond). Unlike gunicorn, 0 is refused rather than "
+        "meaning unlimited: a bound is what keeps one client from growing a worker's buffers",
+    )
+    max_header_fields: int = Field(100, ge=1, le=32768, description="most request header fields (431 beyond)")
+    max_header_field_size: int = Field(8190, ge=1, description="longest request header field in bytes (431 beyond)")
     trusted_proxies: tuple[str, ...] = Field(
         (),
         description="CIDRs of proxies in front of edge; forwarding headers (X-Forwarded-For, Forwarded) "
@@ -79,6 +124,14 @@ class ServerConfig(Model):
     accesslog: str | None = Field(None, description="JSON access log: a file path, or `-` for stdout; unset disables it")
     errorlog: str = Field("-", description="gunicorn error log target")
     loglevel: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="log level")
+
+    @field_validator("max_request_line")
+    @classmethod
+    def _request_line(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            extra = " (0 does not mean unlimited here, unlike gunicorn's limit_request_line)" if v == 0 else ""
+            raise ValueError(f"must be 1-65535 (got {v}){extra}")
+        return v
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -117,9 +170,6 @@ class TimeoutsConfig(Model):
         return v
 
 
-_SERVER_RE = re.compile(r"^(?:http://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):([0-9]+)/?$")
-
-
 class ServerAddress(Model):
     host: str = Field(description="backend host name or IP address")
     port: int = Field(description="backend port")
@@ -136,12 +186,22 @@ class ServerAddress(Model):
     def parse(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        m = _SERVER_RE.match(value.strip())
-        if not m:
-            if value.strip().startswith("https://"):
-                raise ValueError(f"https backends are not supported yet (got {value!r})")
-            raise ValueError(f"expected 'host:port' or 'http://host:port' (got {value!r})")
-        return {"host": m.group(1).strip("[]"), "port": int(m.group(2))}
+        text = value.strip()
+        if text.startswith("https://"):
+            raise ValueError(f"https backends are not supported yet (got {value!r})")
+        if text.startswith("http://"):
+            text = text[len("http://"):]
+        if text.endswith("/"):
+            text = text[:-1]
+        head, sep, tail = text.rpartition(":")
+        if sep and tail.isascii() and tail.isdigit() and (head.startswith("[") or ":" not in head):
+            try:
+                host, _ = parse_host(head)  # the one host parser; the port field checks the range
+            except ValueError:
+                pass
+            else:
+                return {"host": host, "port": int(tail)}
+        raise ValueError(f"expected 'host:port' or 'http://host:port' (got {value!r})")
 
     @property
     def authority(self) -> str:
@@ -155,7 +215,7 @@ class KeepaliveConfig(Model):
         description="idle connections kept per backend server and worker; 0 disables reuse. Keep it above the concurrency "
         "a worker sees: every request beyond it opens and closes a connection (TIME_WAIT churn under load)",
     )
-    idle_timeout: Duration = Field(60.0, description="idle connections older than this are closed, not reused")
+    idle_timeout: PositiveDuration = Field(60.0, description="idle connections older than this are closed, not reused (> 0)")
     max_requests: int = Field(10000, ge=1, description="requests sent on one connection before it is retired")
 
 
@@ -175,7 +235,9 @@ class UpstreamConfig(Model):
 class PathMatch(Model):
     exact: str | None = Field(None, description="the path equals this")
     prefix: str | None = Field(None, description="the path starts with this, at a segment boundary when it ends without `/`")
-    regex: str | None = Field(None, description="the path matches this regular expression (search from the start)")
+    regex: str | None = Field(
+        None, description="the path matches this regular expression (anchored at the start; RE2 syntax, linear time)"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> "PathMatch":
@@ -187,10 +249,7 @@ class PathMatch(Model):
             if v is not None and not v.startswith("/"):
                 raise ValueError(f"{k} must start with '/' (got {v!r})")
         if self.regex is not None:
-            try:
-                re.compile(self.regex)
-            except re.error as e:
-                raise ValueError(f"bad regular expression {self.regex!r}: {e}") from None
+            _client_regex(self.regex)
         return self
 
 
@@ -207,7 +266,9 @@ class MatchConfig(Model):
         None, description="path condition; a plain string is a prefix"
     )
     methods: tuple[str, ...] = Field((), description="methods; empty matches any")
-    headers: dict[str, str] = Field({}, description="header name -> exact value, or `~regex`; all must match")
+    headers: dict[str, str] = Field(
+        {}, description="header name -> exact value, or `~regex` (RE2 syntax, searched in the value); all must match"
+    )
 
     @field_validator("host")
     @classmethod
@@ -229,26 +290,23 @@ class MatchConfig(Model):
     @classmethod
     def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
+            _header_name(name)
             if value.startswith("~"):
                 try:
-                    re.compile(value[1:])
-                except re.error as e:
-                    raise ValueError(f"header {name}: bad regular expression: {e}") from None
+                    _client_regex(value[1:])
+                except ValueError as e:
+                    raise ValueError(f"header {name}: {e}") from None
         return v
 
 
 class RewriteConfig(Model):
-    regex: str = Field(description="regular expression applied to the path")
+    regex: str = Field(description="regular expression applied to the path (RE2 syntax, linear time)")
     replace: str = Field(description="replacement, with `\\1` or `\\g<name>` groups")
 
     @field_validator("regex")
     @classmethod
     def _re(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"bad regular expression {v!r}: {e}") from None
-        return v
+        return _client_regex(v)
 
 
 class RedirectConfig(Model):
@@ -260,7 +318,17 @@ class RespondConfig(Model):
     status: int = Field(200, ge=100, le=599, description="status of the fixed answer")
     body: str = Field("", description="body of the fixed answer")
     content_type: str = Field("text/plain; charset=utf-8", description="its Content-Type")
-    headers: dict[str, str] = Field({}, description="further response headers")
+    headers: Annotated[dict[str, str], AfterValidator(_header_fields)] = Field(
+        {}, description="further response headers (names are tokens, values without control characters)"
+    )
+
+    @field_validator("content_type")
+    @classmethod
+    def _content_type(cls, v: str) -> str:
+        reason = field_error("Content-Type", v)
+        if reason is not None:
+            raise ValueError(reason)
+        return v
 
 
 PluginSettings = dict[str, Any] | bool
@@ -276,16 +344,53 @@ class RouteConfig(Model):
     strip_prefix: bool = Field(False, description="remove the matched path prefix before forwarding")
     rewrite: RewriteConfig | None = Field(None, description="regex rewrite of the forwarded path")
     host_header: str = Field(
-        "pass", description="Host sent to the backend: `pass` (the client's), `upstream` (the server's address), or a literal name"
+        "pass",
+        description="Host sent to the backend: `pass` (the client's), `upstream` (the server's address), or a literal "
+        "`name[:port]` (a valid host name or `[IPv6]` literal)",
     )
     forward_normalized_path: bool = Field(
         True, description="send the backend the normalised path (dot segments removed, slashes collapsed); false sends the client's raw path"
     )
-    websocket: bool = Field(True, description="allow Upgrade (WebSocket) pass-through on this route")
+    upgrade: tuple[str, ...] | None = Field(
+        None,
+        description="protocols a client may switch to through this route (RFC 9110 §7.8 `Upgrade`), e.g. `[websocket]` "
+        "(the default); `[]` forwards no upgrade. Other offered protocols (`h2c`, ...) are removed from the request, "
+        "with `HTTP2-Settings`",
+    )
+    websocket: bool | None = Field(
+        None, description="shorthand: `true` is `upgrade: [websocket]`, `false` is `upgrade: []`; give one of the two"
+    )
+    encoded_slash: Literal["keep", "decode", "reject"] = Field(
+        "keep",
+        description="paths holding `%2F`, `%5C` or `\\`: `keep` forwards them unchanged (a request whose path would "
+        "match another route once they are read as `/` is refused with 400, see *Encoded slashes* under Routes); `decode` "
+        "forwards them as `/` (then normalised); `reject` answers 400",
+    )
     timeouts: TimeoutsConfig | None = Field(None, description="override the upstream's timeouts on this route")
     plugins: dict[str, PluginSettings] = Field(
         {}, description="per-route plugin settings merged over the global ones; `false` disables a global plugin here"
     )
+
+    @field_validator("host_header")
+    @classmethod
+    def _host_header(cls, v: str) -> str:
+        if v in ("pass", "upstream"):
+            return v
+        try:
+            parse_host(v)
+        except ValueError as e:
+            raise ValueError(f"must be pass, upstream or a host name with an optional port: {e}") from None
+        return v
+
+    @field_validator("upgrade")
+    @classmethod
+    def _protocols(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
+        for p in v:
+            if not is_token(p):
+                raise ValueError(f"not a protocol name (a token, RFC 9110 §7.8): {p!r}")
+        return tuple(p.lower() for p in v)
 
     @model_validator(mode="after")
     def _one_action(self) -> "RouteConfig":
@@ -294,7 +399,16 @@ class RouteConfig(Model):
             raise ValueError("a route needs exactly one of upstream, redirect, respond")
         if self.strip_prefix and (self.match.path is None or self.match.path.prefix is None):
             raise ValueError("strip_prefix needs a path prefix match")
+        if self.upgrade is not None and self.websocket is not None:
+            raise ValueError("give upgrade or websocket, not both (websocket: true is upgrade: [websocket])")
         return self
+
+    @property
+    def upgrade_protocols(self) -> frozenset[str]:
+        """The lower-cased protocol names this route lets a client upgrade to."""
+        if self.upgrade is not None:
+            return frozenset(self.upgrade)
+        return frozenset() if self.websocket is False else frozenset({"websocket"})
 
 
 # --------------------------------------------------------------------------- headers
@@ -304,10 +418,10 @@ class HeadersConfig(Model):
     x_forwarded: bool = Field(True, description="send X-Forwarded-For (appended), -Proto, -Host, -Port to backends")
     forwarded: bool = Field(False, description="also send the RFC 7239 Forwarded header")
     via: bool = Field(True, description="add `Via: 1.1 edge` both ways")
-    hide_backend: tuple[str, ...] = Field(
+    hide_backend: tuple[HeaderName, ...] = Field(
         ("Server", "X-Powered-By"), description="response headers removed so the backend's identity is not shown"
     )
-    request_id_header: str = Field("X-Request-ID", description="header whose value is quoted in error bodies and logs")
+    request_id_header: HeaderName = Field("X-Request-ID", description="header whose value is quoted in error bodies and logs")
 
 
 # --------------------------------------------------------------------------- store
@@ -324,8 +438,8 @@ class StoreConfig(Model):
     )
     servers: tuple[str, ...] = Field((), description="memcached: `host:port` of each server")
     path: str | None = Field(None, description="local: directory of the node's store (default: a per-config directory under the temp dir)")
-    timeout: Duration = Field(0.05, description="longest a single remote store call may take")
-    max_bytes: Size = Field(64 * 1024 * 1024, description="memory/local: size bound")
+    timeout: PositiveDuration = Field(0.05, description="longest a single remote store call may take (> 0)")
+    max_bytes: PositiveSize = Field(64 * 1024 * 1024, description="memory/local: size bound (> 0)")
     max_entries: int = Field(100000, ge=1, description="memory: entry bound")
     key_prefix: str = Field("edge:", description="prefix of every key, so several deployments can share one server")
 
@@ -344,6 +458,18 @@ class StoreConfig(Model):
 class MetricsConfig(Model):
     statsd: str | None = Field(None, description="`host:port` of a statsd server; unset disables metrics")
     prefix: str = Field("edge", description="prefix of every metric name")
+
+    @field_validator("statsd")
+    @classmethod
+    def _statsd(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                _host, port = parse_host(v)
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+            if port is None:
+                raise ValueError(f"expected 'host:port' (got {v!r})")
+        return v
 
 
 # --------------------------------------------------------------------------- top level

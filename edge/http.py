@@ -16,6 +16,15 @@ element would let any client pick its own address. The single-valued claims
 (X-Forwarded-Proto/-Host/-Port, Forwarded) are replaced by edge's own unless the
 peer is trusted.
 
+Host (RFC 9110 §7.2) is read by one parser, ``parse_host``, for the whole code base:
+a DNS-style name or an IP literal and an optional port, nothing else, so that a
+Host value cannot carry list separators into the fields edge builds from it. Those
+fields are also serialised by their grammar: every RFC 7239 ``Forwarded`` value is a
+token or a quoted-string (``host="example.com:8080"``).
+
+``Upgrade`` is forwarded only for the protocols the route allows (``websocket`` by
+default); ``h2c`` and anything else are removed, with ``HTTP2-Settings``.
+
 Header names arrive from gunicorn upper-cased; ``canonical_name`` gives them back
 their usual spelling once, through a bounded cache, so backends and clients see
 ``Content-Type`` rather than ``CONTENT-TYPE``.
@@ -24,7 +33,10 @@ their usual spelling once, through a bounded cache, so backends and clients see
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Sequence
+import re
+from typing import Collection, Iterable, Sequence
+
+from edge.fields import is_token
 
 # RFC 9110 §7.6.1 plus the de-facto ones nginx and HAProxy also strip.
 HOP_BY_HOP = frozenset({
@@ -98,54 +110,124 @@ def resolve_client_ip(peer_ip: str, xff_values: Sequence[str], trusted: TrustedP
 
     Only a trusted peer's header is read at all; within it, the rightmost address that
     is not itself a trusted proxy is the client (what nginx's ``real_ip_recursive on`` does).
+    The answer is always an IP address: a hop that is not one (``unknown``, an obfuscated
+    RFC 7239 identifier, garbage) ends the walk, and the last address that vouched for it
+    (the nearest trusted hop, or the peer itself) is the client, as nginx keeps the
+    connection's address when the header's value is invalid.
     """
     if not xff_values or peer_ip not in trusted:
         return peer_ip
-    hops = [h.strip() for v in xff_values for h in v.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if hop not in trusted:
-            return _strip_port(hop)
-    return _strip_port(hops[0]) if hops else peer_ip
+    last = peer_ip
+    for v in reversed(xff_values):
+        for hop in reversed(v.split(",")):
+            hop = hop.strip()
+            if not hop:
+                continue
+            ip = _hop_ip(hop)
+            if ip is None:
+                return last
+            if ip not in trusted:
+                return ip
+            last = ip
+    return last
 
 
-def _strip_port(hop: str) -> str:
-    if hop.startswith("["):  # "[2001:db8::1]:4711"
-        return hop[1:hop.find("]")] if "]" in hop else hop
-    if hop.count(":") == 1:  # "192.0.2.1:4711"
-        return hop.split(":", 1)[0]
-    return hop
+def _hop_ip(hop: str) -> str | None:
+    """The IP address of one X-Forwarded-For element (``192.0.2.1``, ``192.0.2.1:4711``,
+    ``[2001:db8::1]:4711``, ``2001:db8::1``) in its canonical text, or None when it is not one."""
+    if hop.count(":") > 1 and hop[0] != "[":
+        name = hop  # a bare IPv6 address
+    else:
+        try:
+            name, _port = parse_host(hop)
+        except ValueError:
+            return None
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return None
+
+
+# RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name. A reg-name may hold
+# sub-delims and pct-encoded octets, but no DNS name does and several of them
+# (",", ";", "=", '"') are the separators of Forwarded and other list fields: edge
+# accepts the DNS subset (letters, digits, "-", and "_", which some internal names
+# carry, in dot-separated non-empty labels, with an optional final dot), as nginx
+# does in practice.
+_REG_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+_MAX_HOST_NAME = 255  # RFC 1035 §2.3.4: names are 255 octets or less
+# Host values repeat (a site has a few names): parsed ones are kept, bounded like
+# canonical_name's cache so that a client sending many names cannot grow it.
+_HOST_CACHE_MAX = 1024
+_host_cache: dict[str, tuple[str, int | None]] = {}
+
+
+def parse_host(value: str) -> tuple[str, int | None]:
+    """``uri-host [ ":" port ]`` (RFC 9110 §7.2) -> (host, port or None): the one host:port parser.
+
+    The host is lower-cased and an IPv6 literal loses its brackets (``[::1]:8080`` ->
+    ``("::1", 8080)``). Raises ValueError with the reason for anything else: a reg-name
+    outside letters, digits, ``-``, ``_`` in non-empty dot-separated labels; a bracketed
+    literal that is not an IPv6 address (RFC 3986 §3.2.2; IPvFuture and zone ids are
+    refused); a port that is not 1-65535 in ASCII digits (RFC 3986 §3.2.3; an empty
+    port means the scheme's default and gives None).
+    """
+    parsed = _host_cache.get(value)
+    if parsed is None:
+        parsed = _parse_host(value)
+        if len(_host_cache) < _HOST_CACHE_MAX:
+            _host_cache[value] = parsed
+    return parsed
+
+
+def _parse_host(value: str) -> tuple[str, int | None]:
+    if value[:1] == "[":
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 literal in host {value[:80]!r}")
+        name, rest = value[1:end], value[end + 1:]
+        if rest and rest[0] != ":":
+            raise ValueError(f"unexpected characters after IPv6 literal in host {value[:80]!r}")
+        try:
+            if "%" in name or ipaddress.ip_address(name).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"not an IPv6 address in host {value[:80]!r}") from None
+        port = rest[1:] if rest else None
+    else:
+        name, sep, port = value.partition(":")
+        if not sep:
+            port = None
+        if len(name) > _MAX_HOST_NAME or _REG_NAME.fullmatch(name) is None:
+            raise ValueError(f"invalid host name in {value[:80]!r}")
+    if not port:
+        return name.lower(), None
+    if len(port) > 5 or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port must be 1-65535 in host {value[:80]!r}")
+    return name.lower(), int(port)
 
 
 def split_host_port(host: str, default_port: int) -> tuple[str, int]:
-    """``example.com:8080`` -> (``example.com``, 8080); handles ``[::1]:8080``. Host is lower-cased."""
-    host = host.strip()
-    if host.startswith("["):
-        end = host.find("]")
-        if end < 0:
-            raise ValueError(f"bad host {host!r}")
-        name, rest = host[1:end], host[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"bad host {host!r}")
-        port = rest[1:]
-    elif host.count(":") == 1:
-        name, port = host.split(":", 1)
-    elif ":" in host:
-        raise ValueError(f"bad host {host!r}")
-    else:
-        name, port = host, ""
-    if port:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad port in host {host!r}")
-        return name.lower(), int(port)
-    return name.lower(), default_port
-
-
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%")
+    """``example.com:8080`` -> (``example.com``, 8080); ``[::1]`` -> (``::1``, default_port). See parse_host."""
+    name, port = parse_host(host)
+    return name, default_port if port is None else port
 
 
 def valid_host(host: str) -> bool:
-    """RFC 9112 §3.2: Host is ``uri-host [ ":" port ]``; refuse spaces, slashes, '@' and the like."""
-    return bool(host) and all(c in _HOST_CHARS for c in host)
+    """RFC 9112 §3.2: Host is ``uri-host [ ":" port ]``; see parse_host for what is accepted."""
+    try:
+        parse_host(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _forwarded_value(value: str) -> str:
+    """RFC 7239 §4: ``value = token / quoted-string``; a value that is not a token (a host
+    with a port, an IPv6 node) is quoted, with ``\\`` and ``"`` escaped (RFC 9110 §5.6.4)."""
+    if is_token(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _forwarded_node(ip: str) -> str:
@@ -161,7 +243,7 @@ def upstream_request_headers(
     client_host: str,
     client_port: int,
     peer_trusted: bool,
-    allow_upgrade: bool,
+    upgrade_protocols: Collection[str] = frozenset(),
     x_forwarded: bool = True,
     forwarded: bool = False,
     via: str | None = "1.1 edge",
@@ -170,9 +252,15 @@ def upstream_request_headers(
 
     ``headers`` are the client's fields (any case). Host is not included: the client
     writes it first (it may depend on the server picked). Returns canonical-cased
-    pairs, forwarding fields last. When
-    ``allow_upgrade`` and the client asked for an upgrade, ``Upgrade`` and
-    ``Connection: upgrade`` are kept (WebSocket).
+    pairs, forwarding fields last.
+
+    ``upgrade_protocols`` holds the lower-cased protocol names the route lets through
+    (``websocket``). When the client asked for an upgrade (``Upgrade`` listed in
+    ``Connection``, RFC 9110 §7.8), the offered protocols whose name is in it are sent
+    as ``Upgrade`` with ``Connection: upgrade``; the others (``h2c``, anything the
+    route does not allow) are dropped, and the whole field when none remains, so a
+    backend never switches to a protocol edge was not told to carry. ``HTTP2-Settings``
+    (RFC 7540 §3.2.1, the companion of ``h2c``) is always dropped with the hop-by-hop fields.
     """
     items = headers if isinstance(headers, list) else list(headers)
     conn_opts: set[str] = set()
@@ -183,12 +271,12 @@ def upstream_request_headers(
     out: list[tuple[str, str]] = []
     xff: list[str] = []
     xfp = xfh = xfport = fwd = None
-    upgrade = None
+    upgrade: list[str] = []
     for k, v in items:
         lk = k.lower()
         if lk in drop:
             if lk == "upgrade":
-                upgrade = v
+                upgrade.append(v)
             continue
         if lk == "x-forwarded-for":
             xff.append(v)
@@ -210,9 +298,11 @@ def upstream_request_headers(
                     fwd = v if fwd is None else f"{fwd}, {v}"
             continue
         out.append((canonical_name(k), v))
-    if allow_upgrade and upgrade is not None and "upgrade" in conn_opts:
-        out.append(("Upgrade", upgrade))
-        out.append(("Connection", "upgrade"))
+    if upgrade_protocols and upgrade and "upgrade" in conn_opts:
+        offered = allowed_upgrades(upgrade, upgrade_protocols)
+        if offered:
+            out.append(("Upgrade", offered))
+            out.append(("Connection", "upgrade"))
     if x_forwarded:
         # Appended, never overwritten (as nginx's $proxy_add_x_forwarded_for): a backend reads it
         # from the right, and the entry edge adds is the only one it can trust.
@@ -222,11 +312,28 @@ def upstream_request_headers(
         out.append(("X-Forwarded-Host", xfh or client_host))
         out.append(("X-Forwarded-Port", xfport or str(client_port)))
     if forwarded:
-        element = f"for={_forwarded_node(peer_ip)};host={client_host};proto={scheme}"
+        # RFC 7239 §4: each value is a token or a quoted-string; client_host passed
+        # valid_host, so it holds no '"' or '\\', but "example.com:8080" must still be quoted.
+        element = f"for={_forwarded_node(peer_ip)};host={_forwarded_value(client_host)};proto={scheme}"
         out.append(("Forwarded", f"{fwd}, {element}" if fwd else element))
     if via:
         out.append(("Via", via))
     return out
+
+
+def allowed_upgrades(values: Iterable[str], allowed: Collection[str]) -> str | None:
+    """The ``Upgrade`` value to forward: the offered protocols whose name is allowed, in the
+    client's order, or None. RFC 9110 §7.8: ``Upgrade = #protocol``, ``protocol =
+    protocol-name ["/" protocol-version]``; names compare case-insensitively. An element
+    that is not ``token ["/" token]`` is dropped."""
+    kept: list[str] = []
+    for v in values:
+        for item in v.split(","):
+            item = item.strip()
+            name, _, version = item.partition("/")
+            if name.lower() in allowed and is_token(name) and (not version or is_token(version)):
+                kept.append(item)
+    return ", ".join(kept) if kept else None
 
 
 def downstream_response_headers(

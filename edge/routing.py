@@ -1,4 +1,4 @@
-"""The compiled route table: which route answers a request.
+r"""The compiled route table: which route answers a request.
 
 Theory of operation
 -------------------
@@ -16,12 +16,14 @@ Conditions (all must hold; an empty condition matches everything):
 - path (the *normalised* path, see ``edge.urlpath``; paths are case-sensitive):
   ``exact`` equality; ``prefix`` ending in ``/`` is a plain string prefix, a prefix
   without trailing ``/`` matches at a segment boundary (``/api`` matches ``/api`` and
-  ``/api/x``, not ``/apix``); ``regex`` is ``re.match``, anchored at the start only
-  (add ``$`` to anchor the end).
+  ``/api/x``, not ``/apix``); ``regex`` is matched anchored at the start only
+  (add ``$`` to anchor the end). Regular expressions (here, in header conditions and
+  in ``rewrite``) use RE2 syntax and run in time linear in the input (``edge.pattern``):
+  backreferences and lookaround are refused at load, ``\w``/``\d`` are ASCII.
 - methods: the request method is one of them (case-sensitive, RFC 9110 §9.1; ``HEAD``
   is not implied by ``GET``).
 - headers: for each name, some field of that name has exactly the value, or, for a
-  value written ``~regex``, a field value in which ``re.search`` finds the regex.
+  value written ``~regex``, a field value in which the regex is found.
 
 Precedence, when several routes match (the first rule that differs decides):
 
@@ -33,6 +35,19 @@ Precedence, when several routes match (the first rule that differs decides):
 5. file order.
 
 A route listing several hosts is ranked by the host that matched this request.
+
+Encoded slashes. Edge keeps ``%2F`` (and ``%5C``, ``\``) as data: ``/files/a%2Fb`` is
+one segment and reaches the backend unchanged. But a backend may read them as ``/``
+(some decode ``%2F`` before resolving ``..``; IIS treats ``\`` as ``/``), and then
+``/p/..%2Fadmin/secret`` is ``/admin/secret`` to it. So that a deny or restrict rule
+holds under every interpretation, a request whose path holds one of these spellings
+is matched again under each reading of them as ``/`` (each combination, normalised
+again); if any reading picks a different route (or no route) than the path as sent,
+the request is refused with 400 before any plugin runs. ``/files/a%2Fb`` still
+passes: both readings match the ``/files`` route. Paths without them cost nothing
+more. Per route, ``encoded_slash: decode`` forwards the path with them read as
+``/`` (the backend and edge then agree), and ``encoded_slash: reject`` answers 400
+to any path that holds one.
 
 How match() stays cheap: at compile time every route becomes one or more candidate
 entries ``(route, path kind, arg, arg2, methods, headers)``; the path test is a plain
@@ -64,7 +79,10 @@ from typing import Protocol
 
 from edge.config import EdgeConfig, RouteConfig, TimeoutsConfig
 from edge.context import Headers, Response
-from edge.errors import ConfigError
+from edge.errors import BadRequest, ConfigError
+from edge.http import parse_host
+from edge.pattern import check_template, compile_client_pattern
+from edge.urlpath import decode_slashes, has_slash_forms, normalize_path, slash_interpretations
 
 __all__ = ["Action", "Route", "RouteTable", "compile_routes", "host_key"]
 
@@ -89,9 +107,15 @@ def _no_redirect(host: str, path: str, query: str) -> str:
 class Route:
     """One compiled route. Shared by every request of a worker: never mutate it.
 
-    ``upstream_path(normalized_path, raw_path)`` is the path sent to the backend:
-    ``strip_prefix`` then ``rewrite`` applied to the normalised path, or to the raw one
-    when ``forward_normalized_path`` is false; it always starts with ``/``.
+    ``upstream_path(path, raw_path)`` is the path sent to the backend, where ``path``
+    is the request's path when it is forwarded (normalised, and possibly rewritten by a
+    plugin): ``strip_prefix`` then ``rewrite`` applied to ``path``, or to the raw one when
+    ``forward_normalized_path`` is false and no plugin changed the path; it always
+    starts with ``/``. With ``encoded_slash: decode`` the path's ``%2F``/``%5C``/``\\``
+    are read as ``/`` first (and the normalised path is sent).
+
+    ``upgrade_protocols`` are the lower-cased protocol names a client may upgrade to
+    through this route (``Upgrade``); ``encoded_slash`` is ``keep``, ``decode`` or ``reject``.
 
     ``redirect_location(host, path, query)`` is the ``Location`` of a redirect route:
     ``$host`` is ``host`` verbatim (the request's Host, port included), ``$path`` is
@@ -112,7 +136,8 @@ class Route:
     config: RouteConfig = field(repr=False)
     action: Action
     upstream: str | None
-    websocket: bool
+    upgrade_protocols: frozenset[str]
+    encoded_slash: str
     host_header: str
     forward_normalized_path: bool
     timeouts: TimeoutsConfig | None = field(repr=False)
@@ -170,23 +195,32 @@ class RouteTable:
         self._any = any_host
 
     def match(self, host: str, path: str, method: str, headers: _HeaderLookup) -> Route | None:
-        """The route for a request, or None. ``path`` must already be normalised."""
-        for route, kind, arg, arg2, methods, header_tests in self._lookup(host_key(host)):
-            if kind:
-                if kind == _PREFIX:
-                    if not path.startswith(arg) and path != arg2:  # type: ignore[arg-type]
-                        continue
-                elif kind == _EXACT:
-                    if path != arg:
-                        continue
-                elif not arg(path):  # type: ignore[operator]
-                    continue
-            if methods is not None and method not in methods:
-                continue
-            if header_tests and not _headers_match(header_tests, headers):
-                continue
-            return route
-        return None
+        """The route for a request, or None. ``path`` must already be normalised.
+
+        Raises BadRequest (400) for a path with an encoded slash that routes differently
+        under another reading, or that a route with ``encoded_slash: reject`` would take
+        (see "Encoded slashes" in the module docstring).
+        """
+        cands = self._lookup(host_key(host))
+        found = _first_match(cands, path, method, headers)
+        if "%" in path or "\\" in path:  # two scans; the rest only for the rare paths that need it
+            if has_slash_forms(path):
+                self._check_slash_readings(cands, found, path, method, headers)
+        return found
+
+    @staticmethod
+    def _check_slash_readings(
+        cands: tuple[_Candidate, ...], found: Route | None, path: str, method: str, headers: _HeaderLookup
+    ) -> None:
+        if found is not None and found.encoded_slash == "reject":
+            raise BadRequest(f"route {found.name} refuses encoded slashes (path {path[:80]!r})")
+        for other in slash_interpretations(path):
+            alt = _first_match(cands, other, method, headers)
+            if alt is not found:
+                raise BadRequest(
+                    f"ambiguous path {path[:80]!r}: as sent it is routed to "
+                    f"{found.name if found else 'no route'}, read as {other[:80]!r} to {alt.name if alt else 'no route'}"
+                )
 
     def _lookup(self, h: str) -> tuple[_Candidate, ...]:
         cands = self._exact.get(h)
@@ -219,6 +253,25 @@ class RouteTable:
         return f"<RouteTable {len(self.routes)} routes, {len(self._exact)} hosts, {len(self._wild)} wildcards>"
 
 
+def _first_match(cands: tuple[_Candidate, ...], path: str, method: str, headers: _HeaderLookup) -> Route | None:
+    for route, kind, arg, arg2, methods, header_tests in cands:
+        if kind:
+            if kind == _PREFIX:
+                if not path.startswith(arg) and path != arg2:  # type: ignore[arg-type]
+                    continue
+            elif kind == _EXACT:
+                if path != arg:
+                    continue
+            elif not arg(path):  # type: ignore[operator]
+                continue
+        if methods is not None and method not in methods:
+            continue
+        if header_tests and not _headers_match(header_tests, headers):
+            continue
+        return route
+    return None
+
+
 def _headers_match(tests: tuple[_HeaderTest, ...], headers: _HeaderLookup) -> bool:
     for name, exact, search in tests:
         values = headers.get_all(name)
@@ -243,11 +296,11 @@ def host_key(host: str) -> str:
     """
     h = host.lower()
     if ":" in h:
-        if h[0] == "[":
-            end = h.find("]")
-            return h[1:end] if end > 0 else h
-        if h.count(":") == 1:
-            h = h[:h.find(":")]
+        if h[0] == "[" or h.count(":") == 1:
+            try:
+                h = parse_host(h)[0]
+            except ValueError:
+                return h  # matches no configured host (those passed parse_host at load)
     if h[-1:] == ".":
         h = h[:-1]
     return h
@@ -327,13 +380,15 @@ def compile_routes(cfg: EdgeConfig) -> RouteTable:
 
 def _config_host(pattern: str, source: str, key_path: str) -> str:
     """Normalise a configured exact host the way host_key normalises a request's."""
-    if pattern.startswith("["):
-        if not pattern.endswith("]"):
-            raise ConfigError(source, key_path, f"host must not include a port (got {pattern!r})")
-        return pattern[1:-1]
-    if pattern.count(":") == 1:
+    if pattern.count(":") > 1 and not pattern.startswith("["):
+        pattern = f"[{pattern}]"  # a bare IPv6 address
+    try:
+        name, port = parse_host(pattern)
+    except ValueError as e:
+        raise ConfigError(source, key_path, str(e)) from None
+    if port is not None or pattern.endswith(":"):
         raise ConfigError(source, key_path, f"host must not include a port (got {pattern!r})")
-    return pattern.rstrip(".") if pattern.count(":") == 0 else pattern
+    return name.rstrip(".")
 
 
 def _path_test(rc: RouteConfig) -> tuple[int, object, str | None, tuple[int, int]]:
@@ -344,7 +399,7 @@ def _path_test(rc: RouteConfig) -> tuple[int, object, str | None, tuple[int, int
     if pm.exact is not None:
         return _EXACT, pm.exact, None, (0, 0)
     if pm.regex is not None:
-        return _REGEX, re.compile(pm.regex).match, None, (1, 0)
+        return _REGEX, compile_client_pattern(pm.regex).match, None, (1, 0)
     prefix = pm.prefix
     assert prefix is not None  # PathMatch guarantees exactly one
     if prefix.endswith("/"):
@@ -357,7 +412,7 @@ def _header_tests(rc: RouteConfig) -> tuple[_HeaderTest, ...]:
     out: list[_HeaderTest] = []
     for name, value in rc.match.headers.items():
         if value.startswith("~"):
-            out.append((name, None, re.compile(value[1:]).search))
+            out.append((name, None, compile_client_pattern(value[1:]).search))
         else:
             out.append((name, value, None))
     return tuple(out)
@@ -380,7 +435,8 @@ def _build_route(i: int, name: str, rc: RouteConfig, source: str, cfg: EdgeConfi
         config=rc,
         action=action,
         upstream=rc.upstream,
-        websocket=rc.websocket,
+        upgrade_protocols=rc.upgrade_protocols,
+        encoded_slash=rc.encoded_slash,
         host_header=rc.host_header,
         forward_normalized_path=rc.forward_normalized_path,
         timeouts=rc.timeouts,
@@ -406,12 +462,12 @@ def _path_transform(i: int, rc: RouteConfig, source: str) -> Callable[[str], str
         strip = rc.match.path.prefix
     sub: Callable[[str], str] | None = None
     if rc.rewrite is not None:
-        pattern = re.compile(rc.rewrite.regex)
+        pattern = compile_client_pattern(rc.rewrite.regex)
         replace = rc.rewrite.replace
         try:
-            pattern.sub(replace, "")  # compiles the template: catches \3 with two groups, \g<bad>
-        except (re.error, IndexError) as e:
-            raise ConfigError(source, f"routes[{i}].rewrite.replace", f"bad replacement {replace!r}: {e}") from None
+            check_template(pattern, replace)  # catches \3 with two groups, \g<bad>
+        except ValueError as e:
+            raise ConfigError(source, f"routes[{i}].rewrite.replace", str(e)) from None
 
         def sub(path: str) -> str:
             return pattern.sub(replace, path)
@@ -435,22 +491,37 @@ def _path_transform(i: int, rc: RouteConfig, source: str) -> Callable[[str], str
 
 
 def _upstream_path(rc: RouteConfig, transform: Callable[[str], str] | None) -> Callable[[str, str], str]:
-    if transform is None:
-        if rc.forward_normalized_path:
-            return lambda normalized, raw: normalized
-        return lambda normalized, raw: raw
+    t: Callable[[str], str] = transform if transform is not None else _same
+    if rc.encoded_slash == "decode":
+        # The decoded reading is what edge routed by (every reading reaches this route)
+        # and what the backend gets, whatever forward_normalized_path says.
+        return lambda path, raw: t(decode_slashes(path))
     if rc.forward_normalized_path:
-        return lambda normalized, raw: transform(normalized)
+        if transform is None:
+            return lambda path, raw: path
+        return lambda path, raw: transform(path)
     prefix = rc.match.path.prefix if (rc.strip_prefix and rc.match.path is not None) else None
 
-    def raw_upstream_path(normalized: str, raw: str) -> str:
+    def raw_upstream_path(path: str, raw: str) -> str:
+        # A plugin that rewrote ctx.path decides what is forwarded (issue 7): the raw
+        # path is sent only while ctx.path is still its normalised form.
+        try:
+            changed = path != normalize_path(raw)
+        except ValueError:  # a raw path another front end admitted differently: its normalised form decides
+            changed = True
+        if changed:
+            return t(path)
         # The raw path matched only through its normalised form: when it does not start
         # with the prefix itself (e.g. "/%61pi/x" for "/api"), strip from the normalised one.
         if prefix is not None and not raw.startswith(prefix):
-            return transform(normalized)
-        return transform(raw)
+            return t(path)
+        return t(raw)
 
     return raw_upstream_path
+
+
+def _same(path: str) -> str:
+    return path
 
 
 _PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_]+)\}|([A-Za-z_]+))")
@@ -476,7 +547,11 @@ def _redirect_location(
     parts.append(location[pos:].replace("{", "{{").replace("}", "}}"))
     fmt = "".join(parts).format
 
+    decode = rc.encoded_slash == "decode"
+
     def redirect_location(host: str, path: str, query: str) -> str:
+        if decode:
+            path = decode_slashes(path)
         if transform is not None:
             path = transform(path)
         return fmt(host, path, "?" + query if query else "")

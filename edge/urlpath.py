@@ -33,9 +33,11 @@ percent-encoded octet are not equivalent" (§2.2). ``/repos/a%2Fb`` names one
 segment ``a/b`` (GitLab-style ids); decoding it would change the resource and
 forward a different path. It also means ``/a%2F..%2Fadmin`` is one segment for edge.
 A backend that decodes ``%2F`` *before* resolving dot segments would see
-``/a/../admin``; such backends must not be protected by path rules alone (the same
-holds for ``\\`` on IIS and ``;`` path parameters on Tomcat, which edge leaves as
-they are).
+``/a/../admin`` (the same holds for ``%5C`` and ``\\`` on IIS):
+``slash_interpretations`` lists those other readings, and the route table refuses
+a path whose readings would be routed differently (``edge.routing``, "Encoded
+slashes"); ``decode_slashes`` is the reading ``encoded_slash: decode`` forwards.
+``;`` path parameters (Tomcat) are left as they are.
 
 Hot path: most paths contain no ``%``, no ``/.`` and no ``//`` and are returned
 unchanged (the same object) after three substring scans and one ``isprintable``
@@ -48,7 +50,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["normalize_path"]
+__all__ = ["normalize_path", "slash_interpretations", "decode_slashes", "has_slash_forms", "SLASH_FORMS"]
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -108,3 +110,49 @@ def _remove_dot_segments(path: str) -> str:
         elif seg != ".":
             out.append(seg)
     return "/" + "/".join(out)
+
+
+# The spellings of a path separator that some backend may honour even though edge
+# keeps them as data: "%2F" (reserved, RFC 3986 §2.2; decoded before dot segments by
+# some servers and frameworks), "%5C" and a raw "\" (a separator on IIS and in
+# Windows file APIs). normalize_path upper-cases escapes, so these are the only forms.
+SLASH_FORMS = ("%2F", "%5C", "\\")
+
+
+def has_slash_forms(path: str) -> bool:
+    """True when the normalised ``path`` holds ``%2F``, ``%5C`` or ``\\``."""
+    return ("%" in path and ("%2F" in path or "%5C" in path)) or "\\" in path
+
+
+def slash_interpretations(path: str) -> tuple[str, ...]:
+    """The other paths a backend may resolve the normalised ``path`` to.
+
+    For each non-empty subset of the separator spellings present in ``path`` (see
+    SLASH_FORMS), those are read as ``/`` and the result normalised again (slashes
+    collapsed, dot segments resolved): ``/p/..%2Fadmin/x`` gives ``/admin/x``. Returns
+    the distinct results that differ from ``path``, in sorted order; empty when ``path``
+    holds none of them (the common case, decided by two substring scans).
+    """
+    present = [f for f in SLASH_FORMS if f in path]
+    if not present:
+        return ()
+    out: set[str] = set()
+    for mask in range(1, 1 << len(present)):
+        p = path
+        for j, form in enumerate(present):
+            if mask >> j & 1:
+                p = p.replace(form, "/")
+        p = normalize_path(p)
+        if p != path:
+            out.add(p)
+    return tuple(sorted(out))
+
+
+def decode_slashes(path: str) -> str:
+    """``path`` with every separator spelling read as ``/``, normalised again
+    (``encoded_slash: decode``); ``path`` itself when it holds none."""
+    if not has_slash_forms(path):
+        return path
+    for form in SLASH_FORMS:
+        path = path.replace(form, "/")
+    return normalize_path(path)

@@ -35,28 +35,26 @@ Example (conf/edge.yaml)::
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge.context import Headers as HeaderList
 from edge.context import RequestContext, UpstreamResponse
+from edge.fields import field_error, is_token
 from edge.plugins import Plugin, PluginConfig, Services
-
-# RFC 9110 §5.1: field-name = token; §5.5: field values exclude CR, LF and NUL.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
 
 
 def _check_name(name: str) -> str:
-    if not _TOKEN.fullmatch(name):
-        raise ValueError(f"not a valid header name: {name!r}")
+    # RFC 9110 §5.1: field-name = token
+    if not is_token(name):
+        raise ValueError(f"invalid header name {name!r}: must be a token (RFC 9110 §5.1)")
     return name
 
 
 def _check_value(name: str, value: str) -> str:
-    if _BAD_VALUE.search(value):
-        raise ValueError(f"header {name}: value must not contain CR, LF or NUL")
+    # RFC 9110 §5.5: no CR, LF, NUL (edge writes no other CTL either), no surrounding whitespace
+    reason = field_error(name, value)
+    if reason is not None:
+        raise ValueError(reason)
     return value
 
 
@@ -114,8 +112,10 @@ class Headers(Plugin):
 
         @field_validator("hsts", "frame_options", "referrer_policy", "content_security_policy")
         @classmethod
-        def _value(cls, v: str | None) -> str | None:
-            return v if v is None else _check_value("preset", v)
+        def _value(cls, v: str | None, info) -> str | None:
+            names = {"hsts": "Strict-Transport-Security", "frame_options": "X-Frame-Options",
+                     "referrer_policy": "Referrer-Policy", "content_security_policy": "Content-Security-Policy"}
+            return v if v is None else _check_value(names[info.field_name], v)
 
     def __init__(self, config: Config, services: Services) -> None:
         self._req = config.request.compile()

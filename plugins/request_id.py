@@ -21,9 +21,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from edge.context import RequestContext, UpstreamResponse
+from edge.fields import is_token
 from edge.plugins import Plugin, PluginConfig, Services
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _ID_CHARS = r"[A-Za-z0-9._:@+=/\-]"
 
 
@@ -51,8 +51,8 @@ class RequestId(Plugin):
         @field_validator("header")
         @classmethod
         def _name(cls, v: str) -> str:
-            if not _TOKEN.fullmatch(v):
-                raise ValueError(f"not a valid header name: {v!r}")
+            if not is_token(v):
+                raise ValueError(f"invalid header name {v!r}: must be a token (RFC 9110 §5.1)")
             return v
 
     def __init__(self, config: Config, services: Services) -> None:

@@ -94,15 +94,15 @@ def error_of(path):
         ),
         (
             BASE + "routes:\n  - match: {path: {regex: '^/(a'}}\n    upstream: demo\n",
-            "FILE: routes[0].match.path: bad regular expression '^/(a': missing ), unterminated subpattern at position 2",
+            "FILE: routes[0].match.path: bad regular expression '^/(a': missing ): ^/(a (RE2 syntax: no backreferences, no lookaround)",
         ),
         (
             BASE + "routes:\n  - match: {headers: {X-A: '~[a'}}\n    upstream: demo\n",
-            "FILE: routes[0].match.headers: header X-A: bad regular expression: unterminated character set at position 0",
+            "FILE: routes[0].match.headers: header X-A: bad regular expression '[a': missing ]: [a (RE2 syntax: no backreferences, no lookaround)",
         ),
         (
             BASE + "routes:\n  - rewrite: {regex: '(', replace: x}\n    upstream: demo\n",
-            "FILE: routes[0].rewrite.regex: bad regular expression '(': missing ), unterminated subpattern at position 0",
+            "FILE: routes[0].rewrite.regex: bad regular expression '(': missing ): ( (RE2 syntax: no backreferences, no lookaround)",
         ),
         (
             BASE + "routes:\n  - match: {path: {exact: /a, prefix: /b}}\n    upstream: demo\n",
@@ -270,3 +270,103 @@ def test_config_doc_names_every_key():
             assert f"### `{name}`" in text
     for key in ("routes[].match.path.prefix", "upstreams.<name>.servers[].port", "routes[].timeouts.read", "store.max_bytes"):
         assert f"| `{key}` |" in text
+
+
+# --------------------------------------------------------------------------- issue 7: values that break the server
+
+
+def route_with(extra: str) -> str:
+    return BASE + "routes:\n  - upstream: demo\n" + textwrap.indent(textwrap.dedent(extra), "    ")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("server: {max_request_line: 0}\n",
+     "FILE: server.max_request_line: must be 1-65535 (got 0) (0 does not mean unlimited here, unlike gunicorn's limit_request_line)"),
+    ("server: {max_request_line: 70000}\n", "FILE: server.max_request_line: must be 1-65535 (got 70000)"),
+    ("server: {max_header_fields: 0}\n", "FILE: server.max_header_fields: Input should be greater than or equal to 1 (got 0)"),
+    ("server: {max_header_field_size: 0}\n", "FILE: server.max_header_field_size: Input should be greater than or equal to 1 (got 0)"),
+    ("server: {keepalive: -1}\n", "FILE: server.keepalive: duration must not be negative (got -1)"),
+    ("store: {timeout: 0s}\n", "FILE: store.timeout: must be positive (got 0)"),
+    ("store: {max_bytes: 0}\n", "FILE: store.max_bytes: must be positive (got 0)"),
+    (BASE.replace('servers: ["127.0.0.1:9001"]', 'servers: ["127.0.0.1:9001"]\n    keepalive: {idle_timeout: 0}'),
+     "FILE: upstreams.demo.keepalive.idle_timeout: must be positive (got 0)"),
+    (BASE.replace('servers: ["127.0.0.1:9001"]', 'servers: ["127.0.0.1:9001"]\n    timeouts: {read: 0ms}'),
+     "FILE: upstreams.demo.timeouts.read: must be positive (got 0.0)"),
+])
+def test_durations_and_sizes_that_must_be_positive(tmp_path, text, message):
+    assert error_of(write(tmp_path, text)) == message
+
+
+def test_keepalive_zero_means_no_keep_alive_and_is_accepted(tmp_path):
+    cfg = load_config(write(tmp_path, BASE + "server: {keepalive: 0}\n"))
+    assert cfg.server.keepalive == 0.0
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("respond: {headers: {'X-A': \"a\\r\\nSet-Cookie: x=1\"}}\n",
+     "FILE: routes[0].respond.headers: invalid value for header X-A: 'a\\r\\nSet-Cookie: x=1' contains a control character or surrounding whitespace"),
+    ("respond: {headers: {'Bad Name': 'x'}}\n",
+     "FILE: routes[0].respond.headers: invalid header name 'Bad Name': must be a token (RFC 9110 §5.1)"),
+    ("respond: {content_type: \"text/html\\nX: y\"}\n",
+     "FILE: routes[0].respond.content_type: invalid value for header Content-Type: 'text/html\\nX: y' contains a control character or surrounding whitespace"),
+    ("host_header: \"example.com\\r\\nX: y\"\n",
+     "FILE: routes[0].host_header: must be pass, upstream or a host name with an optional port: invalid host name in 'example.com\\r\\nX: y'"),
+    ("host_header: 'evil,for=6.6.6.6'\n",
+     "FILE: routes[0].host_header: must be pass, upstream or a host name with an optional port: invalid host name in 'evil,for=6.6.6.6'"),
+    ("match: {headers: {'X A': '1'}}\n",
+     "FILE: routes[0].match.headers: invalid header name 'X A': must be a token (RFC 9110 §5.1)"),
+    ("match: {path: {regex: '^/(a)\\1'}}\n",
+     "FILE: routes[0].match.path: bad regular expression '^/(a)\\\\1': invalid escape sequence: \\1 (RE2 syntax: no backreferences, no lookaround)"),
+    ("rewrite: {regex: '^/(?!x)', replace: '/'}\n",
+     "FILE: routes[0].rewrite.regex: bad regular expression '^/(?!x)': invalid perl operator: (?! (RE2 syntax: no backreferences, no lookaround)"),
+    ("upgrade: ['web socket']\n", "FILE: routes[0].upgrade: not a protocol name (a token, RFC 9110 §7.8): 'web socket'"),
+    ("upgrade: [websocket]\nwebsocket: true\n",
+     "FILE: routes[0]: give upgrade or websocket, not both (websocket: true is upgrade: [websocket])"),
+    ("encoded_slash: drop\n", "FILE: routes[0].encoded_slash: Input should be 'keep', 'decode' or 'reject' (got 'drop')"),
+])
+def test_route_values_that_would_be_written_badly_are_refused(tmp_path, extra, message):
+    text = route_with(extra)
+    if "respond:" in extra:
+        text = text.replace("  - upstream: demo\n", "  - match: {}\n")
+    assert error_of(write(tmp_path, text)) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("headers: {request_id_header: 'X Request'}\n",
+     "FILE: headers.request_id_header: invalid header name 'X Request': must be a token (RFC 9110 §5.1)"),
+    ("headers: {hide_backend: [Server, 'X:Powered']}\n",
+     "FILE: headers.hide_backend[1]: invalid header name 'X:Powered': must be a token (RFC 9110 §5.1)"),
+    ("metrics: {statsd: 'localhost'}\n", "FILE: metrics.statsd: expected 'host:port' (got 'localhost')"),
+])
+def test_header_settings_are_refused_at_load(tmp_path, text, message):
+    assert error_of(write(tmp_path, BASE + text)) == message
+
+
+@pytest.mark.parametrize("host_header", ["pass", "upstream", "example.com", "example.com:8080", "[::1]:81"])
+def test_host_header_literals_accepted(tmp_path, host_header):
+    cfg = load_config(write(tmp_path, route_with(f"host_header: '{host_header}'\n")))
+    assert cfg.routes[0].host_header == host_header
+
+
+@pytest.mark.parametrize("server, authority", [
+    ("127.0.0.1:9001", "127.0.0.1:9001"), ("http://backend.internal:80/", "backend.internal:80"), ("[::1]:9", "[::1]:9"),
+])
+def test_server_addresses_parsed_by_the_one_host_parser(tmp_path, server, authority):
+    cfg = load_config(write(tmp_path, f"upstreams:\n  demo:\n    servers: ['{server}']\n"))
+    assert cfg.upstreams["demo"].servers[0].authority == authority
+
+
+@pytest.mark.parametrize("server", ["bad host:80", "a,b:80", "[1.2.3.4]:80", "host", "host:"])
+def test_server_addresses_refused(tmp_path, server):
+    assert error_of(write(tmp_path, f"upstreams:\n  demo:\n    servers: ['{server}']\n")) == (
+        f"FILE: upstreams.demo.servers[0]: expected 'host:port' or 'http://host:port' (got '{server}')"
+    )
+
+
+def test_keepalive_zero_never_becomes_a_zero_timeout_for_gunicorn(tmp_path):
+    # gunicorn's HTTP/2 connections use keepalive as their idle timeout (0 would mean none);
+    # edge's own HTTP/1 loop reads server.keepalive == 0 as "close after each response".
+    from edge.boot import Loaded, gunicorn_settings
+
+    cfg = load_config(write(tmp_path, BASE + "server: {keepalive: 0}\n"))
+    assert gunicorn_settings(Loaded("x", cfg, None))["keepalive"] >= 1

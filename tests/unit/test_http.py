@@ -7,7 +7,7 @@ from edge import http as rules
 
 def up(headers, **kw):
     args = dict(peer_ip="192.0.2.10", scheme="http", client_host="example.com", client_port=80,
-                peer_trusted=False, allow_upgrade=False)
+                peer_trusted=False)
     args.update(kw)
     return rules.upstream_request_headers(headers, **args)
 
@@ -38,7 +38,7 @@ def test_duplicates_kept_in_order():
 def test_upgrade_kept_only_when_allowed():
     req = [("CONNECTION", "Upgrade"), ("UPGRADE", "websocket")]
     assert "upgrade" not in names(up(req))
-    out = up(req, allow_upgrade=True)
+    out = up(req, upgrade_protocols=frozenset({"websocket"}))
     assert ("Upgrade", "websocket") in out and ("Connection", "upgrade") in out
 
 
@@ -135,3 +135,95 @@ def test_underscore_names_dropped_so_cgi_backends_cannot_be_spoofed():
     out = up([("X_FORWARDED_FOR", "6.6.6.6"), ("X-REAL", "1")], via=None)
     assert "x_forwarded_for" not in names(out)
     assert value(out, "X-Forwarded-For") == "192.0.2.10"
+
+
+# --------------------------------------------------------------------------- Host (issue 7, defect 2)
+
+@pytest.mark.parametrize("host, expected", [
+    ("example.com", ("example.com", None)), ("EXAMPLE.com:8080", ("example.com", 8080)),
+    ("example.com.", ("example.com.", None)), ("a_b.internal:1", ("a_b.internal", 1)),
+    ("192.0.2.1:65535", ("192.0.2.1", 65535)), ("[2001:DB8::1]", ("2001:db8::1", None)),
+    ("[::1]:8443", ("::1", 8443)), ("example.com:", ("example.com", None)),  # RFC 3986 §3.2.3: empty port
+])
+def test_parse_host_accepts_reg_names_ip_literals_and_ports(host, expected):
+    assert rules.parse_host(host) == expected
+
+
+@pytest.mark.parametrize("host", [
+    "evil,for=6.6.6.6", "a;b", "a=b", 'a"b', "a b", "a/b", "user@host", "", ":80", "a..b", ".a",
+    "%65xample.com", "ex\\ample", "é.com", "a:b:c", "[::1", "[::1]x", "[1.2.3.4]", "[v1.x]", "[fe80::1%25eth0]",
+    "x:0", "x:65536", "x:abc", "x:²", "x:+80", "x:-1", "x" * 256,
+])
+def test_parse_host_refusals(host):
+    with pytest.raises(ValueError):
+        rules.parse_host(host)
+    assert rules.valid_host(host) is False
+
+
+def test_forwarded_host_cannot_forge_an_element():
+    # Before issue 7, Host "evil,for=6.6.6.6" produced "for=127.0.0.1;host=evil,for=6.6.6.6;proto=https".
+    # Such a Host is refused by valid_host; whatever reaches the serialiser is quoted when not a token.
+    out = up([], forwarded=True, client_host="evil,for=6.6.6.6")
+    assert value(out, "Forwarded") == 'for=192.0.2.10;host="evil,for=6.6.6.6";proto=http'
+
+
+@pytest.mark.parametrize("host, rendered", [
+    ("example.com", "host=example.com"), ("example.com:8080", 'host="example.com:8080"'),
+    ("[::1]:8443", 'host="[::1]:8443"'), ('a"b\\c', 'host="a\\"b\\\\c"'),
+])
+def test_forwarded_values_are_tokens_or_quoted_strings(host, rendered):
+    out = up([], forwarded=True, client_host=host)
+    assert f";{rendered};" in value(out, "Forwarded")
+
+
+# --------------------------------------------------------------------------- Upgrade (defect 7)
+
+WS = frozenset({"websocket"})
+
+
+@pytest.mark.parametrize("offered, allowed, expected", [
+    ("websocket", WS, "websocket"),
+    ("WebSocket", WS, "WebSocket"),
+    ("h2c", WS, None),
+    ("anything/1.0", WS, None),
+    ("h2c, websocket", WS, "websocket"),
+    ("websocket", frozenset(), None),
+    ("foo/2, bar", frozenset({"foo"}), "foo/2"),
+    ("foo/2/3", frozenset({"foo"}), None),  # not token ["/" token]
+    ("websocket", frozenset({"h2c"}), None),
+])
+def test_upgrade_forwards_only_the_protocols_the_route_allows(offered, allowed, expected):
+    out = up([("CONNECTION", "Upgrade, HTTP2-Settings"), ("UPGRADE", offered), ("HTTP2-SETTINGS", "AAMAAABkAAQAAP__")],
+             upgrade_protocols=allowed, x_forwarded=False, via=None)
+    assert "http2-settings" not in names(out)
+    if expected is None:
+        assert out == []
+    else:
+        assert out == [("Upgrade", expected), ("Connection", "upgrade")]
+
+
+def test_upgrade_without_connection_upgrade_is_not_forwarded():
+    out = up([("UPGRADE", "websocket")], upgrade_protocols=WS, x_forwarded=False, via=None)
+    assert out == []
+
+
+# --------------------------------------------------------------------------- client address (defect 10)
+
+@pytest.mark.parametrize("peer, xff, expected", [
+    ("10.0.0.2", ["unknown"], "10.0.0.2"),                       # not an IP: the trusted peer's own address
+    ("10.0.0.2", ["<script>, 1.2.3.4"], "1.2.3.4"),             # garbage left of the client is never reached
+    ("10.0.0.2", ["1.2.3.4, _hidden, 10.0.0.9"], "10.0.0.9"),   # the trusted hop that vouched for garbage
+    ("10.0.0.2", ["1.2.3.4:80"], "1.2.3.4"),
+    ("10.0.0.2", ["2001:DB8::7"], "2001:db8::7"),                # canonical text
+    ("10.0.0.2", ["[2001:db8::7]:4711"], "2001:db8::7"),
+    ("10.0.0.2", ["1.2.3.4.5"], "10.0.0.2"),
+    ("10.0.0.2", ["evil.example"], "10.0.0.2"),
+    ("10.0.0.2", [" , "], "10.0.0.2"),
+    ("10.0.0.2", ["1.2.3.4", "10.0.0.3"], "1.2.3.4"),            # several fields are one list
+])
+def test_resolve_client_ip_always_returns_an_ip_address(peer, xff, expected):
+    import ipaddress
+    trusted = rules.TrustedProxies(["10.0.0.0/8"])
+    got = rules.resolve_client_ip(peer, xff, trusted)
+    assert got == expected
+    ipaddress.ip_address(got)

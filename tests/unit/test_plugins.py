@@ -547,7 +547,7 @@ def test_unknown_plugin_name_in_config(tmp_path):
 @pytest.mark.parametrize("data, message", [
     ({"plugins": {"headers": {"sett": {}}}}, "conf/edge.yaml: plugins.headers.sett: unknown key"),
     ({"plugins": {"headers": {"response": {"set": {"Bad Name": "x"}}}}},
-     "conf/edge.yaml: plugins.headers.response.set: not a valid header name: 'Bad Name'"),
+     "conf/edge.yaml: plugins.headers.response.set: invalid header name 'Bad Name': must be a token (RFC 9110 §5.1)"),
     ({"plugins": {"headers": {"timeout": "soon"}}},
      "conf/edge.yaml: plugins.headers.timeout: expected a duration such as '2s' or '500ms' (got 'soon')"),
     ({"plugins": {"headers": {"on_failure": "maybe"}}},

@@ -84,3 +84,37 @@ def test_normalisation_is_idempotent():
 def test_fast_path_returns_the_same_object():
     raw = "/api/v1/users/42"
     assert normalize_path(raw) is raw
+
+
+# --------------------------------------------------------------------------- encoded slashes (issue 7)
+
+from edge.urlpath import decode_slashes, has_slash_forms, slash_interpretations  # noqa: E402
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/api/x", ()),
+    ("/a%20b", ()),
+    ("/a%252Fb", ()),                                    # %25 2F: not a slash under one decoding
+    ("/p/..%2Fadmin", ("/admin",)),
+    ("/a%2Fb", ("/a/b",)),
+    ("/a\\b", ("/a/b",)),
+    ("/a%2F..%5C..%5Cb", ("/a/..%5C..%5Cb", "/b")),    # %2F alone; %5C alone and both give /b
+    ("/x%2F..%2F..%2Fadmin", ("/admin",)),
+    ("/p%2F..%5C..\\admin", ("/..\\admin", "/admin", "/p%2F..%5C../admin", "/p%2F../..\\admin",
+                              "/p/..%5C../admin", "/p/..%5C..\\admin")),   # all 7 combinations, 6 distinct
+])
+def test_slash_interpretations(path, expected):
+    assert slash_interpretations(normalize_path(path)) == expected
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/files/a%2Fb", "/files/a/b"), ("/a%5C..%2Fb", "/b"), ("/a\\\\b", "/a/b"), ("/plain", "/plain"),
+])
+def test_decode_slashes(path, expected):
+    assert decode_slashes(normalize_path(path)) == expected
+
+
+def test_has_slash_forms_is_false_for_plain_paths():
+    assert not has_slash_forms("/api/v1/users/42")
+    assert not has_slash_forms("/a%20b")
+    assert has_slash_forms("/a%2Fb") and has_slash_forms("/a%5Cb") and has_slash_forms("/a\\b")

@@ -51,3 +51,10 @@ def test_custom_header_length_and_no_echo():
     assert "X-Correlation-ID" not in run.headers and "X-Request-ID" not in run.headers
     run = run_plugin(RequestId, {"header": "X-Correlation-ID", "max_length": 8}, ctx=make_ctx(headers={"X-Correlation-ID": "123456789"}))
     assert run.ctx.request_id != "123456789"
+
+
+@pytest.mark.parametrize("header", ["X Request", "X-Id:", "", "X-Id\r\n"])
+def test_header_name_that_is_not_a_token_refused_at_load(header):
+    with pytest.raises(Exception) as e:
+        run_plugin(RequestId, {"header": header})
+    assert str(e.value) == f"<test>: plugins.request_id.header: invalid header name {header!r}: must be a token (RFC 9110 §5.1)"
