@@ -74,6 +74,7 @@ class Process:
             self.proc.wait(5)
 
     def log(self) -> str:
+        """The process's output so far."""
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")
@@ -114,6 +115,16 @@ class EdgeProcess(Process):
         self.config_path = config_path
         self.tls = tls
 
+    def log(self) -> str:
+        """The process's output, followed by gunicorn's error log file when ``server.errorlog`` names one."""
+        out = super().log()
+        errorlog = (self.config().get("server") or {}).get("errorlog", "-")
+        if errorlog not in (None, "-"):
+            path = REPO / errorlog  # edge runs in REPO; an absolute errorlog stays as it is
+            if path.exists():
+                out += path.read_text(errors="replace")
+        return out
+
     def config(self) -> dict[str, Any]:
         """The configuration file edge was started with or last given, as a dict."""
         return yaml.safe_load(self.config_path.read_text()) or {}
@@ -142,21 +153,20 @@ class EdgeProcess(Process):
             self.signal(signal.SIGHUP)
             return
         old = set(self.worker_pids())
-        mark = len(self.log())
+        refusals = self.log().count(RELOAD_REFUSED)
         self.signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"edge exited during a reload:\n{self.log()[mark:]}")
+                raise RuntimeError(f"edge exited during a reload:\n{self.log()}")
             current = set(self.worker_pids())
             if current and not current & old and _answers(self.port, self.tls):
-                since = self.log()[mark:]
-                if RELOAD_REFUSED in since:
-                    line = next(ln for ln in since.splitlines() if RELOAD_REFUSED in ln)
-                    raise ReloadRefused(line)
+                lines = [ln for ln in self.log().splitlines() if RELOAD_REFUSED in ln]
+                if len(lines) > refusals:
+                    raise ReloadRefused(lines[-1])
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"workers {sorted(old)} still running {timeout_s}s after HUP:\n{self.log()[mark:]}")
+        raise TimeoutError(f"workers {sorted(old)} still running {timeout_s}s after HUP:\n{self.log()}")
 
     def worker_pids(self) -> list[int]:
         try:
