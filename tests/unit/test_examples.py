@@ -34,3 +34,14 @@ def test_fleet_examples_share_state_on_their_backend(name, backend):
     assert cfg.store.backend == backend
     assert "ratelimit" in cfg.plugins
     assert cfg.server.pidfile and cfg.server.accesslog and cfg.server.errorlog != "-"
+
+
+def test_readme_starts_the_origins_conf_edge_yaml_expects():
+    # The literal README steps must not end in 502: they start an origin on every port of the demo pool.
+    cfg = load_config(str(REPO / "conf" / "edge.yaml"))
+    readme = (REPO / "README.md").read_text()
+    demo = (REPO / "scripts" / "run_demo.py").read_text()
+    for server in cfg.upstreams["demo"].servers:
+        assert server.host == "127.0.0.1"
+        assert f"scripts/origin.py --port {server.port}" in readme
+        assert f"{server.port})" in demo  # make run starts the same ones
