@@ -116,3 +116,27 @@ def test_fixture_is_registered_for_plugin_authors(pytestconfig):
     # so a plugin author's tests get edge_server without a conftest.
     assert pytestconfig.pluginmanager.has_plugin("edge")
     assert os.path.exists(Path(__file__).resolve().parents[2] / "pyproject.toml")
+
+
+# The example of docs/plugins.md §11, as written there (EXAMPLES is the docs' plugin directory).
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples" / "plugins"
+
+
+def test_maintenance_end_to_end(edge_server):
+    edge = edge_server(
+        plugins={"maintenance": {"paths": ["/down"]}},
+        plugin_dirs=[str(EXAMPLES)],
+        origins={"main": 2, "spare": 1},
+        routes=[{"name": "spare", "match": {"path": "/spare"}, "upstream": "spare"},
+                {"name": "main", "match": {"path": "/"}, "upstream": "main"}],
+        workers=2,
+    )
+    assert requests.get(f"{edge.url}/down").status_code == 503
+    assert requests.get(f"{edge.url}/spare").headers["X-Origin"] == "spare0"
+
+    # New settings; the fixture's server and store sections are kept.
+    config = edge.config()
+    config["plugins"]["maintenance"]["paths"] = ["/spare"]
+    edge.reconfigure(config)                        # returns once only new workers serve
+    assert requests.get(f"{edge.url}/spare").status_code == 503
+    assert requests.get(f"{edge.url}/down").status_code == 200
