@@ -110,17 +110,17 @@ class EdgeProcess(Process):
     """A gunicorn master running edge; ``config_path`` can be rewritten and ``reload`` sent."""
 
     def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, config_path: Path,
-                 tls: bool = False) -> None:
+                 tls: bool = False, errorlog: str | None = None) -> None:
         super().__init__(proc, port, log_path)
         self.config_path = config_path
         self.tls = tls
+        self.errorlog = errorlog  # server.errorlog when it names a file (read by log())
 
     def log(self) -> str:
         """The process's output, followed by gunicorn's error log file when ``server.errorlog`` names one."""
         out = super().log()
-        errorlog = (self.config().get("server") or {}).get("errorlog", "-")
-        if errorlog not in (None, "-"):
-            path = REPO / errorlog  # edge runs in REPO; an absolute errorlog stays as it is
+        if self.errorlog not in (None, "-"):
+            path = REPO / self.errorlog  # edge runs in REPO; an absolute errorlog stays as it is
             if path.exists():
                 out += path.read_text(errors="replace")
         return out
@@ -139,6 +139,7 @@ class EdgeProcess(Process):
         full = keep_instance_sections(self.config(), config, self.config_path.parent)
         self.config_path.write_text(yaml.safe_dump(full, sort_keys=False))
         self.tls = "tls" in full
+        self.errorlog = full["server"].get("errorlog")
 
     def reload(self, *, wait: bool = False, timeout_s: float = 30.0) -> None:
         """``kill -HUP``: gunicorn re-reads the config and replaces the workers gracefully.
@@ -233,7 +234,7 @@ def start_edge(
         cwd=str(REPO), env=proc_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     out.close()
-    p = EdgeProcess(proc, port, log_path, config_path, tls="tls" in full)
+    p = EdgeProcess(proc, port, log_path, config_path, tls="tls" in full, errorlog=full["server"].get("errorlog"))
     if wait:
         try:
             wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)
