@@ -74,6 +74,7 @@ class Process:
             self.proc.wait(5)
 
     def log(self) -> str:
+        """The process's output so far."""
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")
@@ -97,19 +98,76 @@ def start_origin(name: str = "o1", port: int | None = None, log_dir: str | None 
     return p
 
 
+#: the line edge/boot.py logs when a HUP brings a configuration that does not validate
+RELOAD_REFUSED = "reload refused, keeping the running configuration"
+
+
+class ReloadRefused(RuntimeError):
+    """``reload(wait=True)`` saw edge refuse the new configuration (the old one keeps serving)."""
+
+
 class EdgeProcess(Process):
     """A gunicorn master running edge; ``config_path`` can be rewritten and ``reload`` sent."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, config_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, config_path: Path,
+                 tls: bool = False, errorlog: str | None = None) -> None:
         super().__init__(proc, port, log_path)
         self.config_path = config_path
+        self.tls = tls
+        self.errorlog = errorlog  # server.errorlog when it names a file (read by log())
+
+    def log(self) -> str:
+        """The process's output, followed by gunicorn's error log file when ``server.errorlog`` names one."""
+        out = super().log()
+        if self.errorlog not in (None, "-"):
+            path = REPO / self.errorlog  # edge runs in REPO; an absolute errorlog stays as it is
+            if path.exists():
+                out += path.read_text(errors="replace")
+        return out
+
+    def config(self) -> dict[str, Any]:
+        """The configuration file edge was started with or last given, as a dict."""
+        return yaml.safe_load(self.config_path.read_text()) or {}
 
     def write_config(self, config: dict[str, Any]) -> None:
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        """Write ``config`` for the next ``reload``, keeping this instance's server and store sections.
 
-    def reload(self) -> None:
-        """``kill -HUP``: gunicorn re-reads the config and replaces the workers gracefully."""
+        See ``keep_instance_sections``: ``bind`` always stays (the URL stays valid), other
+        ``server`` keys given in ``config`` win, and ``store`` is kept unless ``config``
+        gives one. Nothing changes in the running edge until ``reload``.
+        """
+        full = keep_instance_sections(self.config(), config, self.config_path.parent)
+        self.config_path.write_text(yaml.safe_dump(full, sort_keys=False))
+        self.tls = "tls" in full
+        self.errorlog = full["server"].get("errorlog")
+
+    def reload(self, *, wait: bool = False, timeout_s: float = 30.0) -> None:
+        """``kill -HUP``: gunicorn re-reads the config and replaces the workers gracefully.
+
+        With ``wait=True``, return only once every worker that was running before the
+        HUP has exited and edge answers: from then on only workers started with the new
+        configuration (and plugin code) serve. Raises ``ReloadRefused`` (after the
+        workers were replaced, still with the old configuration) when edge refused the
+        file, and ``TimeoutError`` after ``timeout_s``.
+        """
+        if not wait:
+            self.signal(signal.SIGHUP)
+            return
+        old = set(self.worker_pids())
+        refusals = self.log().count(RELOAD_REFUSED)
         self.signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"edge exited during a reload:\n{self.log()}")
+            current = set(self.worker_pids())
+            if current and not current & old and _answers(self.port, self.tls):
+                lines = [ln for ln in self.log().splitlines() if RELOAD_REFUSED in ln]
+                if len(lines) > refusals:
+                    raise ReloadRefused(lines[-1])
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"workers {sorted(old)} still running {timeout_s}s after HUP:\n{self.log()}")
 
     def worker_pids(self) -> list[int]:
         try:
@@ -117,6 +175,25 @@ class EdgeProcess(Process):
         except OSError:
             return []
         return [int(c) for c in children]
+
+
+def keep_instance_sections(current: dict[str, Any], new: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    """``new`` with the running instance's ``server`` and ``store`` sections kept (pure).
+
+    - ``server``: the current section, updated with the keys ``new`` gives, except
+      ``bind``, which stays (the instance's port is what its URL and probes use);
+    - ``store``: ``new``'s when it gives one, otherwise the current one; a ``local``
+      store without a ``path`` gets the instance's own directory, as at start.
+    """
+    out = dict(new)
+    server = dict(current.get("server") or {})
+    server.update({k: v for k, v in (new.get("server") or {}).items() if k != "bind"})
+    out["server"] = server
+    store = dict(new["store"]) if new.get("store") is not None else dict(current.get("store") or {})
+    if store.get("backend", "local") == "local" and "path" not in store:
+        store["path"] = str(work_dir / "store")
+    out["store"] = store
+    return out
 
 
 def edge_config(config: dict[str, Any], port: int, workers: int) -> dict[str, Any]:
@@ -157,11 +234,11 @@ def start_edge(
         cwd=str(REPO), env=proc_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     out.close()
-    p = EdgeProcess(proc, port, log_path, config_path)
+    p = EdgeProcess(proc, port, log_path, config_path, tls="tls" in full, errorlog=full["server"].get("errorlog"))
     if wait:
         try:
             wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)
-            wait_for_workers(p, workers, tls="tls" in full)
+            wait_for_workers(p, workers, tls=p.tls)
         except Exception:
             p.stop()
             raise RuntimeError(f"edge did not start:\n{p.log()}") from None

@@ -42,7 +42,7 @@ from edge.plugins import (
 
 __all__ = [
     "make_ctx", "make_upstream_response", "make_services", "make_plugin", "run_plugin", "PluginRun",
-    "load_plugin_file",
+    "load_plugin_file", "EdgeServer", "edge_server",
 ]
 
 _UNSET: Any = object()
@@ -244,26 +244,71 @@ def run_plugin(
 
 
 class EdgeServer:
-    """A real edge (gunicorn master + workers) in front of a real demo origin, for one test.
+    """A real edge (gunicorn master + workers) in front of real demo origins, for one test.
 
-    ``url`` is edge's base URL, ``origin`` the origin process, ``process`` edge's
-    (``reload()``, ``log()``, ``write_config()``). Build it with the ``edge_server``
-    fixture; everything is stopped by PID when the test ends.
+    Built by the ``edge_server`` fixture; every process is stopped by PID when the test ends.
+
+    - ``url`` (``http://127.0.0.1:<port>``), ``port``: where edge listens;
+    - ``origin``: the first demo origin (``scripts/origin.py``); ``origins``: all of them;
+      ``pools``: upstream pool name -> its origins. Each origin answers with
+      ``X-Origin: <pool><i>`` (``origin0``, ``origin1``, ... for the default pool);
+    - ``process``: the ``edge.launch.EdgeProcess`` (``pid``, ``worker_pids()``, ``signal()``);
+    - ``config()``: the configuration file as a dict, server and store sections included;
+    - ``write_config(config)``: write a new configuration for the next reload, keeping the
+      fixture's ``server`` and ``store`` sections (``bind`` always stays; other ``server``
+      keys given in ``config`` win; ``store`` only if ``config`` has none);
+    - ``reload()``: HUP, then wait until every worker that ran before has exited and
+      edge answers, so from the return on only the new configuration and plugin code
+      serve; raises ``edge.launch.ReloadRefused`` if edge refused the file;
+    - ``reconfigure(config)``: ``write_config`` then ``reload``;
+    - ``log()``: edge's output so far (gunicorn's error log and edge's log lines).
     """
 
-    def __init__(self, process, origin) -> None:
+    def __init__(self, process: Any, pools: Mapping[str, list[Any]]) -> None:
         self.process = process
-        self.origin = origin
+        self.pools = {name: list(procs) for name, procs in pools.items()}
+        self.origins = [o for procs in self.pools.values() for o in procs]
+        self.origin = self.origins[0]
         self.url = process.url
         self.port = process.port
+
+    def config(self) -> dict[str, Any]:
+        return self.process.config()
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        self.process.write_config(dict(config))
+
+    def reload(self, timeout_s: float = 30.0) -> None:
+        self.process.reload(wait=True, timeout_s=timeout_s)
+
+    def reconfigure(self, config: Mapping[str, Any], timeout_s: float = 30.0) -> None:
+        self.write_config(config)
+        self.reload(timeout_s)
+
+    def log(self) -> str:
+        return self.process.log()
 
 
 @pytest.fixture
 def edge_server(tmp_path):
-    """Factory fixture: ``edge_server(plugins={...}, plugin_dirs=[...], routes=None, workers=1)``.
+    """Factory fixture: start a real edge with your plugins in front of real demo origins.
 
-    Starts the demo origin and edge with the given plugins enabled globally (and
-    ``plugin_dirs`` searched) on free ports, e.g.::
+    ``edge_server(plugins=None, plugin_dirs=(), routes=None, workers=1, extra=None, origins=1)``
+    returns an ``EdgeServer``:
+
+    - ``plugins``: plugins enabled on every route, ``{name: settings}`` as under
+      ``plugins:`` in edge.yaml;
+    - ``plugin_dirs``: directories searched for plugins after the shipped ``plugins/``;
+    - ``origins``: how many demo origins to start in the pool ``origin`` (an int), or
+      ``{pool name: count}`` for several pools (``{"eu": 2, "us": 1}``);
+    - ``routes``: the ``routes:`` list; default one route ``/`` to the first pool;
+    - ``workers``: edge worker processes (default 1);
+    - ``extra``: further top-level sections (``store``, ``headers``, ``server`` keys
+      such as ``accesslog`` ...), merged last.
+
+    Edge and the origins listen on free loopback ports, each edge gets its own
+    ``local`` store directory under the test's ``tmp_path``, and the call returns once
+    every worker has booted and edge answers::
 
         def test_my_plugin(edge_server):
             edge = edge_server(plugins={"maintenance": {"paths": ["/down"]}}, plugin_dirs=["my_plugins"])
@@ -274,12 +319,22 @@ def edge_server(tmp_path):
     started: list[Any] = []
 
     def start(plugins: Mapping[str, Any] | None = None, plugin_dirs: Iterable[str] = (), routes: list | None = None,
-              workers: int = 1, extra: Mapping[str, Any] | None = None) -> EdgeServer:
-        origin = start_origin(f"origin{len(started)}", log_dir=str(tmp_path))
-        started.append(origin)
+              workers: int = 1, extra: Mapping[str, Any] | None = None,
+              origins: int | Mapping[str, int] = 1) -> EdgeServer:
+        counts = {"origin": origins} if isinstance(origins, int) else dict(origins)
+        if not counts or any(not isinstance(n, int) or n < 1 for n in counts.values()):
+            raise ValueError(f"origins: a count >= 1 or {{pool: count >= 1}} (got {origins!r})")
+        pools: dict[str, list[Any]] = {}
+        for pool, n in counts.items():
+            pools[pool] = []
+            for i in range(n):
+                o = start_origin(f"{pool}{i}", log_dir=str(tmp_path))
+                started.append(o)
+                pools[pool].append(o)
         config: dict[str, Any] = {
-            "upstreams": {"origin": {"servers": [f"127.0.0.1:{origin.port}"]}},
-            "routes": routes if routes is not None else [{"match": {"path": "/"}, "upstream": "origin"}],
+            "upstreams": {pool: {"servers": [f"127.0.0.1:{o.port}" for o in procs]} for pool, procs in pools.items()},
+            "routes": routes if routes is not None else [
+                {"name": "default", "match": {"path": "/"}, "upstream": next(iter(pools))}],
             "plugins": dict(plugins or {}),
             "plugin_dirs": [str(d) for d in plugin_dirs],
             **dict(extra or {}),
@@ -288,7 +343,7 @@ def edge_server(tmp_path):
         d.mkdir()
         process = start_edge(config, workers=workers, work_dir=str(d))
         started.append(process)
-        return EdgeServer(process, origin)
+        return EdgeServer(process, pools)
 
     yield start
     for p in reversed(started):

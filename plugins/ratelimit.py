@@ -81,7 +81,8 @@ from typing import Any, Callable, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.config import Duration
-from edge.context import Headers, RequestContext, Response, UpstreamResponse
+from edge.context import RequestContext, Response, UpstreamResponse
+from edge.cookies import get_cookie
 from edge.errors import StoreUnavailable
 from edge.plugins import Plugin, PluginConfig, Services
 from edge.ratelimit import Algorithm, Decision, Limit
@@ -207,15 +208,6 @@ def _hash(value: str) -> str:
     return hashlib.blake2b(value.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
 
 
-def _cookie(headers: Headers, name: str) -> str | None:
-    for value in headers.get_all("Cookie"):
-        for pair in value.split(";"):
-            k, sep, v = pair.partition("=")
-            if sep and k.strip() == name:
-                return v.strip().strip('"')
-    return None
-
-
 _NETS: dict[str, str] = {}
 
 
@@ -255,7 +247,7 @@ def _getter(part: str) -> Callable[[RequestContext], str | None]:
         return header
     if kind == "cookie":
         def cookie(ctx: RequestContext) -> str | None:
-            v = _cookie(ctx.headers, name)
+            v = get_cookie(ctx.headers, name)
             return _hash(v) if v else None
         return cookie
 
