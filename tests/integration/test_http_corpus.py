@@ -337,7 +337,7 @@ def check_expected(f: Forwarded, exp: dict) -> None:
 def test_http_corpus(corpus_edge, case: Path) -> None:
     edge, log_path, _ = corpus_edge
     raw = case.read_bytes()
-    spec = json.loads(case.with_suffix(".json").read_text())
+    spec = json.loads(case.with_suffix(".json").read_text(encoding="utf-8"))
     status_sets = spec.get("responses") or [spec["status"]]
     heads = [bool(spec.get("head"))] * len(status_sets)
     before = len(read_records(log_path))
@@ -349,6 +349,8 @@ def test_http_corpus(corpus_edge, case: Path) -> None:
     assert not rest, f"stray bytes after the responses: {about}"
     for r, allowed in zip(resps, status_sets):
         assert r.status in allowed, f"status {r.status} not in {allowed}: {about}"
+    if spec.get("no_interim"):
+        assert not any(r.interim for r in resps), f"interim response sent: {[r.interim for r in resps]}: {about}"
     if spec.get("close") or resps[-1].status in CLOSING_STATUSES:
         assert closed, f"edge left the connection open after {resps[-1].status}: {about}"
 
@@ -390,11 +392,20 @@ def test_runner_sees_a_smuggled_response(corpus_edge) -> None:
         check_safe(smuggled)
 
 
-def test_corpus_size() -> None:
-    """The acceptance floor of issue 7: at least 60 cases, each with its expectation."""
+def test_corpus_files_match_their_table() -> None:
+    """At least 60 cases (issue 7), and the files are exactly what make_corpus.py writes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
     assert len(CASES) >= 60
-    for p in CASES:
-        assert p.with_suffix(".json").exists(), p
+    for kind, rows in (("valid", table.VALID), ("invalid", table.INVALID)):
+        on_disk = sorted((CORPUS / kind).glob("*.http"))
+        assert len(on_disk) == len(rows), f"{kind}: {len(on_disk)} files for {len(rows)} rows: run make_corpus.py"
+        for path, (raw, expect) in zip(on_disk, rows):
+            assert path.read_bytes() == raw, f"{path} differs from its row in make_corpus.py"
+            assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == expect, path
 
 
 def test_interpretations_cover_known_bypasses() -> None:

@@ -3,9 +3,10 @@
 Theory of operation. Each case is one table row below: the exact request bytes (built with
 explicit ``\\r\\n``, so bare LF, bare CR, NUL and non-ASCII bytes are deliberate) and what edge
 must do, written from RFC 9110/9112 and known attack classes (request smuggling,
-request-line injection, path confusion), never from edge's current behaviour. The ``.http``
-files are the source of truth once written (``.gitattributes`` keeps their bytes); this script
-regenerates them all: ``python tests/data/http/make_corpus.py``.
+request-line injection, path confusion), never from edge's current behaviour. This table is
+the source: ``python tests/data/http/make_corpus.py`` rewrites every file, and a test checks the
+files on disk still match it (``.gitattributes`` keeps their bytes exact in git). Add a case at
+the end of its list, so existing case ids (``valid/NNN.http``) stay stable.
 
 Expectation keys (read by tests/integration/test_http_corpus.py):
   about, ref      what the case is and the rule it comes from
@@ -13,6 +14,7 @@ Expectation keys (read by tests/integration/test_http_corpus.py):
   responses       instead of ``status`` for pipelining: one status set per expected response
   close           edge must close the connection after its (last) response
   head            the (single) request is HEAD: the response has no body
+  no_interim      edge must send no 1xx before the final answer
   edge_may_answer a valid request edge may answer itself instead of forwarding (OPTIONS *)
   backend         what the backend must receive when the answer came from it: one entry per
                   request, in order: method, target (or target_in), headers {name: exact
@@ -52,6 +54,7 @@ FRAMING = "RFC 9112 §6.3"
 SMUGGLE = "request smuggling (CL.TE / TE.CL / TE.TE)"
 PATHCONF = "path confusion: a deny rule must hold under every backend interpretation (issue 7 part 2.8)"
 DENY = [400, 403]
+REQ_IN_BODY = b"GET /admin HTTP/1.1\r\nHost: example.com\r\n\r\n"
 DENY_OR_SAFE = [400, 403, 200]  # 200 only if what reached the backend never resolves to /admin (checked on every record)
 
 # ----------------------------------------------------------------------------- valid: edge forwards them
@@ -120,6 +123,15 @@ VALID: list[tuple[bytes, dict]] = [
     (req(b"GET /ka10 HTTP/1.0", b"Connection: keep-alive") + get(b"/ka10-second"), dict(
         about="HTTP/1.0 keep-alive: a second request on the connection is served", ref="RFC 9112 §9.3, Appendix C.2.2",
         responses=[[200], [200]], backend=[fwd("GET", "/ka10", absent=["keep-alive"]), fwd("GET", "/ka10-second")])),
+    (b"\r\n" + get(b"/leading-crlf"), dict(
+        about="an empty line before the request line is ignored", ref="RFC 9112 §2.2 (SHOULD ignore)", status=[200],
+        backend=[fwd("GET", "/leading-crlf")])),
+    (req(b"GET /get-cl-body HTTP/1.1", b"Content-Length: %d" % len(REQ_IN_BODY), body=REQ_IN_BODY), dict(
+        about="a GET body that looks like a request is body, never a second request", ref=f"RFC 9112 §6.3; {SMUGGLE}",
+        status=[200], backend=[fwd("GET", "/get-cl-body", body="GET /admin HTTP/1.1\r\nHost: example.com\r\n\r\n")])),
+    (req(b"POST /expect10 HTTP/1.0", b"Expect: 100-continue", b"Content-Length: 2", body=b"ok"), dict(
+        about="100-continue from an HTTP/1.0 client is ignored: no interim 100", ref="RFC 9110 §10.1.1 (MUST ignore)",
+        status=[200], no_interim=True, close=True, backend=[fwd("POST", "/expect10", body="ok")])),
     # request targets
     (req(b"GET http://example.com/abs?x=1 HTTP/1.1"), dict(
         about="absolute-form is accepted and sent upstream in origin-form", ref="RFC 9112 §3.2.2", status=[200],
@@ -174,6 +186,13 @@ VALID: list[tuple[bytes, dict]] = [
         about="Host with a port: Forwarded host is a quoted-string (':' is not a tchar)", ref="RFC 7239 §4, §5.3",
         status=[200], backend=[fwd("GET", "/hostport", headers={"host": "example.com:8080"},
                                    match={"forwarded": r'.*host="example\.com:8080".*'}, forwarded_host="example.com:8080")])),
+    (get(b"/v4port", b"Host: 127.0.0.1:8080", host=False), dict(
+        about="IPv4 Host with a port; quoted in Forwarded", ref="RFC 9112 §3.2, RFC 7239 §4",
+        status=[200], backend=[fwd("GET", "/v4port", headers={"host": "127.0.0.1:8080"}, forwarded_host="127.0.0.1:8080")])),
+    (get(b"/ws/ten", b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+         b"Sec-WebSocket-Version: 13").replace(b"HTTP/1.1", b"HTTP/1.0", 1), dict(
+        about="Upgrade in an HTTP/1.0 request is ignored", ref="RFC 9110 §7.8 (MUST ignore)", status=[200], close=True,
+        backend=[fwd("GET", "/ws/ten", absent=["upgrade"])])),
     (get(b"/xff", b"X-Forwarded-For: 10.0.0.1"), dict(
         about="X-Forwarded-For is appended to, not replaced", ref="de-facto X-Forwarded-For; RFC 7239 §4 (append)",
         status=[200], backend=[fwd("GET", "/xff", headers={"x-forwarded-for": "10.0.0.1, 127.0.0.1"},
@@ -275,6 +294,10 @@ INVALID: list[tuple[bytes, dict]] = [
         about="bare LF as chunk line terminator", ref=f"RFC 9112 §7.1 (CRLF); chunk-line smuggling", status=BAD, close=True)),
     (req(b"POST /chunk-ext-ctl HTTP/1.1", b"Transfer-Encoding: chunked", body=b"3;a\x00b\r\nabc\r\n0\r\n\r\n"), dict(
         about="NUL inside a chunk extension", ref="RFC 9112 §7.1.1", status=BAD, close=True)),
+    (req(b"POST /chunk-ext-lf HTTP/1.1", b"Transfer-Encoding: chunked", body=b"3;x\nabc\r\n0\r\n\r\n"), dict(
+        about="bare LF inside a chunk extension", ref=f"RFC 9112 §7.1.1; chunk-extension smuggling", status=BAD, close=True)),
+    (req(b"POST /cl-two HTTP/1.1", b"Content-Length: 5 5", body=b"hello"), dict(
+        about="two numbers in one Content-Length", ref="RFC 9110 §8.6", status=BAD, close=True)),
     (req(b"POST /trailer-cl HTTP/1.1", b"Transfer-Encoding: chunked",
          body=b"3\r\nabc\r\n0\r\nContent-Length: 50\r\n\r\n"), dict(
         about="a framing field in the trailer section must not be acted on", ref="RFC 9110 §6.5.1", status=[200, 400],
@@ -310,6 +333,10 @@ INVALID: list[tuple[bytes, dict]] = [
     (req(b"GET  /double-space  HTTP/1.1"), dict(
         about="extra spaces in the request line: reject, or parse on word boundaries", ref="RFC 9112 §3", status=[400, 200],
         backend=[fwd("GET", "/double-space")])),
+    (req(b"GET ftp://example.com/x HTTP/1.1"), dict(
+        about="absolute-form with a scheme edge does not serve", ref="RFC 9112 §3.2.2, RFC 9110 §4.2", status=BAD)),
+    (req(b"GET http://evil,for=6.6.6.6/x HTTP/1.1"), dict(
+        about="absolute-form authority forging a Forwarded element", ref="RFC 3986 §3.2.2; RFC 7239 §4", status=BAD)),
     (req(b"GET http://user@example.com/ HTTP/1.1"), dict(
         about="userinfo in an http URI", ref="RFC 9110 §4.2.4 (treat as an error)", status=BAD)),
     # header syntax
@@ -357,6 +384,7 @@ INVALID: list[tuple[bytes, dict]] = [
         about="port out of range", ref="RFC 9110 §4.2.1 (TCP port)", status=BAD)),
     (get(b"/host-slash", b"Host: example.com/x", host=False), dict(about="path in Host", ref="RFC 9110 §7.2", status=BAD)),
     (get(b"/host-v6", b"Host: [::1", host=False), dict(about="unterminated IPv6 literal", ref="RFC 3986 §3.2.2", status=BAD)),
+    (get(b"/host-quote", b'Host: a"b', host=False), dict(about="quote in Host", ref="RFC 3986 §3.2.2", status=BAD)),
     (get(b"/host-ctl", b"Host: exa\x01mple.com", host=False), dict(about="control byte in Host", ref="RFC 9110 §5.5", status=BAD, close=True)),
     # encoded paths and the /admin deny rule
     (get(b"/admin"), dict(about="the deny rule itself", ref="edge config", status=[403])),
@@ -392,7 +420,7 @@ def write(kind: str, cases: list[tuple[bytes, dict]]) -> None:
         old.unlink()
     for i, (raw, expect) in enumerate(cases, 1):
         (d / f"{i:03d}.http").write_bytes(raw)
-        (d / f"{i:03d}.json").write_text(json.dumps(expect, indent=1, ensure_ascii=True) + "\n")
+        (d / f"{i:03d}.json").write_text(json.dumps(expect, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
