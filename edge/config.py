@@ -456,16 +456,21 @@ def _config_error(source: str, err: Any) -> ConfigError:
 
 
 def config_errors(source: str, errors: list[Any]) -> ConfigError:
-    """One ``ConfigError`` for pydantic's error list: the error itself when there is one,
-    else a ``ConfigErrors`` holding the first ``MAX_REPORTED_ERRORS`` (duplicates dropped)."""
+    """One ``ConfigError`` for pydantic's error list (see ``combine_errors``)."""
     # An error on a container that only follows from errors inside it (a list left
     # empty because each of its items failed) would repeat them: keep the inner ones.
     locs = [tuple(err["loc"]) for err in errors]
     errors = [err for err, loc in zip(errors, locs)
               if not any(len(o) > len(loc) and o[:len(loc)] == loc for o in locs)]
+    return combine_errors([_config_error(source, err) for err in errors])
+
+
+def combine_errors(errors: list[ConfigError]) -> ConfigError:
+    """The error itself when there is one, else a ``ConfigErrors`` holding the first
+    ``MAX_REPORTED_ERRORS`` (repeated lines dropped)."""
     unique: list[ConfigError] = []
     seen: set[str] = set()
-    for e in (_config_error(source, err) for err in errors):
+    for e in errors:
         if str(e) not in seen:
             seen.add(str(e))
             unique.append(e)
