@@ -47,6 +47,8 @@ GUNICORN_ERROR_LOGGER = "gunicorn.error"
 CLIENT_ERROR_BURST = 5
 #: ... of this many seconds (per worker); the rest are counted in one closing line.
 CLIENT_ERROR_INTERVAL_S = 10.0
+#: An unreachable statsd is reported at most once per this many seconds per process.
+STATSD_WARN_INTERVAL_S = 600.0
 
 
 # --------------------------------------------------------------------------- routing
@@ -257,11 +259,14 @@ def _statsd_logger_class() -> type:
 
         gunicorn's own logs a traceback at every failed send (``ECONNREFUSED`` on its
         connected UDP socket once the host answered "port unreachable"), in the master
-        too. Here the first failure is one warning line, later ones are counted, and the
-        count is logged when a send succeeds again. A metric is never worth a traceback.
+        too. Here a failure is one warning line, and then at most one more per
+        ``STATSD_WARN_INTERVAL_S`` with the count of sends lost meanwhile. (UDP cannot
+        say when statsd is back: a send after a refused one may pass without reaching it.)
+        A metric is never worth a traceback.
         """
 
-        _unreachable = 0
+        _failed = 0
+        _warned_at: float | None = None
 
         def _sock_send(self, msg: Any) -> None:
             try:
@@ -272,14 +277,12 @@ def _statsd_logger_class() -> type:
                 if self.sock:
                     self.sock.send(msg)
             except OSError as e:
-                if not self._unreachable:
-                    self.error_log.warning("statsd %s unreachable, metrics are dropped until it answers: %s",
-                                           _address(self.cfg.statsd_host), e)
-                self._unreachable += 1
-                return
-            if self._unreachable:
-                self.error_log.info("statsd reachable again; %d metrics were dropped", self._unreachable)
-                self._unreachable = 0
+                self._failed += 1
+                now = time.monotonic()
+                if self._warned_at is None or now - self._warned_at >= STATSD_WARN_INTERVAL_S:
+                    self._warned_at = now
+                    self.error_log.warning("statsd %s unreachable, metrics are dropped until it answers: %s "
+                                           "(%d sends failed so far)", _address(self.cfg.statsd_host), e, self._failed)
 
     return StatsdLogger
 
