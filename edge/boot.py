@@ -56,9 +56,11 @@ class Loaded:
     path: str
     config: EdgeConfig
     plugins: Any  # edge.plugins catalog: validated plugin classes, instantiated per worker
+    warnings: tuple[str, ...] = ()  # transient plugin construction failures (workers retry them)
 
 
 _current: Loaded | None = None  # set in the master only; read-only in workers (inherited by fork)
+_routed = False  # edge's loggers write to gunicorn's error log (set by the on_starting hook)
 
 
 def current() -> Loaded | None:
@@ -77,8 +79,7 @@ def validate(path: str, construct: bool = True) -> Loaded:
     compile_routes(cfg)  # a route table that cannot be built must refuse the start, not the first request
     loaded = Loaded(path, cfg, discover_plugins(cfg))
     if construct:
-        for warning in check_construction(loaded):
-            log.warning("%s", warning)
+        loaded = Loaded(path, cfg, loaded.plugins, tuple(check_construction(loaded)))
     return loaded
 
 
@@ -96,7 +97,14 @@ def load_for_master(path: str | None = None) -> Loaded:
         log.error("reload refused, keeping the running configuration: %s", e)
         return _current
     _current = loaded
+    if _routed:  # a reload; at start gunicorn's log does not exist yet: on_starting writes them
+        _log_warnings(loaded)
     return loaded
+
+
+def _log_warnings(loaded: Loaded) -> None:
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
 
 
 # --------------------------------------------------------------------------- plugin construction check
@@ -216,7 +224,11 @@ def _reap(pid: int) -> None:
 
 def on_starting(server: Any) -> None:
     """Master, once gunicorn's error log exists: edge's lines go through it."""
+    global _routed
     route_to_gunicorn()
+    _routed = True
+    if _current is not None:
+        _log_warnings(_current)
 
 
 def on_reload(server: Any) -> None:
