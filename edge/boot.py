@@ -110,17 +110,11 @@ def _log_warnings(loaded: Loaded) -> None:
 # --------------------------------------------------------------------------- plugin construction check
 
 
-def _enables_plugins(cfg: EdgeConfig) -> bool:
-    return bool(cfg.plugins) or any(
-        over is not False for route in cfg.routes for over in route.plugins.values())
-
-
 def check_construction(loaded: Loaded, timeout_s: float = CONSTRUCT_TIMEOUT_S) -> list[str]:
-    """Build the enabled plugins in a forked child; raise ``PluginLoadError`` (or a
-    ``ConfigErrors`` of them) for each that fails in a way a retry cannot fix, and
-    return one warning line per transient failure."""
-    if not _enables_plugins(loaded.config):
-        return []
+    """Build a worker's state and its plugins in a forked child; raise ``PluginLoadError``
+    (or a ``ConfigErrors`` of them) for each plugin that fails in a way a retry cannot
+    fix (a ``ConfigError`` if the rest of the worker state cannot be built), and return
+    one warning line per transient failure."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: build, report, exit; never returns
@@ -139,9 +133,9 @@ def check_construction(loaded: Loaded, timeout_s: float = CONSTRUCT_TIMEOUT_S) -
     try:
         result = json.loads(raw.decode())
     except ValueError:
-        result = {"refused": [[loaded.path, "plugins", "the process building the plugins died "
+        result = {"refused": [[loaded.path, "plugins", "the process building the worker state died "
                                f"before reporting (output {raw[:80]!r})"]], "unavailable": []}
-    refused = [PluginLoadError(f, c, r) for f, c, r in result["refused"]]
+    refused = [PluginLoadError(f, c, r) if c else ConfigError(f, c, r) for f, c, r in result["refused"]]
     if refused:
         raise combine_errors(refused)
     return [f"{f}: {c}: {r} (a transient failure: workers retry it; its routes follow its on_failure meanwhile)"
@@ -171,18 +165,22 @@ def _child_construct(loaded: Loaded, write_fd: int) -> None:
 
 
 def _construct_all(loaded: Loaded) -> dict[str, list[list[str]]]:
+    """What a worker builds at boot (state, plugins, request path), in this child: a
+    failure here would make every new worker fail to boot."""
+    from edge.app import Proxy
     from edge.plugins import TRANSIENT_INIT_ERRORS
-    from edge.runtime import build_services
+    from edge.runtime import build_worker_state
 
     cfg = loaded.config
     try:
-        services = build_services(cfg)
-    except TRANSIENT_INIT_ERRORS as e:
-        return {"refused": [], "unavailable": [[cfg.source, "store", f"cannot be opened now: {type(e).__name__}: {e}"]]}
-    registry = loaded.plugins.instantiate(cfg, services, defer_init_failures=True)
+        state = build_worker_state(loaded, start_retries=False)
+        Proxy(state)
+    except Exception as e:
+        return {"refused": [[cfg.source, "", f"a worker cannot be built from this configuration: "
+                                             f"{type(e).__name__}: {e}"]], "unavailable": []}
     refused: list[list[str]] = []
     unavailable: list[list[str]] = []
-    for entry in registry.pending:
+    for entry in state.plugins.pending:
         err = entry.init_error
         line = [entry.file, entry.cls_name, f"__init__ failed: {type(err).__name__}: {err}"]
         (unavailable if isinstance(err, TRANSIENT_INIT_ERRORS) else refused).append(line)

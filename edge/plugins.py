@@ -695,7 +695,7 @@ class PluginRegistry:
             entry.init_attempts += 1
             try:
                 instance = entry.cls(entry.config, entry.services)
-            except Exception as e:  # the same isolation as a hook: count, log, try later
+            except (Exception, SystemExit) as e:  # the same isolation as a hook: count, log, try later
                 entry.init_error = e
                 self._init_failed(entry, e, delay)
                 delay = min(delay * 2, INIT_RETRY_MAX_S)
@@ -921,7 +921,7 @@ def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir:
             try:
                 inst: Plugin | None = cls(config, own)
                 failure = None
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # sys.exit(3) in a worker would halt gunicorn's master
                 if not defer_init_failures:
                     raise PluginLoadError(files[name], cls.__name__, f"__init__ failed: {type(e).__name__}: {e}") from e
                 inst, failure = None, e

@@ -68,13 +68,14 @@ def build_services(cfg: EdgeConfig) -> Any:
                     extras={"local_store": local_store}, upstreams=refs["upstreams"], routes=refs["routes"])
 
 
-def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
+def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = True) -> WorkerState:
     loaded = loaded or boot.current() or boot.validate_default()
     cfg = loaded.config
     services = build_services(cfg)
     store, metrics, local_store = services.store, services.metrics, services.extras["local_store"]
     plugins = loaded.plugins.instantiate(cfg, services, defer_init_failures=True)
-    plugins.start_init_retries()
+    if start_retries:
+        plugins.start_init_retries()
     pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
     routes = compile_routes(cfg)
     route_timeouts = {

@@ -331,3 +331,12 @@ def test_config_doc_names_every_key():
             assert f"### `{name}`" in text
     for key in ("routes[].match.path.prefix", "upstreams.<name>.servers[].port", "routes[].timeouts.read", "store.max_bytes"):
         assert f"| `{key}` |" in text
+
+
+def test_check_refuses_what_a_worker_could_not_build(tmp_path, capsys):
+    # the schema accepts any path; a worker opening the access log would fail to boot
+    path = write(tmp_path, f"server: {{accesslog: {tmp_path}/missing/access.log}}\n" + ROUTE)
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: a worker cannot be built from this configuration: FileNotFoundError: "
+        f"[Errno 2] No such file or directory: '{tmp_path}/missing/access.log'\n")
