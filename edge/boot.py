@@ -46,8 +46,8 @@ from edge.logs import route_to_gunicorn
 
 log = logging.getLogger("edge.boot")
 
-#: The child that builds the plugins gets this long; past it, the check is a warning
-#: (a plugin that blocks in ``__init__`` is waiting on something: workers retry it).
+#: The child that builds the worker state gets this long; past it the configuration is
+#: refused: a plugin that blocks in ``__init__`` would block every worker's boot too.
 CONSTRUCT_TIMEOUT_S = 15.0
 
 
@@ -128,8 +128,9 @@ def check_construction(loaded: Loaded, timeout_s: float = CONSTRUCT_TIMEOUT_S) -
         if pid:
             _reap(pid)
     if not finished:
-        return [f"{loaded.path}: plugins: building them took longer than {timeout_s:g}s; "
-                "workers will build them and retry while they fail"]
+        # every worker would block as long at boot (and be killed by gunicorn's timeout)
+        raise ConfigError(loaded.path, "plugins", f"building a worker's state (its plugins) took longer than "
+                                                  f"{timeout_s:g}s: a plugin __init__ blocks")
     try:
         result = json.loads(raw.decode())
     except ValueError:

@@ -5,6 +5,11 @@ Names (after the configured prefix, default ``edge``):
   ``route.<route>.latency``               timer (ms), request start to last byte
   ``upstream.<pool>.<cause>``              counter, per upstream failure (connect_error, read_timeout, ...)
   ``plugin.<name>.<hook>.error``           counter, per isolated plugin failure
+  ``plugin.<name>.<hook>.timeout``         counter, per overrun of the plugin's time budget
+  ``plugin.<name>.<hook>.unavailable``     counter, per hook call while the plugin is not built (below)
+  ``plugin.<name>.init_error``             counter, per failed ``__init__`` in a worker (retried with backoff)
+  ``plugin.<name>.init_ok``                counter, a plugin built on a retry
+  ``plugin.<name>.unknown_upstream``       counter, the plugin chose a pool that does not exist
   ``internal_error``                       counter, per bug caught by the request path
 gunicorn's own metrics (``gunicorn.requests``, ``gunicorn.workers``...) go to the same
 statsd host under the same prefix (gunicorn.conf.py).

@@ -633,6 +633,7 @@ class PluginRegistry:
         self._logger = services.logger or log
         self._incr = getattr(services.metrics, "incr", None)
         self._throttle = ThrottledLog(ERROR_LOG_INTERVAL_S, 1, self._closing_line)
+        self.request_id_header: str | None = None   # set by the worker: request ids in failure lines
         self._retrying: list[Any] = []
 
     @property
@@ -659,7 +660,7 @@ class PluginRegistry:
         outcome = "skipped (on_failure: open)" if entry.open else "request failed (on_failure: closed)"
 
         def write(_more: int) -> None:
-            label = RequestLabel(ctx) if isinstance(ctx, RequestContext) else ctx
+            label = RequestLabel(ctx, self.request_id_header) if isinstance(ctx, RequestContext) else ctx
             if overrun:
                 self._logger.error("plugin %s %s overran its budget of %gms; %s; request %s",
                                    entry.name, hook, entry.timeout_s * 1000, outcome, label)

@@ -15,12 +15,14 @@ short-lived child before a start or a reload is accepted.
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from edge import boot
 from edge.accesslog import AccessLog
 from edge.config import EdgeConfig
+from edge.logs import ClientErrorLog, RequestLabel
 from edge.metrics import Metrics
 from edge.routing import RouteTable, compile_routes
 from edge.upstream.client import Timeouts, UpstreamPool
@@ -40,6 +42,12 @@ class WorkerState:
     scheme: str
     access_log: AccessLog | None = None
     local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
+    # client errors (400, 408, 413, 414, 431...) at INFO, rate-limited: client_errors.log(ip, status, reason, label)
+    client_errors: ClientErrorLog = dataclasses.field(default_factory=ClientErrorLog)
+
+    def label(self, ctx: Any) -> RequestLabel:
+        """``GET /path request_id=...`` for a log line about ``ctx`` (formatted only if written)."""
+        return RequestLabel(ctx, self.cfg.headers.request_id_header)
 
     def close(self) -> None:
         self.plugins.stop_init_retries()
@@ -74,6 +82,7 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
     services = build_services(cfg)
     store, metrics, local_store = services.store, services.metrics, services.extras["local_store"]
     plugins = loaded.plugins.instantiate(cfg, services, defer_init_failures=True)
+    plugins.request_id_header = cfg.headers.request_id_header  # plugin failure lines carry the request id
     if start_retries:
         plugins.start_init_retries()
     pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}

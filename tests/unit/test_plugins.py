@@ -948,6 +948,8 @@ def test_services_expose_pool_and_route_names(tmp_path, empty_shipped):
     ("raise RuntimeError('no geo database')", "Flaky: __init__ failed: RuntimeError: no geo database"),
     ("raise ConnectionRefusedError('auth service down')", None),
     ("raise SystemExit(3)", "Flaky: __init__ failed: SystemExit: 3"),   # would halt gunicorn's master
+    ("import time; time.sleep(30)", "conf/edge.yaml: plugins: building a worker's state (its plugins) took longer "
+                                    "than 2s: a plugin __init__ blocks"),
     ("import os; os._exit(7)", "the process building the worker state died before reporting"),
 ])
 def test_check_construction_in_a_child(tmp_path, empty_shipped, monkeypatch, raise_stmt, refused):
@@ -967,7 +969,7 @@ def test_check_construction_in_a_child(tmp_path, empty_shipped, monkeypatch, rai
     loaded = Loaded("conf/edge.yaml", cfg, plugins_mod.PluginCatalog(cfg, empty_shipped))
     if refused:
         with pytest.raises(ConfigError) as e:
-            check_construction(loaded)
+            check_construction(loaded, timeout_s=2.0)
         assert refused in str(e.value)
     else:
         [warning] = check_construction(loaded)
