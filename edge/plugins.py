@@ -78,13 +78,10 @@ import logging
 import os
 import re
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
-
-from typing import Annotated
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import gevent
 from gevent import getcurrent, get_hub

@@ -15,10 +15,8 @@ import socket
 import textwrap
 import time
 
-import pytest
 import requests
 
-from edge.launch import free_port
 from tests.integration.conftest import until
 
 LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] \[([A-Z]+)\] (.*)$")
