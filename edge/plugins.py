@@ -121,6 +121,8 @@ ERROR_LOG_INTERVAL_S = 10.0
 INIT_RETRY_FIRST_S = 0.5
 #: ... the delay doubling after each failure up to this.
 INIT_RETRY_MAX_S = 5.0
+#: Once the delay is at its cap, one failed attempt in this many is logged (all are counted).
+INIT_LOG_EVERY = 12
 
 #: ``ctx.facts`` key: name of the last plugin whose ``on_request`` changed ``ctx.upstream``.
 UPSTREAM_SET_BY = "edge.upstream_set_by"
@@ -712,7 +714,9 @@ class PluginRegistry:
             self._incr(f"plugin.{entry.name}.init_error")
         outcome = "skipped (on_failure: open)" if entry.open else "its routes answer 503 (on_failure: closed)"
         retry_s = min(delay_s * 2, INIT_RETRY_MAX_S) if entry.init_attempts > 1 else delay_s
-        # the first failure with its traceback; retries in one line each (the backoff bounds them)
+        if retry_s >= INIT_RETRY_MAX_S and entry.init_attempts % INIT_LOG_EVERY:
+            return   # a long outage: about one line a minute, not one per attempt
+        # the first failure with its traceback, then one line per logged attempt
         self._logger.error("plugin %s (%s) __init__ failed (attempt %d): %s: %s; %s; retrying in %gs",
                            entry.name, entry.file, entry.init_attempts, type(exc).__name__, exc, outcome, retry_s,
                            exc_info=exc if entry.init_attempts == 1 else None)
