@@ -9,7 +9,12 @@ by ``python -m edge --help``) and register it in ``COMMANDS``.
 ``edge.config.load_config`` (the same code a starting worker runs) and then calls
 ``validate(cfg)``, which builds what a worker would build from it and so catches
 what the schema alone cannot see (a rewrite replacement naming a group its regex
-lacks, an unknown redirect placeholder, duplicate route names).
+lacks, an unknown redirect placeholder, duplicate route names), and builds every
+enabled plugin in a short-lived child process (``edge.boot.check_construction``), so
+a plugin whose ``__init__`` fails is refused here as it would be by a start or a
+reload. A transient failure (a service down right now) is a warning on stderr and
+the file still passes. Every error of the file is reported, one
+``file: key.path: reason`` per line (up to ``edge.config.MAX_REPORTED_ERRORS``).
 """
 
 from __future__ import annotations
@@ -23,17 +28,19 @@ from edge.errors import ConfigError
 from edge.routing import compile_routes
 
 
-def validate(cfg: EdgeConfig) -> None:
+def validate(cfg: EdgeConfig) -> list[str]:
     """Everything a worker builds from ``cfg`` that can fail; raise ConfigError.
 
-    Compiles the route table and imports and checks the plugins with their settings
-    (global and per route): the same as a start or a reload (``edge.boot.validate``),
-    so ``check`` refuses exactly what they would refuse.
+    Compiles the route table, imports and checks the plugins with their settings
+    (global and per route) and builds them in a child process: the same as a start
+    or a reload (``edge.boot.validate``), so ``check`` refuses exactly what they would
+    refuse. Returns the warnings (transient plugin failures).
     """
+    from edge.boot import Loaded, check_construction
     from edge.plugins import discover_plugins
 
     compile_routes(cfg)
-    discover_plugins(cfg)
+    return check_construction(Loaded(cfg.source, cfg, discover_plugins(cfg)))
 
 
 def cmd_check(argv: list[str]) -> int:
@@ -43,10 +50,12 @@ def cmd_check(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.file)
-        validate(cfg)
+        warnings = validate(cfg)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"{cfg.source}: ok ({len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams)")
     return 0
 

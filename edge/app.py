@@ -24,6 +24,8 @@ from typing import Callable, Iterator
 from edge import http as rules
 from edge.context import Headers, RequestContext, Response, UpstreamResponse
 from edge.errors import BadRequest, EdgeError, UpstreamError
+from edge.logs import request_label
+from edge.plugins import UPSTREAM_SET_BY
 from edge.routing import Action
 from edge.urlpath import normalize_path
 
@@ -185,7 +187,7 @@ class Proxy:
     def _forward(self, ctx: RequestContext, route, chain, body: RequestBody | None) -> Reply:
         pool = self.pools.get(ctx.upstream)
         if pool is None:
-            raise EdgeError(f"route {route.name}: unknown upstream {ctx.upstream!r}")
+            raise self._unknown_upstream(ctx, route)
         headers = rules.upstream_request_headers(
             ctx.headers.items(),
             peer_ip=ctx.peer_ip,
@@ -244,6 +246,17 @@ class Proxy:
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply
+
+    def _unknown_upstream(self, ctx: RequestContext, route) -> EdgeError:
+        """A plugin chose a pool that does not exist (the config's own routes are checked at
+        load): name the plugin, count it, and answer 500 with that cause in the access log."""
+        by = ctx.facts.get(UPSTREAM_SET_BY)
+        log.error("route %s: plugin %s set unknown upstream %r; %s", route.name, by or "(none)", ctx.upstream,
+                  request_label(ctx, self.request_id_header))
+        self.metrics.incr(f"plugin.{by}.unknown_upstream" if by else "unknown_upstream")
+        err = EdgeError(f"route {route.name}: unknown upstream {ctx.upstream!r} (set by plugin {by})")
+        err.metric = "unknown_upstream"
+        return err
 
     def answer(self, ctx: RequestContext, resp: Response, chain=None) -> Reply:
         """An answer edge makes itself; the response phase still sees it (CORS, security headers)."""

@@ -33,7 +33,7 @@ from pydantic import (
 
 from edge.errors import ConfigError
 from edge.fields import field_error, is_token
-from edge.http import parse_host
+from edge.http import parse_host, split_host_port
 from edge.pattern import compile_client_pattern
 from edge.units import parse_duration, parse_size
 
@@ -131,6 +131,22 @@ class ServerConfig(Model):
         if not 1 <= v <= 65535:
             extra = " (0 does not mean unlimited here, unlike gunicorn's limit_request_line)" if v == 0 else ""
             raise ValueError(f"must be 1-65535 (got {v}){extra}")
+        return v
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # gunicorn reads a bare "localhost" as localhost:8000 without a word (issue 8): an
+        # address edge listens on must say its port, so a forgotten one is a refused start.
+        for item in v:
+            if item.startswith(("unix:", "fd://")):
+                continue
+            try:
+                _host, port = split_host_port(item, 0)
+            except ValueError:
+                raise ValueError(f"expected 'host:port', '[ipv6]:port' or 'unix:/path' (got {item!r})") from None
+            if port == 0:
+                raise ValueError(f"no port in {item!r} (write 'host:port')")
         return v
 
     @field_validator("trusted_proxies")
@@ -532,8 +548,65 @@ def _reason(err: dict[str, Any]) -> str:
     return msg
 
 
+#: ``edge check`` and a refused start report at most this many errors of one file.
+MAX_REPORTED_ERRORS = 20
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one file (up to ``MAX_REPORTED_ERRORS``), one ``file: key: reason`` per line.
+
+    ``file``, ``key_path`` and ``reason`` are those of the first error, so code that
+    handles a single ``ConfigError`` keeps working; ``errors`` holds them all.
+    """
+
+    def __init__(self, errors: list[ConfigError], more: int = 0) -> None:
+        first = errors[0]
+        super().__init__(first.file, first.key_path, first.reason)
+        self.errors = tuple(errors)
+        self.more = more
+        lines = [str(e) for e in errors]
+        if more:
+            lines.append(f"{first.file}: ... and {more} more errors")
+        self.args = ("\n".join(lines),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _config_error(source: str, err: Any) -> ConfigError:
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _KeyError):
+        return ConfigError(source, ctx_err.key_path, ctx_err.reason)
+    return ConfigError(source, _key_path(err["loc"]), _reason(err))
+
+
+def config_errors(source: str, errors: list[Any]) -> ConfigError:
+    """One ``ConfigError`` for pydantic's error list (see ``combine_errors``)."""
+    # An error on a container that only follows from errors inside it (a list left
+    # empty because each of its items failed) would repeat them: keep the inner ones.
+    locs = [tuple(err["loc"]) for err in errors]
+    errors = [err for err, loc in zip(errors, locs)
+              if not any(len(o) > len(loc) and o[:len(loc)] == loc for o in locs)]
+    return combine_errors([_config_error(source, err) for err in errors])
+
+
+def combine_errors(errors: list[ConfigError]) -> ConfigError:
+    """The error itself when there is one, else a ``ConfigErrors`` holding the first
+    ``MAX_REPORTED_ERRORS`` (repeated lines dropped)."""
+    unique: list[ConfigError] = []
+    seen: set[str] = set()
+    for e in errors:
+        if str(e) not in seen:
+            seen.add(str(e))
+            unique.append(e)
+    if len(unique) == 1:
+        return unique[0]
+    return ConfigErrors(unique[:MAX_REPORTED_ERRORS], max(0, len(unique) - MAX_REPORTED_ERRORS))
+
+
 def parse_config(data: Any, source: str = "<string>") -> EdgeConfig:
-    """Validate an already-parsed YAML document; raise ConfigError naming source, key and reason."""
+    """Validate an already-parsed YAML document; raise ConfigError naming source, key and reason
+    (a ``ConfigErrors`` with every problem, one per line, when there are several)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -541,11 +614,7 @@ def parse_config(data: Any, source: str = "<string>") -> EdgeConfig:
     try:
         return EdgeConfig.model_validate({**data, "source": source})
     except ValidationError as e:
-        err = e.errors()[0]
-        ctx_err = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, _KeyError):
-            raise ConfigError(source, ctx_err.key_path, ctx_err.reason) from None
-        raise ConfigError(source, _key_path(err["loc"]), _reason(err)) from None
+        raise config_errors(source, e.errors()) from None
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -582,4 +651,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> EdgeConfig:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(path, "", f"invalid YAML: {where}{getattr(e, 'problem', e)}") from None
-    return parse_config(data, path)
+    # A file edge would serve nothing from is a mistake (a truncated deploy, the wrong
+    # path), not a configuration: refuse it rather than start a node that answers 404.
+    if data is None:
+        raise ConfigError(path, "", "the file is empty (a configuration needs at least one route)")
+    cfg = parse_config(data, path)
+    if not cfg.routes:
+        raise ConfigError(path, "routes", "no routes: edge would answer every request with 404")
+    return cfg

@@ -26,10 +26,36 @@ request first sees the response last, like nested middleware).
 
 Isolation: every hook call is wrapped. An exception (or, for request-side hooks,
 an overrun of the plugin's ``timeout``) is counted in ``PluginRegistry.errors``
-and the ``plugin.<name>.<hook>.error`` metric, logged with its traceback at most
-once per ``ERROR_LOG_INTERVAL_S`` per plugin and hook, and then
-``on_failure: closed`` answers 500 (503 for an overrun) while ``open`` skips the
-plugin as if it had returned ``None``. The worker keeps serving.
+and the ``plugin.<name>.<hook>.error`` metric, logged (an exception with its
+traceback) at most once per ``ERROR_LOG_INTERVAL_S`` per plugin, hook and kind of
+failure (raised, overran, unavailable), so a timeout right after an exception is
+still shown; a throttled burst ends with one line saying how many failures were not
+shown (``edge.logs.ThrottledLog``). Then ``on_failure: closed`` answers 500 (503 for
+an overrun or an unavailable plugin) and the error is what the access log shows
+(``ctx.error``), while ``open`` skips the plugin as if it had returned ``None``. The
+worker keeps serving.
+
+Construction: in a worker (``load_plugins(..., defer_init_failures=True)``) a plugin
+whose ``__init__`` raises does not stop the worker from booting (gunicorn would halt
+the master on a worker that cannot boot). Its hooks are replaced by stand-ins that
+fail with ``PluginUnavailable``: ``closed`` answers 503 on its routes, ``open`` skips
+it. ``PluginRegistry.start_init_retries`` builds it again with backoff
+(``INIT_RETRY_FIRST_S`` doubling up to ``INIT_RETRY_MAX_S``), logging and counting
+(``plugin.<name>.init_error``) each failure; once built, its real hooks run, with
+no reload. What can be known before any worker starts is checked earlier: the master
+and ``edge check`` build every plugin in a short-lived child (``edge.boot``) and
+refuse a configuration whose plugin fails there, unless the failure is one of
+``TRANSIENT_INIT_ERRORS`` (a service that is down now), which a worker retries.
+
+References: a plugin's ``Config`` can name upstream pools and routes with the
+``UpstreamName`` and ``RouteName`` types; the loader validates settings with the
+names the configuration defines, so an unknown one is a configuration error with
+file, key and reason. ``Services.upstreams`` and ``Services.routes`` hold the same
+names for ``__init__``.
+
+Upstream choice: ``Chain.run_request`` notes in ``ctx.facts[UPSTREAM_SET_BY]`` the
+name of the last plugin that changed ``ctx.upstream``, so a pool name that does not
+exist is reported against the plugin that chose it (``edge.app``).
 
 The time budget is a raw gevent loop timer, created once per phase and restarted
 around each request-side hook call (about 0.1 µs per hook; a ``gevent.Timeout``
@@ -52,21 +78,23 @@ import logging
 import os
 import re
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
+import gevent
 from gevent import getcurrent, get_hub
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from edge.config import Duration, EdgeConfig, _key_path, _reason
+from edge.config import Duration, EdgeConfig, _key_path, _reason, combine_errors
 from edge.context import RequestContext, Response, UpstreamResponse
-from edge.errors import ConfigError, EdgeError, PluginError, PluginLoadError
+from edge.errors import ConfigError, EdgeError, PluginError, PluginLoadError, StoreUnavailable
+from edge.logs import RequestLabel, ThrottledLog
 
 __all__ = [
     "HOOKS", "Plugin", "PluginConfig", "Services", "Chain", "PluginRegistry", "PluginTimeout",
+    "PluginUnavailable", "UpstreamName", "RouteName", "TRANSIENT_INIT_ERRORS", "UPSTREAM_SET_BY",
     "load_plugins", "load_plugin_file", "validate_settings", "SHIPPED_DIR",
 ]
 
@@ -86,8 +114,18 @@ HOOKS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "on_log": ("ctx",),
 })
 
-#: A failing plugin+hook is logged with its traceback at most once per this many seconds.
+#: A failing plugin+hook+kind is logged (with its traceback) at most once per this many seconds.
 ERROR_LOG_INTERVAL_S = 10.0
+
+#: A plugin whose ``__init__`` failed in a worker is built again after this long, ...
+INIT_RETRY_FIRST_S = 0.5
+#: ... the delay doubling after each failure up to this.
+INIT_RETRY_MAX_S = 5.0
+#: Once the delay is at its cap, one failed attempt in this many is logged (all are counted).
+INIT_LOG_EVERY = 12
+
+#: ``ctx.facts`` key: name of the last plugin whose ``on_request`` changed ``ctx.upstream``.
+UPSTREAM_SET_BY = "edge.upstream_set_by"
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_\-]*")
 
@@ -120,18 +158,63 @@ class PluginConfig(BaseModel):
         return v
 
 
+class PluginUnavailable(Exception):
+    """Something a plugin needs is not there *now* (an auth service, a database).
+
+    Raised from ``__init__`` it means "build me again later": ``edge check``, a start
+    and a reload accept the configuration with a warning, and each worker retries with
+    backoff while the plugin's routes get 503 (``on_failure: closed``) or skip it
+    (``open``). Also what the stand-in hooks of a plugin not yet built raise.
+    """
+
+
+#: ``__init__`` failures that a worker retries instead of refusing the configuration:
+#: a network or file error, a store that is down, or an explicit ``PluginUnavailable``.
+TRANSIENT_INIT_ERRORS: tuple[type[BaseException], ...] = (OSError, StoreUnavailable, PluginUnavailable,
+                                                          gevent.Timeout)
+
+
+def _known(kind: str) -> Callable[[str, ValidationInfo], str]:
+    def check(value: str, info: ValidationInfo) -> str:
+        names = (info.context or {}).get(kind)
+        if names is not None and value not in names:
+            known = ", ".join(sorted(names)) or "none defined"
+            raise ValueError(f"unknown {kind[:-1]} {value!r} (known: {known})")
+        return value
+    return check
+
+
+#: A plugin setting naming an upstream pool; the loader refuses a name ``upstreams`` lacks.
+UpstreamName = Annotated[str, AfterValidator(_known("upstreams"))]
+#: A plugin setting naming a route (its ``name``); the loader refuses an unknown one.
+RouteName = Annotated[str, AfterValidator(_known("routes"))]
+
+
+def config_refs(cfg: EdgeConfig) -> dict[str, frozenset[str]]:
+    """The names plugin settings may refer to (the validation context of every ``Config``)."""
+    return {
+        "upstreams": frozenset(cfg.upstreams),
+        "routes": frozenset(r.name for r in cfg.routes if r.name),
+    }
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Services:
     """What a plugin may use to reach the world, built once per worker.
 
     ``extras`` holds optional services by name (``geo``, ...); they read as
-    attributes too: ``services.geo`` is ``services.extras["geo"]``.
+    attributes too: ``services.geo`` is ``services.extras["geo"]``. ``upstreams``
+    and ``routes`` are the names of the configured pools and (named) routes, for a
+    plugin that checks a reference in ``__init__``. ``logger`` is the plugin's own
+    (``edge.plugin.<name>`` in a worker), written to edge's error log.
     """
 
     store: Any = None
     metrics: Any = None
     logger: logging.Logger | None = None
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    upstreams: frozenset[str] = frozenset()
+    routes: frozenset[str] = frozenset()
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails (an extra, or a typo).
@@ -140,7 +223,7 @@ class Services:
         try:
             return self.extras[name]
         except KeyError:
-            raise AttributeError(f"no service {name!r} (have: store, metrics, logger"
+            raise AttributeError(f"no service {name!r} (have: store, metrics, logger, upstreams, routes"
                                  + "".join(f", {k}" for k in self.extras) + ")") from None
 
 
@@ -247,20 +330,53 @@ def _expire(glet: Any) -> None:
 
 
 class _Entry:
-    """One plugin instance as a chain sees it: what isolation needs, precomputed."""
+    """One plugin instance as a chain sees it: what isolation needs, precomputed.
 
-    __slots__ = ("name", "instance", "timeout_s", "open", "file", "cls_name")
+    ``instance`` is None while a plugin whose ``__init__`` failed in this worker waits
+    for its next attempt (``PluginRegistry.start_init_retries``); ``init_error`` is then
+    the last failure.
+    """
 
-    def __init__(self, name: str, instance: Plugin, config: PluginConfig, file: str, cls_name: str) -> None:
+    __slots__ = ("name", "instance", "timeout_s", "open", "file", "cls_name", "cls", "config", "services",
+                 "init_error", "init_attempts")
+
+    def __init__(self, name: str, instance: Plugin | None, config: PluginConfig, file: str,
+                 cls: type[Plugin] | str, services: Services | None = None,
+                 init_error: BaseException | None = None) -> None:
         self.name = name
         self.instance = instance
         self.timeout_s = config.timeout
         self.open = config.on_failure == "open"
         self.file = file
-        self.cls_name = cls_name
+        # edge.testing passes the class name of a built instance
+        self.cls = type(instance) if isinstance(cls, str) else cls
+        self.cls_name = cls if isinstance(cls, str) else cls.__name__
+        self.config = config
+        self.services = services
+        self.init_error = init_error
+        self.init_attempts = 1
 
     def __repr__(self) -> str:
         return f"<plugin {self.name}>"
+
+
+class _NotBuiltYet:
+    """Stands in for the bound hook of a plugin whose ``__init__`` failed in this worker.
+
+    Raises ``PluginUnavailable`` (so the chain applies ``on_failure``) until the retry
+    greenlet has built the instance; from then on it calls the real hook.
+    """
+
+    __slots__ = ("entry", "hook")
+
+    def __init__(self, entry: _Entry, hook: str) -> None:
+        self.entry, self.hook = entry, hook
+
+    def __call__(self, *args: Any) -> Any:
+        instance = self.entry.instance
+        if instance is None:
+            raise PluginUnavailable(f"not initialised: {type(self.entry.init_error).__name__}: {self.entry.init_error}")
+        return getattr(instance, self.hook)(*args)
 
 
 Hook = tuple[_Entry, Callable[..., Any]]
@@ -288,11 +404,12 @@ class Chain:
 
     def __init__(self, entries: Iterable[_Entry], fail: "Callable[[_Entry, str, BaseException, Any, bool], None]") -> None:
         # Request order: priority descending, name as a stable tie-break.
-        ordered = sorted(entries, key=lambda e: (-type(e.instance).priority, e.name))
+        ordered = sorted(entries, key=lambda e: (-e.cls.priority, e.name))
         reverse = ordered[::-1]
 
         def hooks(order: list[_Entry], hook: str) -> tuple[Hook, ...]:
-            return tuple((e, getattr(e.instance, hook)) for e in order if _overrides(type(e.instance), hook))
+            return tuple((e, getattr(e.instance, hook) if e.instance is not None else _NotBuiltYet(e, hook))
+                         for e in order if _overrides(e.cls, hook))
 
         self.plugin_names: tuple[str, ...] = tuple(e.name for e in ordered)
         self._connect = hooks(ordered, "on_connect")
@@ -336,6 +453,7 @@ class Chain:
         glet = getcurrent()
         timer = None
         timer_s = 0.0
+        upstream = ctx.upstream if ctx is not None else None
         try:
             for entry, hook in hooks:
                 if timer is None or entry.timeout_s != timer_s:
@@ -355,6 +473,10 @@ class Chain:
                 # Anything else (GreenletExit, an outer gevent.Timeout) is not ours: the
                 # finally below disarms the timer and it propagates.
                 timer.stop()
+                if ctx is not None and ctx.upstream is not upstream:
+                    # who chose the pool, for the error if it does not exist (edge.app)
+                    upstream = ctx.upstream
+                    ctx.facts[UPSTREAM_SET_BY] = entry.name
                 if r is not None:
                     if isinstance(r, Response):
                         return r
@@ -416,10 +538,7 @@ class Chain:
                     out = call(entry, f, ctx, data, end) if call else f(ctx, data, end)
                 except (Exception, PluginTimeout) as exc:
                     if self._failed(entry, hook_name, exc, ctx) is not None:
-                        err = PluginError(entry.name, hook_name, f"{type(exc).__name__}: {exc}")
-                        if isinstance(exc, PluginTimeout):
-                            err.status = 503
-                        raise err from exc
+                        raise _plugin_error(entry, hook_name, exc) from exc
                     # fail-open: this chunk passes unchanged; the filter sits out the rest of this body
                     dead = (dead or set()) | {entry}
                     continue
@@ -463,15 +582,29 @@ class Chain:
     # -- isolation ------------------------------------------------------------------
 
     def _failed(self, entry: _Entry, hook: str, exc: BaseException, ctx: Any) -> Response | None:
-        """Count and log a failure; the answer a fail-closed plugin gives, or None (fail-open)."""
+        """Count and log a failure; the answer a fail-closed plugin gives, or None (fail-open).
+
+        A fail-closed failure is also the request's error (``ctx.error``): the access log
+        names it instead of showing a 500 with no cause."""
         overrun = isinstance(exc, PluginTimeout)
         self._fail(entry, hook, exc, ctx, overrun)
         if entry.open:
             return None
-        request_id = getattr(ctx, "request_id", None)
-        if overrun:
-            return Response.error(503, "service unavailable", request_id)
-        return Response.error(500, "internal error", request_id)
+        err = _plugin_error(entry, hook, exc)
+        if ctx is not None:
+            ctx.error = err
+        return Response.error(err.status, err.public, getattr(ctx, "request_id", None))
+
+
+def _plugin_error(entry: _Entry, hook: str, exc: BaseException) -> PluginError:
+    """The error a fail-closed failure answers with: 503 for an overrun or a plugin not
+    built yet (a dependency is down: retrying later may work), else 500."""
+    err = PluginError(entry.name, hook, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, PluginTimeout):
+        err.status, err.metric, err.public = 503, "plugin_timeout", "service unavailable"
+    elif isinstance(exc, PluginUnavailable):
+        err.status, err.metric, err.public = 503, "plugin_unavailable", "service unavailable"
+    return err
 
 
 def _overrides(cls: type, hook: str) -> bool:
@@ -491,13 +624,16 @@ class PluginRegistry:
         self.services = services
         self.source = source
         self.errors: Counter[tuple[str, str]] = Counter()   # (plugin, hook) -> failures
+        self.init_failures: Counter[str] = Counter()        # plugin -> failed __init__ attempts in this worker
         self.default_chain: Chain = Chain((), self._record)
         self._route_chains: tuple[Chain, ...] = ()
         self.instances: tuple[Plugin, ...] = ()
+        self.pending: tuple[_Entry, ...] = ()               # plugins whose __init__ failed here, not built yet
         self._logger = services.logger or log
         self._incr = getattr(services.metrics, "incr", None)
-        self._last_logged: dict[tuple[str, str], float] = {}
-        self._suppressed: Counter[tuple[str, str]] = Counter()
+        self._throttle = ThrottledLog(ERROR_LOG_INTERVAL_S, 1, self._closing_line)
+        self.request_id_header: str | None = None   # set by the worker: request ids in failure lines
+        self._retrying: list[Any] = []
 
     @property
     def plugin_names(self) -> tuple[str, ...]:
@@ -508,28 +644,82 @@ class PluginRegistry:
         """The chain of route ``route_index`` (its index in ``cfg.routes``)."""
         return self._route_chains[route_index]
 
+    # -- failures -------------------------------------------------------------------
+
     def _record(self, entry: _Entry, hook: str, exc: BaseException, ctx: Any, overrun: bool) -> None:
-        key = (entry.name, hook)
-        self.errors[key] += 1
+        self.errors[(entry.name, hook)] += 1
+        unavailable = isinstance(exc, PluginUnavailable)
         if self._incr is not None:
             self._incr(f"plugin.{entry.name}.{hook}.error")
             if overrun:
                 self._incr(f"plugin.{entry.name}.{hook}.timeout")
-        now = time.monotonic()
-        last = self._last_logged.get(key)
-        if last is not None and now - last < ERROR_LOG_INTERVAL_S:
-            self._suppressed[key] += 1   # counted above; logged with the next burst
-            return
-        self._last_logged[key] = now
-        more = self._suppressed.pop(key, 0)
+            elif unavailable:
+                self._incr(f"plugin.{entry.name}.{hook}.unavailable")
+        kind = "overran" if overrun else ("unavailable" if unavailable else "raised")
         outcome = "skipped (on_failure: open)" if entry.open else "request failed (on_failure: closed)"
-        what = f"overran its budget of {entry.timeout_s * 1000:g}ms" if overrun else "raised"
-        if overrun:
-            self._logger.error("plugin %s %s %s; %s; %d more since last logged; request %r",
-                               entry.name, hook, what, outcome, more, ctx)
-        else:
-            self._logger.error("plugin %s %s %s; %s; %d more since last logged; request %r",
-                               entry.name, hook, what, outcome, more, ctx, exc_info=exc)
+
+        def write(_more: int) -> None:
+            label = RequestLabel(ctx, self.request_id_header) if isinstance(ctx, RequestContext) else ctx
+            if overrun:
+                self._logger.error("plugin %s %s overran its budget of %gms; %s; request %s",
+                                   entry.name, hook, entry.timeout_s * 1000, outcome, label)
+            elif unavailable:
+                self._logger.warning("plugin %s %s unavailable (%s); %s; request %s",
+                                     entry.name, hook, exc, outcome, label)
+            else:
+                self._logger.error("plugin %s %s raised %s: %s; %s; request %s",
+                                   entry.name, hook, type(exc).__name__, exc, outcome, label, exc_info=exc)
+
+        self._throttle.emit((entry.name, hook, kind), write)
+
+    def _closing_line(self, key: Any, count: int) -> None:
+        name, hook, kind = key
+        self._logger.error("plugin %s %s %s %d more times in the last %gs (not logged one by one)",
+                           name, hook, kind, count, ERROR_LOG_INTERVAL_S)
+
+    # -- construction retried in a worker --------------------------------------------
+
+    def start_init_retries(self) -> None:
+        """In a worker: one greenlet per plugin not built yet, retrying with backoff."""
+        for entry in self.pending:
+            self._retrying.append(gevent.spawn(self._retry_init, entry))
+
+    def stop_init_retries(self) -> None:
+        gevent.killall(self._retrying, block=False)
+        self._retrying.clear()
+
+    def _retry_init(self, entry: _Entry) -> None:
+        delay = INIT_RETRY_FIRST_S
+        while entry.instance is None:
+            gevent.sleep(delay)
+            entry.init_attempts += 1
+            try:
+                instance = entry.cls(entry.config, entry.services)
+            except (Exception, SystemExit) as e:  # the same isolation as a hook: count, log, try later
+                entry.init_error = e
+                self._init_failed(entry, e, delay)
+                delay = min(delay * 2, INIT_RETRY_MAX_S)
+                continue
+            entry.instance = instance
+            self.instances = (*self.instances, instance)
+            self.pending = tuple(e for e in self.pending if e is not entry)
+            if self._incr is not None:
+                self._incr(f"plugin.{entry.name}.init_ok")
+            self._logger.warning("plugin %s initialised after %d attempts; its hooks run from now on",
+                                 entry.name, entry.init_attempts)
+
+    def _init_failed(self, entry: _Entry, exc: BaseException, delay_s: float) -> None:
+        self.init_failures[entry.name] += 1
+        if self._incr is not None:
+            self._incr(f"plugin.{entry.name}.init_error")
+        outcome = "skipped (on_failure: open)" if entry.open else "its routes answer 503 (on_failure: closed)"
+        retry_s = min(delay_s * 2, INIT_RETRY_MAX_S) if entry.init_attempts > 1 else delay_s
+        if retry_s >= INIT_RETRY_MAX_S and entry.init_attempts % INIT_LOG_EVERY:
+            return   # a long outage: about one line a minute, not one per attempt
+        # the first failure with its traceback, then one line per logged attempt
+        self._logger.error("plugin %s (%s) __init__ failed (attempt %d): %s: %s; %s; retrying in %gs",
+                           entry.name, entry.file, entry.init_attempts, type(exc).__name__, exc, outcome, retry_s,
+                           exc_info=exc if entry.init_attempts == 1 else None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -665,19 +855,24 @@ def discover(dirs: Iterable[Path]) -> tuple[dict[str, type[Plugin]], dict[str, s
 
 
 def validate_settings(cls: type[Plugin], settings: Mapping[str, Any], source: str, key_path: str,
-                      route_keys: Mapping[str, Any] | None = None, route_path: str = "") -> PluginConfig:
-    """``cls.Config`` from ``settings``; a ``ConfigError`` naming ``source``, the key path and pydantic's reason.
+                      route_keys: Mapping[str, Any] | None = None, route_path: str = "",
+                      refs: Mapping[str, frozenset[str]] | None = None) -> PluginConfig:
+    """``cls.Config`` from ``settings``; a ``ConfigError`` naming ``source``, the key path and pydantic's reason
+    (every error of these settings, one per line, when there are several).
 
     With ``route_keys``, an error on a key the route set is reported under ``route_path``.
+    ``refs`` (``config_refs(cfg)``) lets ``UpstreamName``/``RouteName`` fields check their names.
     """
     try:
-        return cls.Config.model_validate(dict(settings))
+        return cls.Config.model_validate(dict(settings), context=refs)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        base = route_path if (route_keys is not None and loc and loc[0] in route_keys) else key_path
-        sub = _key_path(loc)
-        raise ConfigError(source, f"{base}.{sub}" if sub else base, _reason(err)) from None
+        errors = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            base = route_path if (route_keys is not None and loc and loc[0] in route_keys) else key_path
+            sub = _key_path(loc)
+            errors.append(ConfigError(source, f"{base}.{sub}" if sub else base, _reason(err)))
+        raise combine_errors(errors) from None
 
 
 def _canonical(config: PluginConfig) -> str:
@@ -696,44 +891,49 @@ def plugin_dirs(cfg: EdgeConfig, shipped_dir: Path = SHIPPED_DIR) -> list[Path]:
 
 
 def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir: Path = SHIPPED_DIR,
-                 *, discovered: tuple[dict[str, type[Plugin]], dict[str, str]] | None = None) -> PluginRegistry:
+                 *, discovered: tuple[dict[str, type[Plugin]], dict[str, str]] | None = None,
+                 defer_init_failures: bool = False) -> PluginRegistry:
     """Import and check all plugins, validate their settings, instantiate the enabled ones
     and build the default chain and one chain per route. Raises ``ConfigError`` (or its
     subclass ``PluginLoadError``) on the first problem; nothing is half-built.
 
     ``discovered`` is the result of an earlier ``discover`` (the master's): the code is
-    then not imported again."""
+    then not imported again. With ``defer_init_failures`` (a worker), a plugin whose
+    ``__init__`` raises is left in ``registry.pending`` behind stand-in hooks instead
+    of failing the load (see the module docstring)."""
     if services is None:
         services = Services(logger=log)
+    refs = config_refs(cfg)
+    if not services.upstreams and not services.routes:
+        services = dataclasses.replace(services, upstreams=refs["upstreams"], routes=refs["routes"])
     source = cfg.source
     classes, files = discovered if discovered is not None else discover(plugin_dirs(cfg, shipped_dir))
-    known = ", ".join(sorted(classes)) or "none"
-
-    for name in cfg.plugins:
-        if name not in classes:
-            raise ConfigError(source, f"plugins.{name}", f"unknown plugin (known: {known})")
-    for i, route in enumerate(cfg.routes):
-        for name in route.plugins:
-            if name not in classes:
-                raise ConfigError(source, f"routes[{i}].plugins.{name}", f"unknown plugin (known: {known})")
+    _check_names(cfg, classes)
 
     registry = PluginRegistry(classes, files, services, source)
     instances: dict[tuple[str, str], _Entry] = {}
+    base_logger = services.logger or log
 
     def entry_for(name: str, config: PluginConfig) -> _Entry:
         key = (name, _canonical(config))
         entry = instances.get(key)
         if entry is None:
             cls = classes[name]
+            own = dataclasses.replace(services, logger=base_logger.getChild(name))
             try:
-                inst = cls(config, services)
-            except Exception as e:
-                raise PluginLoadError(files[name], cls.__name__, f"__init__ failed: {type(e).__name__}: {e}") from e
-            entry = instances[key] = _Entry(name, inst, config, files[name], cls.__name__)
+                inst: Plugin | None = cls(config, own)
+                failure = None
+            except (Exception, SystemExit) as e:  # sys.exit(3) in a worker would halt gunicorn's master
+                if not defer_init_failures:
+                    raise PluginLoadError(files[name], cls.__name__, f"__init__ failed: {type(e).__name__}: {e}") from e
+                inst, failure = None, e
+            entry = instances[key] = _Entry(name, inst, config, files[name], cls, own, failure)
+            if failure is not None:
+                registry._init_failed(entry, failure, INIT_RETRY_FIRST_S)
         return entry
 
     global_configs = {
-        name: validate_settings(classes[name], settings, source, f"plugins.{name}")
+        name: validate_settings(classes[name], settings, source, f"plugins.{name}", refs=refs)
         for name, settings in cfg.plugins.items()
     }
     registry.default_chain = Chain([entry_for(n, c) for n, c in global_configs.items()], registry._record)
@@ -747,16 +947,27 @@ def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir:
                 continue
             if over is None or over is True:
                 config = global_configs.get(name) or validate_settings(
-                    classes[name], {}, source, f"routes[{i}].plugins.{name}")
+                    classes[name], {}, source, f"routes[{i}].plugins.{name}", refs=refs)
             else:
                 merged = {**cfg.plugins.get(name, {}), **over}
                 config = validate_settings(classes[name], merged, source, f"plugins.{name}",
-                                           route_keys=over, route_path=f"routes[{i}].plugins.{name}")
+                                           route_keys=over, route_path=f"routes[{i}].plugins.{name}", refs=refs)
             entries.append(entry_for(name, config))
         chains.append(Chain(entries, registry._record))
     registry._route_chains = tuple(chains)
-    registry.instances = tuple(e.instance for e in instances.values())
+    registry.instances = tuple(e.instance for e in instances.values() if e.instance is not None)
+    registry.pending = tuple(e for e in instances.values() if e.instance is None)
     return registry
+
+
+def _check_names(cfg: EdgeConfig, classes: Mapping[str, type[Plugin]]) -> None:
+    known = ", ".join(sorted(classes)) or "none"
+    errors = [ConfigError(cfg.source, f"plugins.{name}", f"unknown plugin (known: {known})")
+              for name in cfg.plugins if name not in classes]
+    errors += [ConfigError(cfg.source, f"routes[{i}].plugins.{name}", f"unknown plugin (known: {known})")
+               for i, route in enumerate(cfg.routes) for name in route.plugins if name not in classes]
+    if errors:
+        raise combine_errors(errors)
 
 
 class PluginCatalog:
@@ -764,27 +975,40 @@ class PluginCatalog:
 
     The master imports the code (so a reload with a broken plugin is refused before
     any worker is replaced) and validates every plugin's settings; workers inherit
-    the classes through fork and only build instances and chains.
+    the classes through fork and only build instances and chains. Whether each
+    enabled plugin can be *built* is checked apart, in a short-lived child process
+    (``edge.boot.check_construction``): nothing a plugin opens lives in the master.
     """
 
     def __init__(self, cfg: EdgeConfig, shipped_dir: Path = SHIPPED_DIR) -> None:
         self.classes, self.files = discover(plugin_dirs(cfg, shipped_dir))
-        known = ", ".join(sorted(self.classes)) or "none"
+        _check_names(cfg, self.classes)
+        refs = config_refs(cfg)
+        errors: list[ConfigError] = []
         for name, settings in cfg.plugins.items():
-            if name not in self.classes:
-                raise ConfigError(cfg.source, f"plugins.{name}", f"unknown plugin (known: {known})")
-            validate_settings(self.classes[name], settings, cfg.source, f"plugins.{name}")
+            errors += _errors_of(validate_settings, self.classes[name], settings, cfg.source, f"plugins.{name}",
+                                 refs=refs)
         for i, route in enumerate(cfg.routes):
             for name, over in route.plugins.items():
-                if name not in self.classes:
-                    raise ConfigError(cfg.source, f"routes[{i}].plugins.{name}", f"unknown plugin (known: {known})")
                 if isinstance(over, dict):
-                    validate_settings(self.classes[name], {**cfg.plugins.get(name, {}), **over}, cfg.source,
-                                      f"plugins.{name}", route_keys=over, route_path=f"routes[{i}].plugins.{name}")
+                    errors += _errors_of(validate_settings, self.classes[name], {**cfg.plugins.get(name, {}), **over},
+                                         cfg.source, f"plugins.{name}", route_keys=over,
+                                         route_path=f"routes[{i}].plugins.{name}", refs=refs)
+        if errors:
+            raise combine_errors(errors)
 
-    def instantiate(self, cfg: EdgeConfig, services: Services) -> PluginRegistry:
+    def instantiate(self, cfg: EdgeConfig, services: Services, *, defer_init_failures: bool = False) -> PluginRegistry:
         """In the worker, after fork: instances and chains from the classes the master checked."""
-        return load_plugins(cfg, services, discovered=(self.classes, self.files))
+        return load_plugins(cfg, services, discovered=(self.classes, self.files),
+                            defer_init_failures=defer_init_failures)
+
+
+def _errors_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[ConfigError]:
+    try:
+        fn(*args, **kwargs)
+    except ConfigError as e:
+        return list(getattr(e, "errors", (e,)))
+    return []
 
 
 def discover_plugins(cfg: EdgeConfig) -> PluginCatalog:

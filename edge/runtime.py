@@ -3,17 +3,26 @@
 ``build_worker_state`` is called in the worker (``EdgeWorker.load_wsgi``), after
 gevent's monkey-patching, so every socket it creates (backend pools, store client,
 statsd) belongs to that worker. The request path only reads these objects.
+
+Building the worker state must not fail because of something outside it: gunicorn
+halts the master when a worker cannot boot, so one plugin whose ``__init__`` fails
+here (its auth service or Redis is down while the worker starts) is left to retry
+in the background (``PluginRegistry.start_init_retries``) and the worker serves.
+``build_services`` is also what ``edge.boot`` uses to try the plugins in a
+short-lived child before a start or a reload is accepted.
 """
 
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from edge import boot
 from edge.accesslog import AccessLog
 from edge.config import EdgeConfig
+from edge.logs import ClientErrorLog, RequestLabel
 from edge.metrics import Metrics
 from edge.routing import RouteTable, compile_routes
 from edge.upstream.client import Timeouts, UpstreamPool
@@ -33,8 +42,15 @@ class WorkerState:
     scheme: str
     access_log: AccessLog | None = None
     local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
+    # client errors (400, 408, 413, 414, 431...) at INFO, rate-limited: client_errors.log(ip, status, reason, label)
+    client_errors: ClientErrorLog = dataclasses.field(default_factory=ClientErrorLog)
+
+    def label(self, ctx: Any) -> RequestLabel:
+        """``GET /path request_id=...`` for a log line about ``ctx`` (formatted only if written)."""
+        return RequestLabel(ctx, self.cfg.headers.request_id_header)
 
     def close(self) -> None:
+        self.plugins.stop_init_retries()
         for pool in self.pools.values():
             pool.close()
         if self.store is not None:
@@ -45,10 +61,9 @@ class WorkerState:
             self.local_store.close()
 
 
-def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
-    loaded = loaded or boot.current() or boot.validate_default()
-    cfg = loaded.config
-    from edge.plugins import Services
+def build_services(cfg: EdgeConfig) -> Any:
+    """The ``Services`` given to plugins: store, node-local store, metrics, logger, names."""
+    from edge.plugins import Services, config_refs
     from edge.store import build_local_fallback, build_store
 
     metrics = Metrics(cfg.metrics.statsd, cfg.metrics.prefix)
@@ -56,9 +71,20 @@ def build_worker_state(loaded: boot.Loaded | None = None) -> WorkerState:
     # the ratelimit plugin's `on_store_error: local` needs a node-local store even when the
     # main one is remote; opened lazily, on first use (edge.store.build_local_fallback)
     local_store = build_local_fallback(cfg.store, store)
-    services = Services(store=store, metrics=metrics, logger=logging.getLogger("edge.plugin"),
-                        extras={"local_store": local_store})
-    plugins = loaded.plugins.instantiate(cfg, services)
+    refs = config_refs(cfg)
+    return Services(store=store, metrics=metrics, logger=logging.getLogger("edge.plugin"),
+                    extras={"local_store": local_store}, upstreams=refs["upstreams"], routes=refs["routes"])
+
+
+def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = True) -> WorkerState:
+    loaded = loaded or boot.current() or boot.validate_default()
+    cfg = loaded.config
+    services = build_services(cfg)
+    store, metrics, local_store = services.store, services.metrics, services.extras["local_store"]
+    plugins = loaded.plugins.instantiate(cfg, services, defer_init_failures=True)
+    plugins.request_id_header = cfg.headers.request_id_header  # plugin failure lines carry the request id
+    if start_retries:
+        plugins.start_init_retries()
     pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
     routes = compile_routes(cfg)
     route_timeouts = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -177,7 +178,8 @@ def test_per_route_disable_and_override(origin, edge_factory):
 def _start_refused(tmp_path, plugin_text: str, plugins: dict, name: str = "bad.py") -> str:
     d = write_plugins(tmp_path / "bad", {name: plugin_text})
     cfg = tmp_path / "edge.yaml"
-    cfg.write_text(json.dumps({"plugin_dirs": [str(d)], "plugins": plugins}))
+    cfg.write_text(json.dumps({"plugin_dirs": [str(d)], "plugins": plugins,
+                               "routes": [{"respond": {"status": 204}}]}))
     proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")], cwd=str(REPO),
                           env={"EDGE_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
@@ -324,3 +326,124 @@ def test_on_connect_refuses_before_any_request(origin, edge_factory, tmp_path):
     assert r.status_code == 403
     assert r.headers.get("Connection") == "close"
     assert requests.get(f"{origin.url}/stats").json()["requests"] == 1  # the backend never saw it
+
+
+# --------------------------------------------------------------------------- a plugin can never take edge down
+
+# Builds only while no flag file exists: ``hard`` is a bug (refused in advance), ``soft``
+# a service that is down (ConnectionRefusedError: transient, retried by each worker).
+FLAKY = '''
+import os
+from edge.plugins import Plugin
+
+class Flaky(Plugin):
+    name = "flaky"
+
+    def __init__(self, config, services):
+        if os.path.exists({hard!r}):
+            raise RuntimeError("no geo database")
+        if os.path.exists({soft!r}):
+            raise ConnectionRefusedError("auth service down")
+        services.logger.info("flaky built in %d", os.getpid())
+
+    def on_response(self, ctx, response):
+        response.headers.set("X-Flaky", "{version}")
+'''
+
+
+def flaky_plugin(tmp_path, version="v1"):
+    hard, soft = tmp_path / "hard", tmp_path / "soft"
+    d = write_plugins(tmp_path / "p", {"flaky.py": FLAKY.format(hard=str(hard), soft=str(soft), version=version)})
+    return d, hard, soft
+
+
+def test_plugin_whose_init_raises_refuses_cold_start_with_its_reason(tmp_path):
+    d, hard, _soft = flaky_plugin(tmp_path)
+    hard.touch()
+    text = (d / "flaky.py").read_text()
+    err = _start_refused(tmp_path, text, {"flaky": {}}, name="flaky.py")
+    assert "edge: refusing to start: " in err
+    assert "flaky.py: Flaky: __init__ failed: RuntimeError: no geo database" in err
+    assert err.count("no geo database") == 1
+
+
+def test_edge_check_refuses_a_plugin_whose_init_raises(tmp_path):
+    d, hard, soft = flaky_plugin(tmp_path)
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(json.dumps({"plugin_dirs": [str(d)], "plugins": {"flaky": {}},
+                               "routes": [{"respond": {"status": 204}}]}))
+
+    def check():
+        return subprocess.run([sys.executable, "-m", "edge", "check", str(cfg)], cwd=str(REPO),
+                              capture_output=True, text=True, timeout=60)
+
+    ok = check()
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    hard.touch()
+    bad = check()
+    assert bad.returncode == 1
+    assert bad.stderr == f"{d / 'flaky.py'}: Flaky: __init__ failed: RuntimeError: no geo database\n"
+    hard.unlink()
+    soft.touch()
+    transient = check()
+    assert transient.returncode == 0
+    assert transient.stderr.startswith(
+        f"warning: {d / 'flaky.py'}: Flaky: __init__ failed: ConnectionRefusedError: auth service down")
+
+
+def test_reload_with_plugin_whose_init_raises_is_refused_and_serving_continues(origin, edge_factory, tmp_path):
+    d, _hard, _soft = flaky_plugin(tmp_path)
+    e = edge_factory(base_config(origin, plugin_dirs=[str(d)], plugins={"flaky": {}}), workers=2)
+    assert requests.get(f"{e.url}/").headers["X-Flaky"] == "v1"
+    old_workers = set(e.worker_pids())
+    # new code whose __init__ always raises: the master must refuse it before any worker runs it
+    (d / "flaky.py").write_text(
+        "from edge.plugins import Plugin\n"
+        "class Flaky(Plugin):\n"
+        "    name = 'flaky'\n"
+        "    def __init__(self, config, services):\n"
+        "        raise KeyError('missing setting')\n")
+    e.reload()
+    until(lambda: "reload refused" in e.log())
+    # gunicorn still replaces the workers; the new ones run the configuration and code kept
+    until(lambda: set(e.worker_pids()).isdisjoint(old_workers) and len(e.worker_pids()) == 2)
+    for _ in range(10):
+        r = requests.get(f"{e.url}/")
+        assert r.status_code == 200 and r.headers["X-Flaky"] == "v1"
+    assert e.alive()
+    log = e.log()
+    assert log.count("reload refused") == 1
+    assert "reload refused, keeping the running configuration: " in log
+    assert "flaky.py: Flaky: __init__ failed: KeyError: 'missing setting'" in log
+
+
+@pytest.mark.parametrize("on_failure", ["closed", "open"])
+def test_plugin_failing_only_in_workers_follows_on_failure_then_recovers_without_reload(
+        origin, edge_factory, tmp_path, on_failure):
+    d, _hard, soft = flaky_plugin(tmp_path)
+    soft.touch()   # the "auth service" is down while edge starts
+    cfg = base_config(origin, plugin_dirs=[str(d)], plugins={"flaky": {"on_failure": on_failure}})
+    cfg["routes"] = [
+        {"name": "plain", "match": {"path": "/plain"}, "upstream": "app", "plugins": {"flaky": False}},
+        {"name": "rest", "match": {"path": "/"}, "upstream": "app"},
+    ]
+    e = edge_factory(cfg, workers=2)
+    log = e.log()
+    # the master's warning, once, in gunicorn's format (written when its error log exists)
+    assert len(re.findall(r"\] \[WARNING\] \S*flaky.py: Flaky: __init__ failed: ConnectionRefusedError: "
+                          r"auth service down \(a transient failure", log)) == 1
+    r = requests.get(f"{e.url}/x")
+    if on_failure == "closed":
+        assert r.status_code == 503 and "service unavailable" in r.text
+    else:
+        assert r.status_code == 200 and "X-Flaky" not in r.headers
+    assert requests.get(f"{e.url}/plain").status_code == 200     # routes without the plugin serve
+    until(lambda: e.log().count("__init__ failed (attempt 2)") >= 2)   # both workers retry, with backoff
+    soft.unlink()   # the service is back: no reload, the workers build the plugin on their own
+    pids = set(e.worker_pids())
+    until(lambda: all(requests.get(f"{e.url}/x").headers.get("X-Flaky") == "v1" for _ in range(6)), timeout_s=30)
+    assert set(e.worker_pids()) == pids
+    log = e.log()
+    assert log.count("plugin flaky initialised after") == 2
+    assert "plugin flaky on_request" not in log     # only on_response is defined
+    assert "plugin flaky on_response unavailable" in log

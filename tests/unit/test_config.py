@@ -19,6 +19,7 @@ upstreams:
   demo:
     servers: ["127.0.0.1:9001"]
 """
+ROUTE = "routes: [{respond: {status: 204}}]\n"
 
 
 def write(tmp_path, text, name="edge.yaml"):
@@ -164,14 +165,74 @@ def test_config_is_frozen():
         cfg.upstreams = {}
 
 
-def test_empty_file_is_the_defaults(tmp_path):
-    cfg = load_config(write(tmp_path, ""))
-    assert cfg.routes == () and cfg.upstreams == {}
+def test_defaults_fill_everything_but_routes(tmp_path):
+    cfg = load_config(write(tmp_path, "routes: [{respond: {status: 204}}]\n"))
+    assert cfg.upstreams == {}
     assert cfg.server.bind == ("127.0.0.1:8080",)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("", "FILE: the file is empty (a configuration needs at least one route)"),
+    ("# only a comment\n", "FILE: the file is empty (a configuration needs at least one route)"),
+    (BASE, "FILE: routes: no routes: edge would answer every request with 404"),
+    (BASE + "routes: []\n", "FILE: routes: no routes: edge would answer every request with 404"),
+])
+def test_empty_file_or_no_routes_is_refused(tmp_path, text, message):
+    assert error_of(write(tmp_path, text)) == message
+
+
+
+@pytest.mark.parametrize("bind, message", [
+    ("[localhost]", "FILE: server.bind: no port in 'localhost' (write 'host:port')"),
+    ("['127.0.0.1:8080', '[::1]']", "FILE: server.bind: no port in '[::1]' (write 'host:port')"),
+    ("['127.0.0.1:99999']", "FILE: server.bind: expected 'host:port', '[ipv6]:port' or 'unix:/path' (got '127.0.0.1:99999')"),
+])
+def test_bind_without_port_is_refused(tmp_path, bind, message):
+    assert error_of(write(tmp_path, f"server: {{bind: {bind}}}\n" + ROUTE)) == message
+
+
+def test_bind_accepts_ports_and_unix_sockets(tmp_path):
+    cfg = load_config(write(tmp_path, "server: {bind: ['127.0.0.1:8080', '[::1]:8443', 'unix:/tmp/e.sock']}\n" + ROUTE))
+    assert cfg.server.bind == ("127.0.0.1:8080", "[::1]:8443", "unix:/tmp/e.sock")
+
+
+def test_check_reports_every_error_of_a_file(tmp_path, capsys):
+    path = write(tmp_path, """\
+        server:
+          bind: [localhost]
+          workres: 3
+        upstreams:
+          demo:
+            servers: ['127.0.0.1:70000', 'x']
+        routes:
+          - upstream: demo
+        """)
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: server.bind: no port in 'localhost' (write 'host:port')\n"
+        f"{path}: server.workres: unknown key\n"
+        f"{path}: upstreams.demo.servers[0].port: port must be 1-65535 (got 70000)\n"
+        f"{path}: upstreams.demo.servers[1]: expected 'host:port' or 'http://host:port' (got 'x')\n"
+    )
+
+
+def test_reported_errors_are_capped(tmp_path):
+    from edge.config import MAX_REPORTED_ERRORS, ConfigErrors
+
+    keys = "".join(f"  bad{i}: 1\n" for i in range(MAX_REPORTED_ERRORS + 5))
+    with pytest.raises(ConfigErrors) as e:
+        load_config(write(tmp_path, "server:\n" + keys + ROUTE))
+    lines = str(e.value).replace(str(tmp_path / "edge.yaml"), "FILE").splitlines()
+    assert len(e.value.errors) == MAX_REPORTED_ERRORS
+    assert lines[0] == "FILE: server.bad0: unknown key"
+    assert lines[-1] == "FILE: ... and 5 more errors"
+    assert len(lines) == MAX_REPORTED_ERRORS + 1
+    # the first error is also the ConfigError's own file/key/reason
+    assert (e.value.key_path, e.value.reason) == ("server.bad0", "unknown key")
+
+
 def test_edge_config_env_names_the_default_file(tmp_path, monkeypatch):
-    path = write(tmp_path, "server: {workers: 3}\n")
+    path = write(tmp_path, "server: {workers: 3}\n" + ROUTE)
     monkeypatch.setenv("EDGE_CONFIG", str(path))
     assert load_config().server.workers == 3
 
@@ -191,8 +252,12 @@ def test_shipped_files_exist():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_files_validate(path):
+    from edge.boot import validate as boot_validate
+
     cfg = load_config(path)
-    validate(cfg)
+    # routes and plugin settings; building a worker (fleet examples open store sockets) is
+    # what tests/integration/test_plugins.py checks
+    boot_validate(str(path), construct=False)
     assert cfg.routes
 
 
@@ -231,9 +296,9 @@ def test_check_compiles_routes(tmp_path, capsys):
 
 
 def test_check_uses_edge_config_env(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("EDGE_CONFIG", str(write(tmp_path, BASE)))
+    monkeypatch.setenv("EDGE_CONFIG", str(write(tmp_path, BASE + "routes: [{upstream: demo}]\n")))
     assert main(["check"]) == 0
-    assert capsys.readouterr().out.endswith(": ok (0 routes, 1 upstreams)\n")
+    assert capsys.readouterr().out.endswith(": ok (1 routes, 1 upstreams)\n")
 
 
 def test_unknown_command(capsys):
@@ -298,7 +363,7 @@ def test_durations_and_sizes_that_must_be_positive(tmp_path, text, message):
 
 
 def test_keepalive_zero_means_no_keep_alive_and_is_accepted(tmp_path):
-    cfg = load_config(write(tmp_path, BASE + "server: {keepalive: 0}\n"))
+    cfg = load_config(write(tmp_path, BASE + ROUTE + "server: {keepalive: 0}\n"))
     assert cfg.server.keepalive == 0.0
 
 
@@ -352,7 +417,7 @@ def test_host_header_literals_accepted(tmp_path, host_header):
     ("127.0.0.1:9001", "127.0.0.1:9001"), ("http://backend.internal:80/", "backend.internal:80"), ("[::1]:9", "[::1]:9"),
 ])
 def test_server_addresses_parsed_by_the_one_host_parser(tmp_path, server, authority):
-    cfg = load_config(write(tmp_path, f"upstreams:\n  demo:\n    servers: ['{server}']\n"))
+    cfg = load_config(write(tmp_path, f"upstreams:\n  demo:\n    servers: ['{server}']\n" + ROUTE))
     assert cfg.upstreams["demo"].servers[0].authority == authority
 
 
@@ -368,5 +433,12 @@ def test_keepalive_zero_never_becomes_a_zero_timeout_for_gunicorn(tmp_path):
     # edge's own HTTP/1 loop reads server.keepalive == 0 as "close after each response".
     from edge.boot import Loaded, gunicorn_settings
 
-    cfg = load_config(write(tmp_path, BASE + "server: {keepalive: 0}\n"))
+    cfg = load_config(write(tmp_path, BASE + ROUTE + "server: {keepalive: 0}\n"))
     assert gunicorn_settings(Loaded("x", cfg, None))["keepalive"] >= 1
+def test_check_refuses_what_a_worker_could_not_build(tmp_path, capsys):
+    # the schema accepts any path; a worker opening the access log would fail to boot
+    path = write(tmp_path, f"server: {{accesslog: {tmp_path}/missing/access.log}}\n" + ROUTE)
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: a worker cannot be built from this configuration: FileNotFoundError: "
+        f"[Errno 2] No such file or directory: '{tmp_path}/missing/access.log'\n")

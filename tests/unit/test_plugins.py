@@ -777,3 +777,200 @@ def test_make_ctx_and_make_upstream_response():
     assert ctx.headers.items() == [("Accept", "*/*"), ("Host", "shop.test")]
     resp = make_upstream_response(404, {"Content-Type": "text/plain"}, b"nope")
     assert (resp.status, resp.reason, resp.headers.get("Content-Length"), list(resp.body)) == (404, "Not Found", "4", [b"nope"])
+
+
+# --------------------------------------------------------------------------- failures: throttle, ctx.error, upstream
+
+MOODY = '''
+import gevent
+from edge.plugins import Plugin
+
+class Moody(Plugin):
+    name = "moody"
+    priority = 100
+    def on_request(self, ctx):
+        if ctx.path == "/boom":
+            raise RuntimeError("moody bug")
+        if ctx.path == "/slow":
+            gevent.sleep(1)
+        if ctx.path == "/elsewhere":
+            ctx.upstream = "nope"
+'''
+
+
+def test_failure_log_throttle_is_per_kind_and_a_burst_ends_with_its_count(tmp_path, empty_shipped, caplog):
+    write(tmp_path / "p", "moody.py", MOODY)
+    reg = load(config(tmp_path, plugins={"moody": {"timeout": "20ms"}}), empty_shipped,
+               Services(logger=logging.getLogger("t")))
+    chain = reg.default_chain
+    with caplog.at_level(logging.ERROR, logger="t"):
+        chain.run_request(make_ctx(path="/boom"))
+        chain.run_request(make_ctx(path="/slow"))     # a timeout right after an exception: still shown
+        for _ in range(3):
+            chain.run_request(make_ctx(path="/boom"))  # inside the burst: counted only
+        msgs = [r.getMessage() for r in caplog.records]
+        assert len(msgs) == 2
+        assert msgs[0].startswith("plugin moody on_request raised RuntimeError: moody bug; request failed "
+                                  "(on_failure: closed); request GET /boom")
+        assert msgs[1] == "plugin moody on_request overran its budget of 20ms; request failed (on_failure: closed); request GET /slow"
+        reg._throttle.flush(now=time.monotonic() + 3600)   # the burst window ends
+    assert [r.getMessage() for r in caplog.records][2:] == [
+        "plugin moody on_request raised 3 more times in the last 10s (not logged one by one)"]
+    assert reg.errors[("moody", "on_request")] == 5
+
+
+@pytest.mark.parametrize("path, status, metric", [("/boom", 500, "plugin_error"), ("/slow", 503, "plugin_timeout")])
+def test_fail_closed_request_failure_is_the_requests_error(tmp_path, empty_shipped, path, status, metric):
+    write(tmp_path / "p", "moody.py", MOODY)
+    reg = load(config(tmp_path, plugins={"moody": {"timeout": "20ms"}}), empty_shipped)
+    ctx = make_ctx(path=path)
+    assert reg.default_chain.run_request(ctx).status == status
+    assert isinstance(ctx.error, PluginError) and ctx.error.plugin == "moody"
+    assert (ctx.error.status, ctx.error.metric) == (status, metric)
+
+
+def test_fail_open_failure_leaves_no_error(tmp_path, empty_shipped):
+    write(tmp_path / "p", "moody.py", MOODY)
+    reg = load(config(tmp_path, plugins={"moody": {"on_failure": "open"}}), empty_shipped)
+    ctx = make_ctx(path="/boom")
+    assert reg.default_chain.run_request(ctx) is None and ctx.error is None
+
+
+def test_chain_notes_which_plugin_changed_the_upstream(tmp_path, tracers, empty_shipped):
+    from edge.plugins import UPSTREAM_SET_BY
+
+    write(tmp_path / "p", "moody.py", MOODY)
+    reg = load(config(tmp_path, plugins={"moody": {}, "low": {}, "high": {}}), empty_shipped)
+    ctx = make_ctx(path="/elsewhere", upstream="app")
+    assert reg.default_chain.run_request(ctx) is None
+    assert ctx.upstream == "nope" and ctx.facts[UPSTREAM_SET_BY] == "moody"
+    same = make_ctx(path="/", upstream="app")
+    reg.default_chain.run_request(same)
+    assert UPSTREAM_SET_BY not in same.facts
+
+
+# --------------------------------------------------------------------------- construction failing in a worker
+
+FLAKY = '''
+import os
+from edge.plugins import Plugin
+
+class Flaky(Plugin):
+    name = "flaky"
+    def __init__(self, config, services):
+        if os.path.exists({flag!r}):
+            raise ConnectionRefusedError("auth service down")
+    def on_request(self, ctx):
+        ctx.facts["flaky"] = True
+'''
+
+
+@pytest.mark.parametrize("on_failure, status", [("closed", 503), ("open", None)])
+def test_init_failure_in_a_worker_follows_on_failure_and_is_retried(tmp_path, empty_shipped, monkeypatch,
+                                                                   on_failure, status):
+    import edge.plugins as plugins_mod
+
+    monkeypatch.setattr(plugins_mod, "INIT_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(plugins_mod, "INIT_RETRY_MAX_S", 0.02)
+    flag = tmp_path / "down"
+    flag.touch()
+    write(tmp_path / "p", "flaky.py", FLAKY.format(flag=str(flag)))
+    metrics = FakeMetrics()
+    cfg = config(tmp_path, plugins={"flaky": {"on_failure": on_failure}})
+    with pytest.raises(PluginLoadError):   # without deferral (edge check's strict load) it refuses
+        load(cfg, empty_shipped)
+    reg = load_plugins(cfg, Services(metrics=metrics), shipped_dir=empty_shipped, defer_init_failures=True)
+    assert [e.name for e in reg.pending] == ["flaky"] and reg.instances == ()
+    ctx = make_ctx()
+    answer = reg.default_chain.run_request(ctx)
+    assert (answer.status if answer else None) == status
+    assert "flaky" not in ctx.facts
+    if status:
+        assert ctx.error.metric == "plugin_unavailable"
+    reg.start_init_retries()
+    try:
+        gevent.sleep(0.1)
+        assert reg.init_failures["flaky"] >= 2        # retried, counted
+        flag.unlink()                                 # the service is back
+        deadline = time.monotonic() + 5
+        while reg.pending and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        ok = make_ctx()
+        assert reg.default_chain.run_request(ok) is None and ok.facts["flaky"] is True
+        assert reg.pending == () and len(reg.instances) == 1
+        assert metrics.counts["plugin.flaky.init_ok"] == 1
+        assert metrics.counts["plugin.flaky.init_error"] == reg.init_failures["flaky"]
+        assert metrics.counts["plugin.flaky.on_request.unavailable"] == 1
+    finally:
+        reg.stop_init_retries()
+
+
+# --------------------------------------------------------------------------- references to pools and routes
+
+POOLED = '''
+from edge.plugins import Plugin, PluginConfig, RouteName, UpstreamName
+
+class Pooled(Plugin):
+    name = "pooled"
+    class Config(PluginConfig):
+        pool: UpstreamName = "a"
+        skip_route: RouteName | None = None
+    def __init__(self, config, services):
+        self.names = (services.upstreams, services.routes)
+'''
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"pool": "eu"}, "conf/edge.yaml: plugins.pooled.pool: unknown upstream 'eu' (known: a, b)"),
+    ({"skip_route": "nope"}, "conf/edge.yaml: plugins.pooled.skip_route: unknown route 'nope' (known: main)"),
+])
+def test_plugin_setting_naming_an_unknown_pool_or_route_is_a_config_error(tmp_path, empty_shipped, settings, message):
+    write(tmp_path / "p", "pooled.py", POOLED)
+    cfg = config(tmp_path, plugins={"pooled": settings},
+                 routes=[{"name": "main", "match": {"path": "/"}, "upstream": "a"}])
+    with pytest.raises(ConfigError) as e:
+        load(cfg, empty_shipped)
+    assert str(e.value) == message
+
+
+def test_services_expose_pool_and_route_names(tmp_path, empty_shipped):
+    write(tmp_path / "p", "pooled.py", POOLED)
+    cfg = config(tmp_path, plugins={"pooled": {"skip_route": "main"}},
+                 routes=[{"name": "main", "match": {"path": "/"}, "upstream": "a"}, {"respond": {"status": 204}}])
+    reg = load(cfg, empty_shipped)
+    assert reg.instances[0].names == (frozenset(cfg.upstreams), frozenset({"main"}))
+
+
+# --------------------------------------------------------------------------- construction checked in a child process
+
+
+@pytest.mark.parametrize("raise_stmt, refused", [
+    ("raise RuntimeError('no geo database')", "Flaky: __init__ failed: RuntimeError: no geo database"),
+    ("raise ConnectionRefusedError('auth service down')", None),
+    ("raise SystemExit(3)", "Flaky: __init__ failed: SystemExit: 3"),   # would halt gunicorn's master
+    ("import time; time.sleep(30)", "conf/edge.yaml: plugins: building a worker's state (its plugins) took longer "
+                                    "than 2s: a plugin __init__ blocks"),
+    ("import os; os._exit(7)", "the process building the worker state died before reporting"),
+])
+def test_check_construction_in_a_child(tmp_path, empty_shipped, monkeypatch, raise_stmt, refused):
+    import edge.plugins as plugins_mod
+    from edge.boot import Loaded, check_construction
+
+    write(tmp_path / "p", "flaky.py", f'''
+        from edge.plugins import Plugin
+        class Flaky(Plugin):
+            name = "flaky"
+            def __init__(self, config, services):
+                {raise_stmt}
+    ''')
+    monkeypatch.setattr(plugins_mod, "SHIPPED_DIR", empty_shipped)
+    cfg = config(tmp_path, plugins={"flaky": {}}, routes=[{"respond": {"status": 204}}],
+                 store={"backend": "memory"})
+    loaded = Loaded("conf/edge.yaml", cfg, plugins_mod.PluginCatalog(cfg, empty_shipped))
+    if refused:
+        with pytest.raises(ConfigError) as e:
+            check_construction(loaded, timeout_s=2.0)
+        assert refused in str(e.value)
+    else:
+        [warning] = check_construction(loaded)
+        assert "Flaky: __init__ failed: ConnectionRefusedError: auth service down (a transient failure" in warning
