@@ -18,6 +18,7 @@ import time
 import requests
 
 from tests.integration.conftest import until
+from edge.launch import Process
 
 LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] \[([A-Z]+)\] (.*)$")
 
@@ -112,7 +113,7 @@ def test_edge_and_plugin_lines_use_gunicorns_format_level_and_file(origin, edge_
     assert "chatty module warns hello" in messages(errorlog, "WARNING")
     assert not any("below the root" in m for m in messages(errorlog))
     # nothing of edge's went to Python's last-resort handler (stderr, no timestamp)
-    assert "chatty" not in e.log()
+    assert "chatty" not in Process.log(e)  # the process output alone, without the error log file
 
 
 def test_loglevel_warning_drops_info_lines(origin, edge_factory, tmp_path):
