@@ -12,16 +12,17 @@ Waiting on a connection. gevent's socket methods create, start and cancel a
 profile of a worker under 64 keep-alive connections put that at ~11% of its time
 (issue 7). A ``PooledConnection`` instead owns one libev timer per distinct
 timeout (in practice one for reads, one for writes), re-armed with
-``ev_timer_again`` for each wait, and waits for readiness with a plain gevent
-``Waiter``: no allocation beyond the waiter, same semantics (a wait ends when the
-socket is ready or the timer fires, whichever comes first).
+``ev_timer_again`` for each wait, and switches to the hub directly: no allocation
+per wait, same semantics (a wait ends when the socket is ready or the timer fires,
+whichever comes first). Measured with a socketpair (one wait plus the send and recv
+around it): 8.8 µs CPU with gevent's wait, 5.3 µs this way, 2.9 µs without waiting.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from gevent._waiter import Waiter
+from greenlet import getcurrent
 
 _READY = object()
 _EXPIRED = object()
@@ -56,18 +57,24 @@ class PooledConnection:
             if len(self._timers) >= 4:
                 # A total deadline makes every wait a different length: do not collect timers.
                 self.release_timers()
-            hub = self.sock.hub
             # after == repeat: ev_timer_again (re)starts it timeout_s from now on every wait.
-            timer = self._timers[timeout_s] = hub.loop.timer(timeout_s, timeout_s)
-        waiter = Waiter(self.sock.hub)
-        watcher.start(waiter.switch, _READY)
-        timer.again(waiter.switch, _EXPIRED)
+            timer = self._timers[timeout_s] = self.sock.hub.loop.timer(timeout_s, timeout_s)
+        # What gevent's Waiter does, without allocating one: the loop switches back into this
+        # greenlet with a marker saying which watcher fired. A socket closed by another greenlet
+        # still wakes us: gevent's cancel_wait throws into the callback's __self__ (the greenlet).
+        switch = getcurrent().switch
+        watcher.start(switch, _READY)
+        timer.again(switch, _EXPIRED)
         try:
-            result = waiter.get()
+            result = self.sock.hub.switch()
         finally:
             watcher.stop()
             timer.stop()
-        return result is _READY
+        if result is _READY:
+            return True
+        if result is _EXPIRED:
+            return False
+        raise RuntimeError(f"unexpected switch into a greenlet waiting on a backend socket: {result!r}")
 
     def release_timers(self) -> None:
         for timer in self._timers.values():
