@@ -350,6 +350,7 @@ class UpstreamPool:
         fresh_tried = 0
         server = None
         fresh = False
+        last_error: UpstreamError | None = None
         while True:
             if fresh:
                 conn = None
@@ -357,6 +358,8 @@ class UpstreamPool:
             else:
                 idx = self.balancer.pick(tried)
                 if idx is None:
+                    if last_error is not None:
+                        raise last_error  # every server refused: say why, not "none available"
                     raise NoHealthyServer(f"upstream {self.name}: no server available")
                 server = self.servers[idx]
                 tried.add(idx)
@@ -369,6 +372,7 @@ class UpstreamPool:
                     conn = server.connect(_remaining(t.connect, deadline))
                 except (ConnectError, ConnectTimeout) as e:
                     log.warning("upstream %s: %s", self.name, e)
+                    last_error = e
                     cause = Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR
                     state = replay.state() if replay is not None else _NOTHING_PULLED
                     if policy.decide(cause, method, state, len(tried), fresh_tried) is Action.NEXT_SERVER:

@@ -53,6 +53,8 @@ def _answer(conn, path: str) -> bool:
     if path == "/small-trailer":
         return conn.send(b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
                          b"2\r\nok\r\n0\r\nX-Sum: 1\r\n\r\n")
+    if path == "/two-responses":     # a second, unasked-for response right behind the first
+        return conn.send(response(200, b"ok") + response(200, b"smuggled", "X-Smuggled: 1"))
     return conn.send(response(404, b""))
 
 
@@ -116,3 +118,14 @@ def test_limits_are_configurable_per_upstream(origin, edge_factory):
     assert requests.get(f"{e.url}/twenty-fields", timeout=10).status_code == 502
     assert requests.get(f"{e.url}/ok", timeout=10).status_code == 200
     assert "more than 10 header fields" in e.log()
+
+
+def test_second_response_to_one_request_is_dropped_with_its_connection(origin, edge):
+    # Response splitting from the backend side: the client gets exactly the first response,
+    # and the connection that carried the surplus is not reused for anyone else.
+    before = set(origin.closed_by_peer)
+    r = requests.get(f"{edge.url}/two-responses", timeout=10)
+    assert r.status_code == 200 and r.content == b"ok" and "X-Smuggled" not in r.headers
+    from tests.integration.conftest import until
+
+    until(lambda: set(origin.closed_by_peer) - before, timeout_s=20)
