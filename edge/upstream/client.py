@@ -334,18 +334,12 @@ class UpstreamPool:
         t = timeouts or self.timeouts
         deadline = time.monotonic() + t.total if t.total else None
         rest = _request_head_rest(headers, method, body, body_length)
-        replay = chunks = None
-        first = b""
-        if body is not None:
-            # The first chunk is taken before a connection: waiting for the client must not
-            # happen on a pooled connection the backend may close meanwhile.
-            replay = ReplayBody(body, self.limits.retry_body_bytes)
-            chunks = replay.attempt()
-            first = next(chunks, b"")
-        # Without a body an idempotent request is retried after the fact (STALE_READ);
-        # anything else pays one peek so that a closed pooled connection is seen before sending.
+        replay = ReplayBody(body, self.limits.retry_body_bytes) if body is not None else None
+        chunks = None
+        first: bytes | None = None  # the body chunk that rides with the head; None: not pulled for this attempt
+        # Without a body an idempotent request is retried after the fact (STALE_READ); anything
+        # else pays one peek, just before the first write, to see a closed pooled connection.
         peek = body is not None or method not in IDEMPOTENT_METHODS
-        policy = self.retry
         tried: set[int] = set()
         fresh_tried = 0
         server = None
@@ -364,39 +358,56 @@ class UpstreamPool:
                 server = self.servers[idx]
                 tried.add(idx)
                 conn = server.pool.get(time.monotonic())
-                if conn is not None and peek and _peer_closed(conn):
-                    conn.close()
-                    conn = None
             if conn is None:
+                conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
+                if isinstance(conn, UpstreamError):
+                    last_error, first = conn, None
+                    continue
+            if replay is not None and first is None:
+                # Pulled only once a backend is reachable (a client that sent "Expect: 100-continue"
+                # is not invited to send a body that cannot be delivered); a later attempt gets the
+                # kept chunks first (ReplayBody).
+                chunks = replay.attempt()
                 try:
-                    conn = server.connect(_remaining(t.connect, deadline))
-                except (ConnectError, ConnectTimeout) as e:
-                    log.warning("upstream %s: %s", self.name, e)
-                    last_error = e
-                    cause = Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR
-                    state = replay.state() if replay is not None else _NOTHING_PULLED
-                    if policy.decide(cause, method, state, len(tried), fresh_tried) is Action.NEXT_SERVER:
-                        if replay is not None:
-                            chunks = replay.attempt()
-                            first = next(chunks, b"")
-                        continue
+                    first = next(chunks, b"")
+                except BaseException:
+                    conn.close()
                     raise
+            if conn.reused and peek and _peer_closed(conn):
+                # The backend closed it, possibly while we waited for the client's body: nothing
+                # was sent, so the same attempt (first chunk in hand) goes to a fresh connection.
+                conn.close()
+                conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
+                if isinstance(conn, UpstreamError):
+                    last_error, first = conn, None
+                    continue
             head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
             try:
                 return self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay)
             except _Stale as stale:
                 # The backend closed an idle connection just as we reused it.
                 state = replay.state() if replay is not None else _NOTHING_PULLED
-                if policy.decide(stale.cause, method, state, len(tried), fresh_tried) is not Action.FRESH_CONNECTION:
+                if self.retry.decide(stale.cause, method, state, len(tried), fresh_tried) is not Action.FRESH_CONNECTION:
                     why = "" if state.resendable else f"; the request body ({state.pulled_bytes} bytes sent) cannot be sent again"
                     raise ProtocolError(f"backend {server.authority} closed a reused connection before answering{why}") from None
                 log.debug("upstream %s: %s closed a pooled connection (%s); retrying on a fresh one",
                           self.name, server.authority, stale.cause.value)
                 fresh_tried += 1
                 fresh = True
-                if replay is not None:
-                    chunks = replay.attempt()
-                    first = next(chunks, b"")
+                first = None
+
+    def _connect(self, server: Server, t: Timeouts, deadline, method: str, replay: ReplayBody | None,
+                 servers_tried: int, fresh_tried: int):
+        """A new connection to ``server``; or the error when the policy says: try the next server; raises otherwise."""
+        try:
+            return server.connect(_remaining(t.connect, deadline))
+        except (ConnectError, ConnectTimeout) as e:
+            log.warning("upstream %s: %s", self.name, e)
+            cause = Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR
+            state = replay.state() if replay is not None else _NOTHING_PULLED
+            if self.retry.decide(cause, method, state, servers_tried, fresh_tried) is Action.NEXT_SERVER:
+                return e
+            raise
 
     def _send_and_read(self, server, conn, method, head, first, chunks, body_length, t, deadline, replay) -> UpstreamReply:
         conn.requests += 1

@@ -149,3 +149,15 @@ def test_post_dropped_after_it_was_sent_is_not_retried(edge_factory):
         assert len([r for r in o.requests if r["line"].startswith("POST")]) == 1
     finally:
         o.stop()
+
+
+def test_body_not_invited_when_no_backend_is_reachable(edge_factory):
+    # The body is pulled only once a connection exists: with every server refusing, a client
+    # that sent "Expect: 100-continue" gets the 502 instead of a 100 and an upload that goes nowhere.
+    from edge.launch import free_port
+
+    e = edge_factory(_cfg(free_port()), workers=1)
+    with socket.create_connection(("127.0.0.1", e.port), timeout=15) as c:
+        c.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n")
+        status, _ = _read_response(c)
+    assert status == 502
