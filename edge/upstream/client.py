@@ -47,6 +47,7 @@ import errno
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import httptools
@@ -83,52 +84,46 @@ _NOTHING_PULLED = BodyState()
 _ORIGIN_FORM_RE = re.compile(r"/[^\x00-\x20\x7f#\u0100-\U0010ffff]*")
 
 
+@dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Frozen per-pool/route timeouts (seconds); ``total`` None means no limit."""
+    """Per-pool/route timeouts (seconds); ``total`` None means no limit."""
 
-    __slots__ = ("connect", "read", "send", "total")
+    connect: float
+    read: float       # longest gap between two reads
+    send: float       # longest a write may block
+    total: float | None = None
 
-    def __init__(self, connect: float, read: float, send: float, total: float | None) -> None:
-        for name, v in (("connect", connect), ("read", read), ("send", send), ("total", total)):
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "send", "total"):
+            v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name}: must be positive (got {v})")
-        object.__setattr__(self, "connect", connect)
-        object.__setattr__(self, "read", read)
-        object.__setattr__(self, "send", send)
-        object.__setattr__(self, "total", total)
-
-    def __setattr__(self, name, value) -> None:
-        raise AttributeError(f"Timeouts is frozen (tried to set {name})")
 
     @classmethod
     def from_config(cls, t) -> "Timeouts":
         return cls(t.connect, t.read, t.send, t.total)
 
 
+@dataclass(frozen=True, slots=True)
 class Limits:
-    """Frozen bounds on what a backend may send, and on the body kept for a retry (config ``upstreams.*.limits``)."""
+    """Bounds on what a backend may send, and on the body kept for a retry (config ``upstreams.*.limits``)."""
 
-    __slots__ = ("max_head_bytes", "max_line_bytes", "max_fields", "max_trailer_bytes", "max_interim_responses", "retry_body_bytes")
+    max_head_bytes: int = 65536
+    max_line_bytes: int = 8190
+    max_fields: int = 100
+    max_trailer_bytes: int = 65536
+    max_interim_responses: int = 8
+    retry_body_bytes: int = 65536
 
-    def __init__(self, max_head_bytes: int = 65536, max_line_bytes: int = 8190, max_fields: int = 100,
-                 max_trailer_bytes: int = 65536, max_interim_responses: int = 8, retry_body_bytes: int = 65536) -> None:
-        values = dict(max_head_bytes=max_head_bytes, max_line_bytes=max_line_bytes, max_fields=max_fields,
-                      max_trailer_bytes=max_trailer_bytes, max_interim_responses=max_interim_responses,
-                      retry_body_bytes=retry_body_bytes)
-        for name, v in values.items():
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            v = getattr(self, name)
             if v < 0:
                 raise ValueError(f"{name}: must be >= 0 (got {v})")
-            object.__setattr__(self, name, v)
-
-    def __setattr__(self, name, value) -> None:
-        raise AttributeError(f"Limits is frozen (tried to set {name})")
 
     @classmethod
     def from_config(cls, c) -> "Limits":
         return cls(c.max_head_bytes, c.max_line_bytes, c.max_fields, c.max_trailer_bytes, c.max_interim_responses, c.retry_body_bytes)
-
-
-DEFAULT_LIMITS = Limits()
 
 
 def check_request(method: str, target: str, host: str | None, headers: list[tuple[str, str]]) -> None:
