@@ -2,10 +2,11 @@
 
 Theory of operation. ``UpstreamPool.exchange`` checks the request it is asked to send
 (method a token, target in origin-form, every field name a token and every value free
-of CR/LF/NUL: ``edge.fields``), takes the first body chunk from the client, picks a
-server (balancer), takes an idle connection from that server's pool or opens one,
-writes the request head with that first chunk in the same send, streams the rest of
-the body, and reads the response head with httptools' C parser (llhttp). It returns an
+of CR/LF/NUL: ``edge.fields``), picks a server (balancer), takes an idle connection
+from that server's pool or opens one, takes the first body chunk from the client,
+checks (one non-blocking peek) that the backend did not close a pooled connection
+meanwhile, writes the request head with that first chunk in the same send, streams
+the rest of the body, and reads the response head with httptools' C parser (llhttp). It returns an
 ``UpstreamReply`` whose ``body`` is a generator: the caller streams it to the client,
 and the generator's ``finally`` decides the connection's fate: back to the pool only
 when the response was read to its exact end and both sides allow keep-alive; closed
