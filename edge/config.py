@@ -235,6 +235,25 @@ class KeepaliveConfig(Model):
     max_requests: int = Field(10000, ge=1, description="requests sent on one connection before it is retired")
 
 
+class UpstreamLimitsConfig(Model):
+    """Bounds on what a backend may send (issue 7): over any of them the answer is 502 and the connection is discarded."""
+
+    max_head_bytes: Size = Field(
+        65536, ge=1024, description="largest response head (status line, fields, 1xx interim heads included) accepted from a backend"
+    )
+    max_line_bytes: int = Field(8190, ge=64, le=1048576, description="longest status line or field line of a backend's response head or trailers")
+    max_fields: int = Field(100, ge=1, le=32768, description="most fields in a backend's response head, and separately in its trailers")
+    max_trailer_bytes: Size = Field(
+        65536, ge=64, description="largest trailer section (and chunk framing between two body bytes) accepted from a backend"
+    )
+    max_interim_responses: int = Field(8, ge=0, le=1000, description="most 1xx interim responses (103 Early Hints...) before the final one")
+    retry_body_bytes: Size = Field(
+        65536, ge=0,
+        description="request body bytes kept while a request may still be retried on a fresh connection; "
+        "a request whose body outgrew this is never retried (bodies are not rewindable)",
+    )
+
+
 class UpstreamConfig(Model):
     servers: tuple[Annotated[ServerAddress, BeforeValidator(ServerAddress.parse)], ...] = Field(
         min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight}"
@@ -243,6 +262,7 @@ class UpstreamConfig(Model):
     keepalive: KeepaliveConfig = Field(KeepaliveConfig(), description="pooled connections to the servers")
     timeouts: TimeoutsConfig = Field(TimeoutsConfig(), description="timeouts towards these servers")
     retries: int = Field(1, ge=0, le=10, description="further servers tried when connecting fails (never after the request was sent)")
+    limits: UpstreamLimitsConfig = Field(UpstreamLimitsConfig(), description="bounds on backend response heads and trailers, and on retried bodies")
 
 
 # --------------------------------------------------------------------------- routes

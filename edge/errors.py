@@ -118,6 +118,25 @@ class NoHealthyServer(UpstreamError):
     public = "service unavailable"
 
 
+# ---- towards backends (edge/upstream/client.py, issue 7) -------------------------------
+
+
+class ResponseTooLarge(ProtocolError):
+    """A backend's head, trailers or 1xx sequence went over a configured limit; the connection is discarded."""
+
+    metric = "response_too_large"
+
+
+class UnsendableRequest(EdgeError):
+    """A request that edge itself made invalid (a plugin or the config produced a bad method,
+    target or field): nothing is written to the backend. A bug of edge's configuration or
+    plugins, so 500, not a client or backend error. The message names the field, never its value."""
+
+    status = 500
+    metric = "unsendable_request"
+    public = "internal error"
+
+
 class StoreUnavailable(EdgeError):
     """Never a response by itself: the caller applies its fail-open/closed policy and counts it."""
 

@@ -1,39 +1,58 @@
-"""The HTTP/1.1 client edge uses towards backends: pooled, streaming, strict framing.
+"""The HTTP/1.1 client edge uses towards backends: pooled, streaming, strict framing, bounded.
 
-Theory of operation. ``UpstreamPool.exchange`` picks a server (balancer), takes an
-idle connection from that server's pool or opens one, writes the request head
-(with the first body chunk in the same send), streams the rest of the body, and
-reads the response head with httptools' C parser (llhttp). It returns an
+Theory of operation. ``UpstreamPool.exchange`` checks the request it is asked to send
+(method a token, target in origin-form, every field name a token and every value free
+of CR/LF/NUL: ``edge.fields``), picks a server (balancer), takes an idle connection
+from that server's pool or opens one, takes the first body chunk from the client,
+checks (one non-blocking peek) that the backend did not close a pooled connection
+meanwhile, writes the request head with that first chunk in the same send, streams
+the rest of the body, and reads the response head with httptools' C parser (llhttp). It returns an
 ``UpstreamReply`` whose ``body`` is a generator: the caller streams it to the client,
 and the generator's ``finally`` decides the connection's fate: back to the pool only
-when the response was read to its exact end and both sides allow keep-alive;
-closed in every other case (client gone, timeout, truncated body, surplus bytes).
+when the response was read to its exact end and both sides allow keep-alive; closed
+in every other case (client gone, timeout, truncated body, surplus bytes, a limit).
 
 Why our own client: measured on this machine (docs/benchmarks.md), a gevent proxy
 spent ~285 µs per small request with urllib3 and ~150 µs with geventhttpclient;
 this client keeps the per-request Python work to one head serialisation, one
-parser feed and a few attribute reads.
+parser feed and a few attribute reads. Reads and writes go to the kernel socket
+directly and wait on the connection's own re-armed timers (pool.py), not on a
+``gevent.Timeout`` per wait.
+
+Validate on the way out (issue 7). Whatever produced the method, target or a field
+(the client, a plugin, the config), nothing reaches a backend unchecked: an invalid
+one raises ``UnsendableRequest`` (500, one log line naming the field, not its value)
+before any byte is written.
+
+Bounded responses (issue 7). A backend's head may not exceed ``limits.max_head_bytes``
+(1xx interim heads included), ``limits.max_fields`` fields, ``limits.max_line_bytes``
+per line, ``limits.max_interim_responses`` 1xx answers; trailers are bounded by
+``max_fields`` and ``max_trailer_bytes``. Over a limit: ``ResponseTooLarge`` (502) and
+the connection is discarded. The head budget is enforced before the bytes reach the
+parser, so an endless field line costs at most one buffer (httptools accumulates a
+field in memory until it ends).
 
 Failure mapping (STYLE §7): refused/reset connect -> ConnectError (502), connect
 timeout -> ConnectTimeout (504), silence between reads -> ReadTimeout (504), a
 blocked write -> SendTimeout (504), the whole exchange over ``timeouts.total`` ->
 TotalTimeout (504), invalid HTTP -> ProtocolError (502), no server left ->
-NoHealthyServer (503). Connect failures are retried on the next server (the request
-was not sent). A *reused* connection that the backend had already closed (EOF or
-reset before the first response byte) is retried once on a fresh connection to
-the same server when the request body has not been consumed yet: the backend
-never saw the request (RFC 9112 §9.3.1 lets a client retry such requests).
+NoHealthyServer (503). Which failures are retried, and when a request body allows
+it, is decided by ``retry.RetryPolicy`` (pure): connect failures on the next server;
+a reused connection the backend had already closed on a fresh connection, once,
+and only while every body byte pulled so far is still held (``retry.ReplayBody``).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import socket as _stdsocket
+import re
 import time
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import httptools
+from gevent import socket as _gsocket
 
 from edge.errors import (
     ConnectError,
@@ -41,32 +60,89 @@ from edge.errors import (
     NoHealthyServer,
     ProtocolError,
     ReadTimeout,
+    ResponseTooLarge,
     SendTimeout,
     TotalTimeout,
+    UnsendableRequest,
     UpstreamError,
 )
-from edge.netio import send_all
+from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
 from edge.upstream.balancer import RoundRobin
 from edge.upstream.pool import ConnectionPool, PooledConnection
+from edge.upstream.retry import IDEMPOTENT_METHODS, Action, BodyState, Cause, ReplayBody, RetryPolicy
 
 log = logging.getLogger("edge.upstream")
 
 RECV_BYTES = 65536
 _NO_BODY_STATUS = (204, 304)
 _DEAD_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN)
+_NOTHING_PULLED = BodyState()
+
+# RFC 9112 §3.2.1: origin-form = absolute-path [ "?" query ]. What edge must never write
+# in it: SP and CTLs end or split the request line (request-line injection), "#" starts
+# a fragment, which is never sent (RFC 9110 §7.1); characters beyond latin-1 have no
+# byte. obs bytes 0x80-0xFF pass as received (admission decides about them).
+_ORIGIN_FORM_RE = re.compile(r"/[^\x00-\x20\x7f#\u0100-\U0010ffff]*")
 
 
+@dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Frozen per-pool/route timeouts (seconds); ``total`` None means no limit."""
+    """Per-pool/route timeouts (seconds); ``total`` None means no limit."""
 
-    __slots__ = ("connect", "read", "send", "total")
+    connect: float
+    read: float       # longest gap between two reads
+    send: float       # longest a write may block
+    total: float | None = None
 
-    def __init__(self, connect: float, read: float, send: float, total: float | None) -> None:
-        self.connect, self.read, self.send, self.total = connect, read, send, total
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "send", "total"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name}: must be positive (got {v})")
 
     @classmethod
     def from_config(cls, t) -> "Timeouts":
         return cls(t.connect, t.read, t.send, t.total)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a backend may send, and on the body kept for a retry (config ``upstreams.*.limits``)."""
+
+    max_head_bytes: int = 65536
+    max_line_bytes: int = 8190
+    max_fields: int = 100
+    max_trailer_bytes: int = 65536
+    max_interim_responses: int = 8
+    retry_body_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            v = getattr(self, name)
+            if v < 0:
+                raise ValueError(f"{name}: must be >= 0 (got {v})")
+
+    @classmethod
+    def from_config(cls, c) -> "Limits":
+        return cls(c.max_head_bytes, c.max_line_bytes, c.max_fields, c.max_trailer_bytes, c.max_interim_responses, c.retry_body_bytes)
+
+
+def check_request(method: str, target: str, host: str | None, headers: list[tuple[str, str]]) -> None:
+    """Raise ``UnsendableRequest`` unless the request line and every field may be written (pure).
+
+    The message names what is wrong, never the offending value (it may hold CR/LF meant
+    for a log line, or a secret)."""
+    if not is_token(method):
+        raise UnsendableRequest("the request method is not a token (RFC 9110 §9.1)")
+    if _ORIGIN_FORM_RE.fullmatch(target) is None and not (target == "*" and method == "OPTIONS"):
+        raise UnsendableRequest("the request target is not in origin-form: space, control character or '#' (RFC 9112 §3.2.1)")
+    if host is not None and not (host and is_field_value(host)):
+        raise UnsendableRequest("invalid value for field Host")
+    if not fields_valid(headers):
+        name, _ = first_invalid_field(headers)
+        if is_token(name):
+            raise UnsendableRequest(f"invalid value for field {name}: control character or surrounding whitespace (RFC 9110 §5.5)")
+        raise UnsendableRequest(f"invalid field name {name[:40]!r}: not a token (RFC 9110 §5.1)")
 
 
 class Server:
@@ -81,54 +157,98 @@ class Server:
 
     def connect(self, timeout: float) -> PooledConnection:
         try:
-            sock = _stdsocket.create_connection((self.host, self.port), timeout=timeout)
-        except _stdsocket.timeout:
+            sock = _gsocket.create_connection((self.host, self.port), timeout=timeout)
+        except _gsocket.timeout:
             raise ConnectTimeout(f"connect to {self.authority} timed out after {timeout:g}s") from None
         except OSError as e:
             raise ConnectError(f"connect to {self.authority} failed: {e.strerror or e}") from None
-        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+        sock.setsockopt(_gsocket.IPPROTO_TCP, _gsocket.TCP_NODELAY, 1)
         self.pool.created += 1
         return PooledConnection(sock, self.pool)
 
 
 class _Parse:
-    """httptools callbacks for one response; collects the head and body pieces."""
+    """httptools callbacks for one response: collects the head, body pieces and trailers, and
+    notes (in ``error``) the first limit the backend went over; the reader raises after the feed."""
 
-    __slots__ = ("headers", "reason", "head_done", "done", "chunks", "status", "trailers", "in_trailers")
+    __slots__ = ("headers", "reason", "final", "done", "chunks", "trailers", "trailer_bytes", "status_of",
+                 "interim", "surplus", "error", "max_line", "max_fields", "max_trailer", "max_interim")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits) -> None:
         self.headers: list[tuple[str, str]] = []
         self.reason = b""
-        self.head_done = False
-        self.done = False
+        self.final = False        # the final (non-1xx) head is complete
+        self.done = False         # the final message is complete
         self.chunks: list[bytes] = []
-        self.status = 0
         self.trailers: list[tuple[str, str]] = []
-        self.in_trailers = False
+        self.trailer_bytes = 0
+        self.status_of = None     # the parser's get_status_code until the final head (then dropped: no cycle)
+        self.interim = 0
+        self.surplus = False      # bytes of a further message after the final one
+        self.error: str | None = None
+        self.max_line = limits.max_line_bytes
+        self.max_fields = limits.max_fields
+        self.max_trailer = limits.max_trailer_bytes
+        self.max_interim = limits.max_interim_responses
 
     def on_message_begin(self) -> None:
-        # A 1xx interim answer (103 Early Hints) was followed by the real one.
-        self.headers = []
-        self.done = False
+        if self.final:
+            # A second response to one request: never passed on, and the connection is not reused.
+            self.surplus = True
+            return
+        self.headers = []  # a 1xx interim answer (103 Early Hints) is followed by the real one
+        self.reason = b""
 
     def on_status(self, reason: bytes) -> None:
+        if self.surplus:
+            return
+        if len(reason) + 13 > self.max_line:  # "HTTP/1.1 200 " + reason
+            self.error = f"status line longer than {self.max_line} bytes"
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.surplus or self.error is not None:
+            return
+        size = len(name) + len(value) + 2
+        if size > self.max_line:
+            self.error = f"field line longer than {self.max_line} bytes"
+            return
         pair = (name.decode("latin-1"), value.decode("latin-1"))
-        if self.head_done:
-            self.trailers.append(pair)
+        if self.final:
+            # RFC 9112 §7.1.2: trailer section after the last chunk.
+            self.trailer_bytes += size + 2
+            if len(self.trailers) >= self.max_fields:
+                self.error = f"more than {self.max_fields} trailer fields"
+            elif self.trailer_bytes > self.max_trailer:
+                self.error = f"trailer section larger than {self.max_trailer} bytes"
+            else:
+                self.trailers.append(pair)
+        elif len(self.headers) >= self.max_fields:
+            self.error = f"more than {self.max_fields} header fields"
         else:
             self.headers.append(pair)
 
     def on_headers_complete(self) -> None:
-        self.head_done = True
+        if self.surplus:
+            return
+        code = self.status_of()
+        if 100 <= code < 200 and code != 101:
+            # RFC 9110 §15.2: a client MUST be able to parse one or more 1xx responses before
+            # the final one; "one or more" is bounded here, or a backend could stall us forever.
+            self.interim += 1
+            if self.interim > self.max_interim:
+                self.error = f"more than {self.max_interim} interim (1xx) responses"
+            return
+        self.final = True
+        self.status_of = None
 
     def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
+        if not self.surplus:
+            self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        self.done = True
+        if self.final and not self.surplus:
+            self.done = True
 
 
 class UpstreamReply:
@@ -157,10 +277,17 @@ class UpstreamReply:
             self._conn = None
 
 
+class _Stale(Exception):
+    """A reused connection turned out closed before any response byte (internal; carries its Cause)."""
+
+    def __init__(self, cause: Cause) -> None:
+        self.cause = cause
+
+
 class UpstreamPool:
     """A named pool of servers with a balancer; ``exchange`` performs one request."""
 
-    __slots__ = ("name", "servers", "balancer", "timeouts", "retries")
+    __slots__ = ("name", "servers", "balancer", "timeouts", "retries", "retry", "limits")
 
     def __init__(self, name: str, cfg) -> None:
         self.name = name
@@ -172,6 +299,8 @@ class UpstreamPool:
         self.balancer = RoundRobin([s.weight for s in cfg.servers])
         self.timeouts = Timeouts.from_config(cfg.timeouts)
         self.retries = cfg.retries
+        self.retry = RetryPolicy(servers=cfg.retries)
+        self.limits = Limits.from_config(cfg.limits)
 
     def close(self) -> None:
         for s in self.servers:
@@ -193,64 +322,106 @@ class UpstreamPool:
         ``body`` is None for no body; otherwise an iterable of chunks, framed with
         ``Content-Length: body_length`` or, when that is None, chunked.
         """
+        try:
+            check_request(method, target, host, headers)
+        except UnsendableRequest as e:
+            log.error("upstream %s: request not sent: %s", self.name, e)
+            raise
         t = timeouts or self.timeouts
         deadline = time.monotonic() + t.total if t.total else None
         rest = _request_head_rest(headers, method, body, body_length)
+        replay = ReplayBody(body, self.limits.retry_body_bytes) if body is not None else None
+        chunks = None
+        first: bytes | None = None  # the body chunk that rides with the head; None: not pulled for this attempt
+        # Without a body an idempotent request is retried after the fact (STALE_READ); anything
+        # else pays one peek, just before the first write, to see a closed pooled connection.
+        peek = body is not None or method not in IDEMPOTENT_METHODS
         tried: set[int] = set()
+        fresh_tried = 0
+        server = None
+        fresh = False
         last_error: UpstreamError | None = None
         while True:
-            idx = self.balancer.pick(tried)
-            if idx is None:
-                if last_error is not None:
-                    raise last_error
-                raise NoHealthyServer(f"upstream {self.name}: no server available")
-            server = self.servers[idx]
-            tried.add(idx)
-            head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
-            conn = server.pool.get(time.monotonic())
-            if conn is not None and body is not None and _peer_closed(conn.sock):
-                # Cheap only with a body: without one, a dead connection is retried after the fact.
-                conn.close()
+            if fresh:
                 conn = None
+                fresh = False
+            else:
+                idx = self.balancer.pick(tried)
+                if idx is None:
+                    if last_error is not None:
+                        raise last_error  # every server refused: say why, not "none available"
+                    raise NoHealthyServer(f"upstream {self.name}: no server available")
+                server = self.servers[idx]
+                tried.add(idx)
+                conn = server.pool.get(time.monotonic())
             if conn is None:
-                try:
-                    conn = server.connect(_remaining(t.connect, deadline))
-                except (ConnectError, ConnectTimeout) as e:
-                    log.warning("upstream %s: %s", self.name, e)
-                    last_error = e
-                    if len(tried) > self.retries:
-                        raise
+                conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
+                if isinstance(conn, UpstreamError):
+                    last_error, first = conn, None
                     continue
-            try:
-                return self._send_and_read(server, conn, method, head, body, body_length, t, deadline)
-            except _StaleConnection:
-                # The backend closed an idle connection just as we reused it; it never saw the request.
+            if replay is not None and first is None:
+                # Pulled only once a backend is reachable (a client that sent "Expect: 100-continue"
+                # is not invited to send a body that cannot be delivered); a later attempt gets the
+                # kept chunks first (ReplayBody).
+                chunks = replay.attempt()
+                try:
+                    first = next(chunks, b"")
+                except BaseException:
+                    conn.close()
+                    raise
+            if conn.reused and peek and _peer_closed(conn):
+                # The backend closed it, possibly while we waited for the client's body: nothing
+                # was sent, so the same attempt (first chunk in hand) goes to a fresh connection.
                 conn.close()
-                conn = server.connect(_remaining(t.connect, deadline))
-                return self._send_and_read(server, conn, method, head, body, body_length, t, deadline)
+                conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
+                if isinstance(conn, UpstreamError):
+                    last_error, first = conn, None
+                    continue
+            head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
+            try:
+                return self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay)
+            except _Stale as stale:
+                # The backend closed an idle connection just as we reused it.
+                state = replay.state() if replay is not None else _NOTHING_PULLED
+                if self.retry.decide(stale.cause, method, state, len(tried), fresh_tried) is not Action.FRESH_CONNECTION:
+                    why = "" if state.resendable else f"; the request body ({state.pulled_bytes} bytes sent) cannot be sent again"
+                    raise ProtocolError(f"backend {server.authority} closed a reused connection before answering{why}") from None
+                log.debug("upstream %s: %s closed a pooled connection (%s); retrying on a fresh one",
+                          self.name, server.authority, stale.cause.value)
+                fresh_tried += 1
+                fresh = True
+                first = None
 
-    def _send_and_read(self, server, conn, method, head, body, body_length, t, deadline) -> UpstreamReply:
-        sock = conn.sock
-        reused = conn.reused
+    def _connect(self, server: Server, t: Timeouts, deadline, method: str, replay: ReplayBody | None,
+                 servers_tried: int, fresh_tried: int):
+        """A new connection to ``server``; or the error when the policy says: try the next server; raises otherwise."""
+        try:
+            return server.connect(_remaining(t.connect, deadline))
+        except (ConnectError, ConnectTimeout) as e:
+            log.warning("upstream %s: %s", self.name, e)
+            cause = Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR
+            state = replay.state() if replay is not None else _NOTHING_PULLED
+            if self.retry.decide(cause, method, state, servers_tried, fresh_tried) is Action.NEXT_SERVER:
+                return e
+            raise
+
+    def _send_and_read(self, server, conn, method, head, first, chunks, body_length, t, deadline, replay) -> UpstreamReply:
         conn.requests += 1
         ok = False
         try:
-            sock.settimeout(_remaining(t.send, deadline))
-            if body is None:
-                _send(sock, head, reused)
+            if chunks is None:
+                _send_first(conn, head, t, deadline)
             else:
-                _send_with_body(sock, head, body, body_length, reused)
-            reply, p, parser = _read_head(sock, server, t, deadline, reused and body is None)
+                _send_with_body(conn, head, first, chunks, body_length, t, deadline)
+            reply, p, parser = _read_head(conn, server, t, deadline, self.limits)
+            if replay is not None:
+                replay.release()  # no retry after a response: the kept chunks can go
             reply._conn = conn
             ok = True
         finally:
             if not ok:
                 conn.close()
-        return _attach_body(reply, p, parser, conn, method, t, deadline)
-
-
-class _StaleConnection(Exception):
-    """A reused connection turned out closed before any response byte (internal)."""
+        return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
 
 
 def _remaining(timeout: float, deadline: float | None) -> float:
@@ -262,11 +433,10 @@ def _remaining(timeout: float, deadline: float | None) -> float:
     return min(timeout, left)
 
 
-def _peer_closed(sock) -> bool:
+def _peer_closed(conn: PooledConnection) -> bool:
     """True when the backend has closed (or reset) an idle connection; one non-blocking peek."""
-    raw = getattr(sock, "_sock", sock)  # gevent's wrapper would wait on EAGAIN; ask the kernel directly
     try:
-        raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+        conn.raw.recv(1, _gsocket.MSG_PEEK | _gsocket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
     except OSError:
@@ -290,104 +460,175 @@ def _request_head_rest(headers: list[tuple[str, str]], method: str, body, body_l
     return "".join(parts).encode("latin-1")
 
 
-def _send(sock, data: bytes, reused: bool) -> None:
+# ---------------------------------------------------------------- socket I/O
+
+
+def _write(conn: PooledConnection, data: bytes, t: Timeouts, deadline: float | None) -> None:
+    """Write all of ``data``; a wait for writability longer than ``t.send`` is SendTimeout. OSError passes."""
+    raw = conn.raw
     try:
-        send_all(sock, data)
-    except _stdsocket.timeout:
-        raise SendTimeout("sending to the backend timed out") from None
+        sent = raw.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    if sent == len(data):
+        return
+    view = memoryview(data)
+    while sent < len(view):
+        timeout = _remaining(t.send, deadline)
+        if not conn.wait_writable(timeout):
+            if timeout < t.send:
+                raise TotalTimeout("upstream exchange exceeded its total timeout")
+            raise SendTimeout("sending to the backend timed out")
+        try:
+            sent += raw.send(view[sent:])
+        except (BlockingIOError, InterruptedError):
+            pass
+
+
+def _send_first(conn: PooledConnection, data: bytes, t: Timeouts, deadline: float | None) -> None:
+    """The first write of a request: on a reused connection, a reset or broken pipe means the
+    backend had closed it before the request (nothing of it was received)."""
+    try:
+        _write(conn, data, t, deadline)
     except OSError as e:
-        if reused and e.errno in _DEAD_ERRNOS:
-            raise _StaleConnection() from None
+        if conn.reused and e.errno in _DEAD_ERRNOS:
+            raise _Stale(Cause.STALE_WRITE) from None
         raise ConnectError(f"sending to the backend failed: {e.strerror or e}") from None
 
 
-def _send_with_body(sock, head: bytes, body: Iterable[bytes], body_length: int | None, reused: bool) -> None:
+def _send_more(conn: PooledConnection, data: bytes, t: Timeouts, deadline: float | None) -> None:
+    try:
+        _write(conn, data, t, deadline)
+    except OSError as e:
+        raise ConnectError(f"sending to the backend failed: {e.strerror or e}") from None
+
+
+def _send_with_body(conn, head: bytes, first: bytes, chunks: Iterator[bytes], body_length: int | None, t, deadline) -> None:
     """Stream the body; the first chunk rides with the head so a small POST is one send."""
-    it = iter(body)
-    first = next(it, b"")
     if body_length is None:
-        _send(sock, head + (b"%x\r\n%s\r\n" % (len(first), first) if first else b""), reused)
-        for chunk in it:
+        _send_first(conn, head + (b"%x\r\n%s\r\n" % (len(first), first) if first else b""), t, deadline)
+        for chunk in chunks:
             if chunk:
-                _send(sock, b"%x\r\n%s\r\n" % (len(chunk), chunk), False)
-        _send(sock, b"0\r\n\r\n", False)
+                _send_more(conn, b"%x\r\n%s\r\n" % (len(chunk), chunk), t, deadline)
+        _send_more(conn, b"0\r\n\r\n", t, deadline)
     else:
-        _send(sock, head + first, reused)
-        for chunk in it:
-            _send(sock, chunk, False)
+        _send_first(conn, head + first, t, deadline)
+        for chunk in chunks:
+            _send_more(conn, chunk, t, deadline)
 
 
-def _read_head(sock, server: Server, t: Timeouts, deadline: float | None, may_be_stale: bool) -> tuple[UpstreamReply, _Parse, object]:
-    p = _Parse()
-    parser = httptools.HttpResponseParser(p)
-    upgrade_data = b""
-    first = True
-    while not p.head_done:
-        data = _recv(sock, t, deadline, stale_ok=first and may_be_stale, wait_first=first)
-        if not data:
-            if first and may_be_stale:
-                raise _StaleConnection()
-            raise ProtocolError("backend closed the connection before answering")
-        first = False
+def _recv(conn: PooledConnection, t: Timeouts, deadline: float | None, wait_first: bool = False) -> bytes:
+    """One read of up to RECV_BYTES; b"" at EOF. Silence longer than ``t.read`` is ReadTimeout. OSError passes.
+
+    ``wait_first``: just after sending, the answer cannot be there yet: wait for
+    readability first instead of paying a recv() that fails with EAGAIN."""
+    raw = conn.raw
+    if not wait_first:
         try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            upgrade_data = data[e.args[0]:] if e.args else b""
-        except httptools.HttpParserError as e:
-            raise ProtocolError(f"invalid response from backend: {e}") from None
-        if p.head_done and 100 <= parser.get_status_code() < 200 and parser.get_status_code() != 101:
-            # 1xx interim answers are consumed here; llhttp goes on to the final one.
-            p.head_done = False
-            p.chunks.clear()
-    status = parser.get_status_code()
-    reply = UpstreamReply(status, p.reason.decode("latin-1"), p.headers, server)
-    reply.upgrade_data = upgrade_data
+            return raw.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            pass
+    while True:
+        timeout = _remaining(t.read, deadline)
+        if not conn.wait_readable(timeout):
+            if timeout < t.read:
+                raise TotalTimeout("upstream exchange exceeded its total timeout")
+            raise ReadTimeout(f"backend sent nothing for {t.read:g}s")
+        try:
+            return raw.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            continue
+
+
+# ---------------------------------------------------------------- response
+
+
+def _feed(parser, p: _Parse, data: bytes) -> int | None:
+    """Feed ``data``; the offset where upgraded (101) bytes begin, or None."""
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade as e:
+        return e.args[0] if e.args else len(data)
+    except httptools.HttpParserError as e:
+        if p.done:
+            p.surplus = True  # garbage after a complete response: never reuse the connection
+            return None
+        raise ProtocolError(f"invalid response from backend: {e}") from None
+    return None
+
+
+def _read_head(conn: PooledConnection, server: Server, t: Timeouts, deadline: float | None, limits: Limits) -> tuple[UpstreamReply, _Parse, object]:
+    p = _Parse(limits)
+    parser = httptools.HttpResponseParser(p)
+    p.status_of = parser.get_status_code
+    upgrade_at = None
+    first = True
+    head_bytes = 0
+    max_head = limits.max_head_bytes
+    try:
+        while not p.final:
+            try:
+                data = _recv(conn, t, deadline, wait_first=first)
+            except OSError as e:
+                if first and conn.reused and e.errno in _DEAD_ERRNOS:
+                    raise _Stale(Cause.STALE_READ) from None
+                raise ProtocolError(f"reading from the backend failed: {e.strerror or e}") from None
+            if not data:
+                if first and conn.reused:
+                    raise _Stale(Cause.STALE_READ)
+                raise ProtocolError("backend closed the connection before answering")
+            first = False
+            room = max_head - head_bytes
+            head_bytes += len(data)
+            if len(data) <= room:
+                upgrade_at = _feed(parser, p, data)
+            else:
+                # Only the head budget reaches the parser until the head is complete.
+                upgrade_at = _feed(parser, p, data[:room]) if room > 0 else None
+                if p.error is None and not p.final:
+                    raise ResponseTooLarge(f"response head from {server.authority} larger than {max_head} bytes")
+                if upgrade_at is None and p.error is None:
+                    upgrade_at = _feed(parser, p, data[room:])
+                    if upgrade_at is not None:
+                        upgrade_at += room
+            if p.error is not None:
+                raise ResponseTooLarge(f"response from {server.authority}: {p.error}")
+            if upgrade_at is not None:
+                break
+    finally:
+        p.status_of = None  # no parser <-> callbacks cycle left behind, whatever happened
+    reply = UpstreamReply(parser.get_status_code(), p.reason.decode("latin-1"), p.headers, server)
+    if upgrade_at is not None:
+        reply.upgrade_data = data[upgrade_at:]
     return reply, p, parser
 
 
-def _recv(sock, t: Timeouts, deadline: float | None, stale_ok: bool = False, wait_first: bool = False) -> bytes:
-    try:
-        sock.settimeout(_remaining(t.read, deadline))
-        if wait_first:
-            # Just after sending, the answer cannot be there yet: wait for readability first
-            # instead of paying a recv() that fails with EAGAIN (one syscall per request).
-            wait = getattr(sock, "_wait", None)
-            if wait is not None:
-                wait(sock._read_event)
-        return sock.recv(RECV_BYTES)
-    except _stdsocket.timeout:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TotalTimeout("upstream exchange exceeded its total timeout") from None
-        raise ReadTimeout(f"backend sent nothing for {t.read:g}s") from None
-    except OSError as e:
-        if stale_ok and e.errno in _DEAD_ERRNOS:
-            raise _StaleConnection() from None
-        raise ProtocolError(f"reading from the backend failed: {e.strerror or e}") from None
-
-
-def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection, method: str, t: Timeouts, deadline: float | None) -> UpstreamReply:
+def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection, method: str, t: Timeouts,
+                 deadline: float | None, limits: Limits) -> UpstreamReply:
     status = reply.status
     # llhttp's should_keep_alive() reads False once the message is complete, so decide here:
     # HTTP/1.1 persists unless "Connection: close"; HTTP/1.0 only with "Connection: keep-alive".
     http11 = parser.get_http_version() == "1.1"
-    keep_alive = http11
+    keep_alive = http11 and not p.surplus
     length = None
     chunked = False
     for k, v in reply.headers:
         lk = k.lower()
         if lk == "connection":
-            tokens = {t.strip() for t in v.lower().split(",")}
+            tokens = {tok.strip() for tok in v.lower().split(",")}
             if "close" in tokens:
                 keep_alive = False
-            elif "keep-alive" in tokens and not http11:
+            elif "keep-alive" in tokens and not http11 and not p.surplus:
                 keep_alive = True
         elif lk == "content-length":
-            length = int(v) if v.strip().isdigit() else None
+            v = v.strip()
+            length = int(v) if v.isascii() and v.isdigit() else None
         elif lk == "transfer-encoding":
             chunked = v.strip().lower().endswith("chunked")
         elif lk == "keep-alive":
             _apply_keepalive_hint(conn, v)
     if status == 101:
+        conn.release_timers()
         reply.upgrade_sock = conn.sock
         reply._conn = None  # the socket now belongs to the tunnel
         return reply
@@ -400,7 +641,8 @@ def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection
     if not chunked and length is None:
         keep_alive = False  # read until close: the connection cannot be reused
     reply.length = None if chunked else length
-    reply.body = _body(reply, conn, p, parser, keep_alive, until_close=(not chunked and length is None), t=t, deadline=deadline)
+    reply.body = _body(reply, conn, p, parser, keep_alive, until_close=(not chunked and length is None), t=t,
+                       deadline=deadline, max_framing=limits.max_trailer_bytes)
     return reply
 
 
@@ -408,7 +650,8 @@ def _apply_keepalive_hint(conn: PooledConnection, value: str) -> None:
     # "Keep-Alive: timeout=5, max=100": stop reusing a second before the backend's own timer fires.
     for part in value.split(","):
         name, _, num = part.strip().partition("=")
-        if name.strip().lower() == "timeout" and num.strip().isdigit():
+        num = num.strip()
+        if name.strip().lower() == "timeout" and num.isascii() and num.isdigit():
             conn.expires = time.monotonic() + max(0, int(num) - 1)
 
 
@@ -419,36 +662,46 @@ def _finish(conn: PooledConnection, reusable: bool) -> None:
         conn.close()
 
 
-def _body(reply, conn, p: _Parse, parser, keep_alive: bool, until_close: bool, t: Timeouts, deadline) -> Iterator[bytes]:
-    """Yield the response body as it arrives; return the connection to the pool only after a clean end."""
-    sock = conn.sock
+def _body(reply, conn, p: _Parse, parser, keep_alive: bool, until_close: bool, t: Timeouts, deadline, max_framing: int) -> Iterator[bytes]:
+    """Yield the response body as it arrives; return the connection to the pool only after a clean end.
+
+    Bytes that carry no body (chunk framing, chunk extensions, trailers) are counted from
+    the last body byte on: more than ``max_framing`` of them is ResponseTooLarge, so a
+    backend cannot feed an endless trailer or extension into the parser's buffers."""
     clean = False
+    framing = 0
     try:
         if p.chunks:
             pending = p.chunks
             p.chunks = []
             for c in pending:
                 yield c
-        while not p.done:
-            data = _recv(sock, t, deadline)
+        while not p.done and not p.surplus:
+            try:
+                data = _recv(conn, t, deadline)
+            except OSError as e:
+                raise ProtocolError(f"reading from the backend failed: {e.strerror or e}") from None
             if not data:
                 if until_close:
                     clean = True
                     keep_alive = False
                     return
                 raise ProtocolError("backend closed the connection mid-body")
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as e:
-                if p.done:
-                    keep_alive = False  # surplus bytes after the message: never reuse
-                else:
-                    raise ProtocolError(f"invalid response body from backend: {e}") from None
+            _feed(parser, p, data)
+            if p.error is not None:
+                raise ResponseTooLarge(f"response from {reply.server.authority}: {p.error}")
             if p.chunks:
+                framing = 0
                 pending = p.chunks
                 p.chunks = []
                 for c in pending:
                     yield c
+            else:
+                framing += len(data)
+                if framing > max_framing and not p.done:
+                    raise ResponseTooLarge(f"response from {reply.server.authority}: more than {max_framing} bytes of chunk framing or trailers")
+        if p.surplus:
+            keep_alive = False
         reply.trailers = p.trailers
         clean = True
     finally:

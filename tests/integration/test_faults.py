@@ -191,3 +191,27 @@ def test_send_timeout_is_504_when_backend_stops_reading(edge_factory):
         for h in held:
             h.close()
         backend.close()
+
+
+def test_timeouts_hold_on_a_reused_connection_with_per_route_lengths(origin, edge_factory):
+    """The client re-arms one timer per connection and timeout length (issue 7): a pooled connection
+    reused by a route with a short read timeout times out, and the longer default still lets a
+    slow answer through on the same connection afterwards."""
+    cfg = {
+        "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"], "timeouts": {"read": "5s"}, "retries": 0,
+                              "keepalive": {"max_idle": 1}}},
+        "routes": [
+            {"match": {"path": "/delay/3"}, "upstream": "app", "timeouts": {"read": "300ms"}},
+            {"match": {"path": "/"}, "upstream": "app"},
+        ],
+    }
+    e = edge_factory(cfg, workers=1)
+    with requests.Session() as s:
+        first = s.get(f"{e.url}/echo").json()["connection"]
+        t0 = time.monotonic()
+        assert s.get(f"{e.url}/delay/3").status_code == 504
+        assert time.monotonic() - t0 < 2.5
+        assert s.get(f"{e.url}/echo").status_code == 200
+        r = s.get(f"{e.url}/delay/1")  # 1 s of silence: under the route's 5 s, over the other route's 300 ms
+        assert r.status_code == 200
+        assert s.get(f"{e.url}/echo").json()["connection"] != first  # the timed-out connection was discarded

@@ -63,3 +63,152 @@ def test_backend_keepalive_hint_expires_connection():
     a.expires = 5
     pool.put(a, 0)
     assert pool.get(6) is None and a.sock.closed
+
+
+# ---------------------------------------------------------------- retry decisions (issue 7, defect 3)
+
+from edge.errors import UnsendableRequest  # noqa: E402
+from edge.upstream.client import Limits, _Parse, check_request  # noqa: E402
+from edge.upstream.retry import Action, BodyState, Cause, ReplayBody, RetryPolicy  # noqa: E402
+
+FRESH = BodyState()
+KEPT = BodyState(pulled_bytes=10, replayable=True)
+LOST = BodyState(pulled_bytes=70000, replayable=False)
+
+
+@pytest.mark.parametrize("cause,method,body,servers_tried,fresh_tried,expected", [
+    (Cause.CONNECT_ERROR, "POST", FRESH, 1, 0, Action.NEXT_SERVER),
+    (Cause.CONNECT_TIMEOUT, "GET", KEPT, 1, 0, Action.NEXT_SERVER),
+    (Cause.CONNECT_ERROR, "GET", FRESH, 2, 0, Action.GIVE_UP),        # retries=1: two servers tried
+    (Cause.CONNECT_ERROR, "PUT", LOST, 1, 0, Action.GIVE_UP),         # body pulled and not kept
+    (Cause.STALE_WRITE, "POST", FRESH, 1, 0, Action.FRESH_CONNECTION),  # nothing reached the backend
+    (Cause.STALE_WRITE, "POST", KEPT, 1, 0, Action.FRESH_CONNECTION),
+    (Cause.STALE_WRITE, "POST", LOST, 1, 0, Action.GIVE_UP),
+    (Cause.STALE_WRITE, "GET", FRESH, 1, 1, Action.GIVE_UP),          # once only
+    (Cause.STALE_READ, "GET", FRESH, 1, 0, Action.FRESH_CONNECTION),
+    (Cause.STALE_READ, "PUT", KEPT, 1, 0, Action.FRESH_CONNECTION),
+    (Cause.STALE_READ, "PUT", LOST, 1, 0, Action.GIVE_UP),
+    (Cause.STALE_READ, "POST", FRESH, 1, 0, Action.GIVE_UP),          # RFC 9112 §9.3.1: may have been applied
+    (Cause.STALE_READ, "PATCH", KEPT, 1, 0, Action.GIVE_UP),
+])
+def test_retry_policy_table(cause, method, body, servers_tried, fresh_tried, expected):
+    assert RetryPolicy(servers=1).decide(cause, method, body, servers_tried, fresh_tried) is expected
+
+
+def test_retry_policy_refuses_negative_counts():
+    with pytest.raises(ValueError, match="servers"):
+        RetryPolicy(servers=-1)
+
+
+def test_replay_body_resends_kept_chunks_then_continues_the_stream():
+    body = ReplayBody(iter([b"ab", b"cd", b"ef"]), keep_bytes=10)
+    first = body.attempt()
+    assert next(first) == b"ab"
+    assert body.state() == BodyState(2, True)
+    second = body.attempt()  # the first attempt failed after one chunk
+    assert list(second) == [b"ab", b"cd", b"ef"]
+    assert body.state() == BodyState(6, True)
+    assert list(body.attempt()) == [b"ab", b"cd", b"ef"]  # exhausted source: the kept bytes are the body
+
+
+def test_replay_body_over_its_cap_cannot_be_resent():
+    body = ReplayBody(iter([b"a" * 6, b"b" * 6, b"c"]), keep_bytes=10)
+    it = body.attempt()
+    assert next(it) == b"a" * 6 and body.state().resendable
+    assert next(it) == b"b" * 6
+    assert body.state() == BodyState(12, False) and not body.state().resendable
+    with pytest.raises(RuntimeError):
+        body.attempt()
+
+
+def test_replay_body_released_after_the_answer():
+    body = ReplayBody(iter([b"x"]), keep_bytes=10)
+    assert list(body.attempt()) == [b"x"]
+    body.release()
+    assert not body.state().resendable
+
+
+# ---------------------------------------------------------------- validate on the way out (issue 7)
+
+
+@pytest.mark.parametrize("method,target,host,headers,named", [
+    ("GET", "/a b", None, [], "request target"),
+    ("GET", "/a\r\nX: y", None, [], "request target"),
+    ("GET", "/admin#x", None, [], "request target"),
+    ("GET", "a", None, [], "request target"),                  # not origin-form
+    ("GET", "*", None, [], "request target"),                  # "*" only for OPTIONS
+    ("GET", "/\u20ac", None, [], "request target"),            # no latin-1 byte for it
+    ("GE T", "/", None, [], "method"),
+    ("GET\r\n", "/", None, [], "method"),
+    ("GET", "/", "h\r\nX: y", [], "Host"),
+    ("GET", "/", "", [], "Host"),
+    ("GET", "/", None, [("X-A", "ok"), ("X-B", "v\r\nInjected: 1")], "X-B"),
+    ("GET", "/", None, [("X-A", "nul\x00")], "X-A"),
+    ("GET", "/", None, [("X A", "ok")], "'X A'"),
+    ("GET", "/", None, [("X-A:", "ok")], "'X-A:'"),
+])
+def test_check_request_refuses_and_names_the_field_not_the_value(method, target, host, headers, named):
+    with pytest.raises(UnsendableRequest) as e:
+        check_request(method, target, host, headers)
+    assert named in str(e.value)
+    assert "Injected" not in str(e.value) and "nul" not in str(e.value)
+    assert e.value.status == 500
+
+
+@pytest.mark.parametrize("method,target,host,headers", [
+    ("GET", "/", None, []),
+    ("GET", "/a/b?q=1&r=%20x", "example.com:8080", [("X-A", "tab\tin"), ("Accept", "*/*")]),
+    ("OPTIONS", "*", "h", []),
+    ("GET", "/caf\xe9", None, []),     # obs bytes pass as received (admission decides)
+    ("PURGE", "/x", None, [("X-Empty", "")]),
+])
+def test_check_request_accepts_valid_requests(method, target, host, headers):
+    check_request(method, target, host, headers)
+
+
+# ---------------------------------------------------------------- response limits (issue 7, defect 4)
+
+
+def _parse(data: bytes, limits: Limits = Limits()):
+    import httptools
+
+    p = _Parse(limits)
+    parser = httptools.HttpResponseParser(p)
+    p.status_of = parser.get_status_code
+    parser.feed_data(data)
+    return p, parser
+
+
+def _head(n_fields: int, value: str = "v") -> bytes:
+    return b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, value.encode()) for i in range(n_fields)) + b"Content-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("data,limits,error", [
+    (_head(99), Limits(max_fields=100), None),
+    (_head(100), Limits(max_fields=100), "more than 100 header fields"),
+    (_head(1, "x" * 100), Limits(max_line_bytes=100), "field line longer than 100 bytes"),
+    (_head(1, "x" * 90), Limits(max_line_bytes=100), None),
+    (b"HTTP/1.1 200 " + b"r" * 200 + b"\r\nContent-Length: 0\r\n\r\n", Limits(max_line_bytes=100), "status line longer"),
+    (b"HTTP/1.1 103 EH\r\n\r\n" * 3 + _head(0), Limits(max_interim_responses=3), None),
+    (b"HTTP/1.1 103 EH\r\n\r\n" * 4 + _head(0), Limits(max_interim_responses=3), "more than 3 interim"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"T: v\r\n" * 11 + b"\r\n",
+     Limits(max_fields=10), "more than 10 trailer fields"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: " + b"v" * 200 + b"\r\n\r\n",
+     Limits(max_trailer_bytes=100), "trailer section larger than 100 bytes"),
+])
+def test_response_limits_table(data, limits, error):
+    p, _ = _parse(data, limits)
+    assert p.error == error or (error is not None and p.error is not None and p.error.startswith(error))
+
+
+def test_interim_heads_are_dropped_and_the_final_one_kept():
+    p, parser = _parse(b"HTTP/1.1 103 EH\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nX-Final: 1\r\nContent-Length: 2\r\n\r\nok")
+    assert p.final and p.done and p.interim == 1 and p.status_of is None
+    assert p.headers == [("X-Final", "1"), ("Content-Length", "2")]
+    assert p.chunks == [b"ok"] and parser.get_status_code() == 200
+
+
+def test_a_second_response_is_surplus_and_never_passed_on():
+    p, _ = _parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" b"HTTP/1.1 200 OK\r\nX-Smuggled: 1\r\nContent-Length: 3\r\n\r\nbad")
+    assert p.surplus and p.done
+    assert p.chunks == [b"ok"] and ("X-Smuggled", "1") not in p.headers + p.trailers
