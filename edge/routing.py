@@ -43,7 +43,8 @@ one segment and reaches the backend unchanged. But a backend may read them as ``
 holds under every interpretation, a request whose path holds one of these spellings
 is matched again under each reading of them as ``/`` (each combination, normalised
 again); if any reading picks a different route (or no route) than the path as sent,
-the request is refused with 400 before any plugin runs. ``/files/a%2Fb`` still
+the request is refused with 400 before any plugin runs. A ``%25`` (a backend that
+decodes twice reads ``%2561`` as ``a``) is one more such spelling. ``/files/a%2Fb`` still
 passes: both readings match the ``/files`` route. Paths without them cost nothing
 more. Per route, ``encoded_slash: decode`` forwards the path with them read as
 ``/`` (the backend and edge then agree), and ``encoded_slash: reject`` answers 400
@@ -82,7 +83,7 @@ from edge.context import Headers, Response
 from edge.errors import BadRequest, ConfigError
 from edge.http import parse_host
 from edge.pattern import check_template, compile_client_pattern
-from edge.urlpath import decode_slashes, has_slash_forms, normalize_path, slash_interpretations
+from edge.urlpath import SLASH_FORMS, decode_slashes, has_slash_forms, normalize_path, slash_interpretations
 
 __all__ = ["Action", "Route", "RouteTable", "compile_routes", "host_key"]
 
@@ -212,7 +213,7 @@ class RouteTable:
     def _check_slash_readings(
         cands: tuple[_Candidate, ...], found: Route | None, path: str, method: str, headers: _HeaderLookup
     ) -> None:
-        if found is not None and found.encoded_slash == "reject":
+        if found is not None and found.encoded_slash == "reject" and any(f in path for f in SLASH_FORMS):
             raise BadRequest(f"route {found.name} refuses encoded slashes (path {path[:80]!r})")
         for other in slash_interpretations(path):
             alt = _first_match(cands, other, method, headers)

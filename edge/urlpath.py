@@ -37,6 +37,11 @@ A backend that decodes ``%2F`` *before* resolving dot segments would see
 ``slash_interpretations`` lists those other readings, and the route table refuses
 a path whose readings would be routed differently (``edge.routing``, "Encoded
 slashes"); ``decode_slashes`` is the reading ``encoded_slash: decode`` forwards.
+A backend may also decode twice (IIS, CVE-2001-0333; frameworks that unquote a path
+the server already unquoted): ``%2561dmin`` is ``/admin`` to it, so ``%25`` counts
+as one more spelling with its own reading (``%25`` read as ``%``, normalised again).
+``%00`` is refused outright: no resource is named by a NUL, and a C backend would
+cut the path there (``/admin%00.html`` is ``/admin`` to it).
 ``;`` path parameters (Tomcat) are left as they are.
 
 Hot path: most paths contain no ``%``, no ``/.`` and no ``//`` and are returned
@@ -54,7 +59,7 @@ __all__ = ["normalize_path", "slash_interpretations", "decode_slashes", "has_sla
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SLASHES = re.compile(r"//+")
 
@@ -90,7 +95,7 @@ def normalize_path(raw_path: str) -> str:
     path = raw_path
     if "%" in path:
         if _BAD_ESCAPE.search(path):
-            raise ValueError("invalid percent escape in request path")
+            raise ValueError("invalid percent escape (or %00) in request path")
         path = _ESCAPE.sub(_escape, path)
     if "//" in path:
         path = _SLASHES.sub("/", path)
@@ -117,11 +122,14 @@ def _remove_dot_segments(path: str) -> str:
 # some servers and frameworks), "%5C" and a raw "\" (a separator on IIS and in
 # Windows file APIs). normalize_path upper-cases escapes, so these are the only forms.
 SLASH_FORMS = ("%2F", "%5C", "\\")
+# Read as "%" by a backend that decodes twice; its readings are normalised again.
+DOUBLE_ESCAPE = "%25"
 
 
 def has_slash_forms(path: str) -> bool:
-    """True when the normalised ``path`` holds ``%2F``, ``%5C`` or ``\\``."""
-    return ("%" in path and ("%2F" in path or "%5C" in path)) or "\\" in path
+    """True when the normalised ``path`` holds ``%2F``, ``%5C``, ``\\`` or ``%25``
+    (a spelling some backend may read differently from edge)."""
+    return ("%" in path and ("%2F" in path or "%5C" in path or "%25" in path)) or "\\" in path
 
 
 def slash_interpretations(path: str) -> tuple[str, ...]:
@@ -133,19 +141,45 @@ def slash_interpretations(path: str) -> tuple[str, ...]:
     the distinct results that differ from ``path``, in sorted order; empty when ``path``
     holds none of them (the common case, decided by two substring scans).
     """
-    present = [f for f in SLASH_FORMS if f in path]
-    if not present:
+    if not has_slash_forms(path):
         return ()
+    out: set[str] = set()
+    frontier = {path}
+    # Two rounds: a double-decoded "%252F" becomes "%2F" in the first and "/" in the second.
+    for _ in range(2):
+        found: set[str] = set()
+        for p in frontier:
+            found.update(_one_step_readings(p))
+        frontier = found - out - {path}
+        out |= frontier
+        if not frontier:
+            break
+    return tuple(sorted(out))
+
+
+def _one_step_readings(path: str) -> set[str]:
+    present = [f for f in SLASH_FORMS if f in path]
     out: set[str] = set()
     for mask in range(1, 1 << len(present)):
         p = path
         for j, form in enumerate(present):
             if mask >> j & 1:
                 p = p.replace(form, "/")
-        p = normalize_path(p)
-        if p != path:
-            out.add(p)
-    return tuple(sorted(out))
+        out.add(_renormalize(p))
+    if DOUBLE_ESCAPE in path:
+        out.add(_renormalize(path.replace(DOUBLE_ESCAPE, "%")))
+    out.discard(path)
+    out.discard("")
+    return out
+
+
+def _renormalize(path: str) -> str:
+    """``normalize_path`` for a reading; one that is itself invalid (``%2500`` read as
+    ``%00``, ``%25zz`` as ``%zz``) is reported as the empty string, never raised."""
+    try:
+        return normalize_path(path)
+    except ValueError:
+        return ""
 
 
 def decode_slashes(path: str) -> str:
