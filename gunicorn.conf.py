@@ -8,5 +8,5 @@ validation is refused then and the running configuration is kept (edge/boot.py).
 
 from edge.boot import gunicorn_settings, load_for_master
 
-wsgi_app = "edge.app:application"
+wsgi_app = "edge.h2:application"
 globals().update(gunicorn_settings(load_for_master()))

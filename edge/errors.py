@@ -64,6 +64,13 @@ class SlowClient(ClientError):
     public = "request timeout"
 
 
+class InvalidResponseField(EdgeError):
+    """A reply field edge may not write (bad name; CR, LF, NUL or another CTL in a value),
+    whoever produced it: the client gets a 500 instead, never the bytes."""
+
+    metric = "invalid_response_field"
+
+
 class ClientDisconnected(EdgeError):
     """The client went away; nothing can be answered, only counted."""
 

@@ -68,3 +68,19 @@ def first_invalid_field(fields) -> tuple[str, str] | None:
         if _TOKEN_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value) is not None:
             return name, value
     return None
+
+
+
+# The serialisers' check of a whole field list in one regex pass (issue 7: the reply
+# writer was ~10% of a small request). Pairs are joined as "name\x00value\n": neither
+# separator can occur in a valid name or value, so the split is unambiguous.
+_FIELD_LIST_RE = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+\x00[^\x00-\x08\x0a-\x1f\x7f]*\n)*")
+
+
+def fields_valid_joined(fields) -> bool:
+    """``fields_valid`` in one regex pass over the joined list; False for a non-str name or value."""
+    try:
+        joined = "\n".join(map("\x00".join, fields))
+    except TypeError:  # a name or value that is not a str (a plugin bug)
+        return False
+    return _FIELD_LIST_RE.fullmatch(joined + "\n" if fields else "") is not None
