@@ -33,6 +33,7 @@ import logging
 import time
 
 from gunicorn.http2.errors import HTTP2ConnectionError, HTTP2ProtocolError, HTTP2StreamError
+from h2.exceptions import ProtocolError as H2ProtocolError
 
 from edge import admission, framing
 from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext
@@ -102,7 +103,16 @@ def serve_stream(worker, req, addr, h2_conn, port: int) -> None:
             reply.upgrade[0].close()  # RFC 9113 §8.6: no 101 on HTTP/2
             reply = proxy.error_reply(ctx, UpstreamError("upgrade is not available on HTTP/2"))
     try:
+        if h2_conn.is_closed:
+            raise ClientDisconnected("HTTP/2 connection closed before the reply")
         _write(proxy, worker.clock.date(), h2_conn, sid, ctx, reply)
+    except (ClientDisconnected, H2ProtocolError, HTTP2StreamError, HTTP2ConnectionError) as e:
+        # The peer reset the stream or the connection is gone (e.g. h2 refused a body that
+        # broke its content-length and sent GOAWAY): nothing can be answered; counted, not a bug.
+        if ctx.error is None:
+            ctx.error = e if isinstance(e, EdgeError) else ClientDisconnected(str(e))
+        proxy.metrics.incr(ClientDisconnected.metric)
+        log.debug("HTTP/2 stream %d from %s ended early: %s", sid, peer_ip, e)
     finally:
         if body is not None:
             ctx.bytes_received = body.consumed
@@ -178,10 +188,9 @@ def _write(proxy, date: str, h2_conn, sid: int, ctx: RequestContext, reply: Repl
         if not head_sent:
             h2_conn.send_response_headers(sid, reply.status, fields)
         h2_conn.end_stream(sid, trailers=_trailers(proxy, ctx, reply) if plan.trailers else None)
-    except ClientDisconnected as e:
-        ctx.error = e
-        proxy.metrics.incr(e.metric)
     except EdgeError as e:
+        if isinstance(e, ClientDisconnected):
+            raise
         ctx.error = e
         log.warning("%s %s (request id %s): response cut short: %s", ctx.method, ctx.raw_path, _rid(ctx, proxy), e)
         proxy.metrics.incr(e.metric)
