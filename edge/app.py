@@ -61,7 +61,7 @@ class Proxy:
         except EdgeError as e:
             return self.error_reply(ctx, e)
         except Exception as e:  # a bug: answer 500, keep the worker serving
-            log.exception("internal error handling %s %s (request id %s)", ctx.method, ctx.raw_path, self._rid(ctx))
+            log.exception("internal error handling %s %s (request id %s)", ctx.method, ctx.raw_path, self.request_id_of(ctx))
             self.metrics.incr("internal_error")
             return self.error_reply(ctx, e)
 
@@ -147,7 +147,7 @@ class Proxy:
             up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)))
         except UpstreamError as e:
             ctx.error = e
-            log.warning("%s %s (request id %s) -> upstream %s: %s", ctx.method, ctx.raw_path, self._rid(ctx) or "-",
+            log.warning("%s %s (request id %s) -> upstream %s: %s", ctx.method, ctx.raw_path, self.request_id_of(ctx) or "-",
                         pool.name, e)
             self.metrics.incr(f"upstream.{pool.name}.{e.metric}")
             custom = chain.run_error(ctx, e)
@@ -190,13 +190,14 @@ class Proxy:
         ctx.response_headers = resp.headers
         return reply_from_response(resp)
 
-    def _rid(self, ctx: RequestContext) -> str | None:
+    def request_id_of(self, ctx: RequestContext) -> str | None:
+        """The request id to name in log lines: the plugin-set one, else the client's header."""
         return ctx.request_id or ctx.headers.get(self.request_id_header)
 
     def error_reply(self, ctx: RequestContext, e: BaseException) -> Reply:
         status = e.status if isinstance(e, EdgeError) else 500
         public = e.public if isinstance(e, EdgeError) else "internal error"
-        rid = self._rid(ctx)
+        rid = self.request_id_of(ctx)
         if isinstance(e, EdgeError) and not isinstance(e, UpstreamError) and status < 500:
             log.info("%d %s %s from %s (request id %s): %s", status, ctx.method, ctx.raw_path, ctx.client_ip, rid or "-", e)
         ctx.error = e

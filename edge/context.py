@@ -272,3 +272,9 @@ class Reply:
         self.upgrade = None              # (backend socket, bytes already read) after a 101
         self.close_connection = False
         self.trailers_from = None        # the UpstreamReply whose trailers follow a chunked body
+
+
+def close_body(body) -> None:
+    """Release what backs a reply body that will not be (fully) written: the backend connection."""
+    if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
+        body.close()

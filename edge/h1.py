@@ -57,10 +57,10 @@ from gunicorn_h1c._parser_fast import IncompleteError as _Incomplete  # the fast
 
 from edge import admission, framing
 from edge.admission import ExpectationFailed, NotImplementedCoding  # noqa: F401  (re-exported for callers and tests)
-from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext
+from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
 from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge,
                          InvalidResponseField, SlowClient)
-from edge.fields import fields_valid_joined, first_invalid_field
+from edge.fields import fields_valid_joined
 from edge.netio import send_all
 
 log = logging.getLogger("edge.h1")
@@ -307,8 +307,7 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
     headers = reply.headers
     reason = reply.reason
     if not fields_valid_joined(headers):
-        bad = first_invalid_field(headers) or ("?", "?")
-        raise InvalidResponseField(f"invalid response header {str(bad[0])[:60]!r}: {str(bad[1])[:60]!r}")
+        raise InvalidResponseField.naming(headers)
     if _REASON_RE.fullmatch(reason) is None:
         raise InvalidResponseField(f"invalid reason phrase {reason[:60]!r}")
     if headers:
@@ -527,15 +526,16 @@ class Connection:
         try:
             head = reply_head(reply, plan, self.clock.date())
         except InvalidResponseField as e:
-            _close_body(body)
-            log.error("%s %s (request id %s): %s; answering 500", ctx.method, ctx.raw_path, _rid(ctx, self.proxy), e)
+            close_body(body)
+            log.error("%s %s (request id %s): %s; answering 500",
+                ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-", e)
             self.proxy.metrics.incr(e.metric)
             reply = self.proxy.error_reply(ctx, e)
             plan = framing.plan(ctx.method, reply.status, reply.length, True, http11=http11, keep_alive=False)
             head = reply_head(reply, plan, self.clock.date())
             body = reply.body
         if not plan.body:
-            _close_body(body)  # HEAD, 204, 304: release the backend connection
+            close_body(body)  # HEAD, 204, 304: release the backend connection
             send_all(sock, head)
             return plan.keep_alive
         if isinstance(body, bytes):
@@ -574,11 +574,11 @@ class Connection:
                 # The backend failed while its body was being relayed (timeout, truncated body).
                 ctx.error = e
                 log.warning("%s %s (request id %s): response cut short: %s", ctx.method, ctx.raw_path,
-                            _rid(ctx, self.proxy), e)
+                            self.proxy.request_id_of(ctx) or "-", e)
                 self.proxy.metrics.incr(e.metric)
                 if pending:
                     # Nothing has reached the client yet, so it can still get a proper error answer.
-                    _close_body(body)
+                    close_body(body)
                     self.write(ctx, self.proxy.error_reply(ctx, e), False, True)
                     return False
                 # framing.on_error_after_head(False): cut the connection, so the client sees a
@@ -586,7 +586,7 @@ class Connection:
                 _abort(sock)
                 return False
         finally:
-            _close_body(body)  # closes the backend connection unless it was read to its end
+            close_body(body)  # closes the backend connection unless it was read to its end
 
     def _trailers(self, ctx: RequestContext, reply: Reply) -> bytes:
         trailers = reply.trailers_from.trailers if reply.trailers_from is not None else ()
@@ -594,7 +594,8 @@ class Connection:
             return b""
         if not fields_valid_joined(trailers):
             # The head is out: dropping invalid trailers is the only safe choice left.
-            log.error("%s %s (request id %s): invalid trailer dropped", ctx.method, ctx.raw_path, _rid(ctx, self.proxy))
+            log.error("%s %s (request id %s): invalid trailer dropped",
+                ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-")
             self.proxy.metrics.incr(InvalidResponseField.metric)
             return b""
         return ("\r\n".join(map(": ".join, trailers)) + "\r\n").encode("latin-1")
@@ -610,7 +611,8 @@ class Connection:
             head = reply_head(reply, plan, self.clock.date())
         except InvalidResponseField as e:
             backend.close()
-            log.error("%s %s (request id %s): %s; answering 500", ctx.method, ctx.raw_path, _rid(ctx, self.proxy), e)
+            log.error("%s %s (request id %s): %s; answering 500",
+                ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-", e)
             self.write(ctx, self.proxy.error_reply(ctx, e), False, True)
             return
         buffered = self.buf
@@ -692,15 +694,6 @@ class BodyReader:
                 return first
             if dec.done:
                 return b""
-
-
-def _rid(ctx: RequestContext, proxy) -> str:
-    return ctx.request_id or ctx.headers.get(proxy.request_id_header) or "-"
-
-
-def _close_body(body) -> None:
-    if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
-        body.close()
 
 
 def _pipe(src, dst, activity: list) -> None:

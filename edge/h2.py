@@ -36,9 +36,9 @@ from gunicorn.http2.errors import HTTP2ConnectionError, HTTP2ProtocolError, HTTP
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from edge import admission, framing
-from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext
+from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
 from edge.errors import BadRequest, ClientDisconnected, ClientError, EdgeError, InvalidResponseField, UpstreamError
-from edge.fields import fields_valid_joined, first_invalid_field
+from edge.fields import fields_valid_joined
 
 log = logging.getLogger("edge.h2")
 
@@ -140,8 +140,7 @@ def response_fields(reply: Reply, plan: framing.Plan, date: str) -> list[tuple[s
     """The reply's fields for HEADERS; InvalidResponseField if one may not be written."""
     headers = reply.headers
     if not fields_valid_joined(headers):
-        bad = first_invalid_field(headers) or ("?", "?")
-        raise InvalidResponseField(f"invalid response header {str(bad[0])[:60]!r}: {str(bad[1])[:60]!r}")
+        raise InvalidResponseField.naming(headers)
     out = [(k, v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
     if not any(k.lower() == "date" for k, _ in out):
         out.append(("date", date))
@@ -156,15 +155,16 @@ def _write(proxy, date: str, h2_conn, sid: int, ctx: RequestContext, reply: Repl
     try:
         fields = response_fields(reply, plan, date)
     except InvalidResponseField as e:
-        _close_body(body)
-        log.error("%s %s (request id %s): %s; answering 500", ctx.method, ctx.raw_path, _rid(ctx, proxy), e)
+        close_body(body)
+        log.error("%s %s (request id %s): %s; answering 500",
+            ctx.method, ctx.raw_path, proxy.request_id_of(ctx) or "-", e)
         proxy.metrics.incr(e.metric)
         reply = proxy.error_reply(ctx, e)
         body = reply.body
         plan = framing.plan(ctx.method, reply.status, reply.length, True, http2=True)
         fields = response_fields(reply, plan, date)
     if not plan.body:
-        _close_body(body)
+        close_body(body)
         h2_conn.send_response_headers(sid, reply.status, fields, end_stream=True)
         return
     if isinstance(body, bytes):
@@ -192,16 +192,17 @@ def _write(proxy, date: str, h2_conn, sid: int, ctx: RequestContext, reply: Repl
         if isinstance(e, ClientDisconnected):
             raise
         ctx.error = e
-        log.warning("%s %s (request id %s): response cut short: %s", ctx.method, ctx.raw_path, _rid(ctx, proxy), e)
+        log.warning("%s %s (request id %s): response cut short: %s",
+            ctx.method, ctx.raw_path, proxy.request_id_of(ctx) or "-", e)
         proxy.metrics.incr(e.metric)
         if not head_sent:
-            _close_body(body)
+            close_body(body)
             _write(proxy, date, h2_conn, sid, ctx, proxy.error_reply(ctx, e))
         else:
             # framing.on_error_after_head(True): reset this stream only; never a short or padded body.
             h2_conn.reset_stream(sid, INTERNAL_ERROR)
     finally:
-        _close_body(body)
+        close_body(body)
 
 
 def _trailers(proxy, ctx: RequestContext, reply: Reply):
@@ -209,19 +210,11 @@ def _trailers(proxy, ctx: RequestContext, reply: Reply):
     if not trailers:
         return None
     if not fields_valid_joined(trailers):
-        log.error("%s %s (request id %s): invalid trailer dropped", ctx.method, ctx.raw_path, _rid(ctx, proxy))
+        log.error("%s %s (request id %s): invalid trailer dropped",
+            ctx.method, ctx.raw_path, proxy.request_id_of(ctx) or "-")
         proxy.metrics.incr(InvalidResponseField.metric)
         return None
     return [(k, v) for k, v in trailers if k.lower() not in _CONNECTION_SPECIFIC]
-
-
-def _rid(ctx: RequestContext, proxy) -> str:
-    return ctx.request_id or ctx.headers.get(proxy.request_id_header) or "-"
-
-
-def _close_body(body) -> None:
-    if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
-        body.close()
 
 
 # ---------------------------------------------------------------------- plain WSGI servers
@@ -270,8 +263,9 @@ class WSGIApplication:
         try:
             headers = response_fields(reply, plan, "")
         except InvalidResponseField as e:
-            _close_body(reply.body)
-            log.error("%s %s (request id %s): %s; answering 500", ctx.method, ctx.raw_path, _rid(ctx, proxy), e)
+            close_body(reply.body)
+            log.error("%s %s (request id %s): %s; answering 500",
+                ctx.method, ctx.raw_path, proxy.request_id_of(ctx) or "-", e)
             reply = proxy.error_reply(ctx, e)
             plan = framing.plan(ctx.method, reply.status, reply.length, True)
             headers = response_fields(reply, plan, "")
@@ -315,12 +309,12 @@ class _WSGIBody:
         except EdgeError as e:
             self.ctx.error = e
             log.warning("%s %s (request id %s): response cut short: %s", self.ctx.method, self.ctx.raw_path,
-                        _rid(self.ctx, self.proxy), e)
+                        self.proxy.request_id_of(self.ctx) or "-", e)
             self.proxy.metrics.incr(e.metric)
             raise
 
     def close(self) -> None:
-        _close_body(self.reply.body)
+        close_body(self.reply.body)
         if self.request_body is not None:
             self.ctx.bytes_received = self.request_body.consumed
         self.proxy.finish(self.ctx)
