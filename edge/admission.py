@@ -68,9 +68,12 @@ CHUNKED = 2      # HTTP/1 chunked coding, decoded by the front end
 STREAM = 3       # HTTP/2 DATA frames until END_STREAM, length unknown
 
 # RFC 3986 §3.3/§3.4: pchar = unreserved / pct-encoded / sub-delims / ":" / "@";
-# query adds "/" and "?". One regex over the whole origin-form target.
-_P = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2}"
-_ORIGIN_FORM = re.compile(rf"/(?:{_P})*(?:\?(?:{_P}|\?)*)?")
+# query adds "/" and "?". One character-class regex over the whole origin-form
+# target (fast in sre); the pct-encoded triplets are checked only when a "%" is there.
+_ORIGIN_FORM = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*)?")
+_BAD_PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_HOSTS_OK: set[str] = set()   # Host values already found valid: a site sends the same few
+_HOSTS_OK_MAX = 4096
 _ABSOLUTE_FORM = re.compile(r"([hH][tT][tT][pP][sS]?)://([^/?#]*)(.*)", re.DOTALL)
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
 _DIGITS = frozenset(b"0123456789")
@@ -129,14 +132,28 @@ def split_target(method: str, target: str) -> tuple[str, str, str | None]:
         target = m.group(3) or "/"
         if target[:1] == "?":
             target = "/" + target
-        if not authority or not rules.valid_host(authority):
+        if not authority or not host_valid(authority):
             raise BadRequest(f"invalid authority in request target {authority[:80]!r}")
     if _ORIGIN_FORM.fullmatch(target) is None:
         if "#" in target:
             raise BadRequest("fragment in request target")
         raise BadRequest(f"invalid character in request target {target[:80]!r}")
+    if "%" in target and _BAD_PCT.search(target) is not None:
+        raise BadRequest(f"invalid percent-encoding in request target {target[:80]!r}")
     path, _, query = target.partition("?")
     return path, query, authority
+
+
+def host_valid(host: str) -> bool:
+    """``edge.http.valid_host``, remembered for the few values a site actually receives."""
+    if host in _HOSTS_OK:
+        return True
+    if not rules.valid_host(host):
+        return False
+    if len(_HOSTS_OK) >= _HOSTS_OK_MAX:
+        _HOSTS_OK.clear()  # many distinct hosts: start over rather than grow without bound
+    _HOSTS_OK.add(host)
+    return True
 
 
 def content_length(value: str) -> int:
@@ -198,7 +215,7 @@ def admit(method: str, target: str, fields: list, *, http11: bool = True, author
         if http11 and not http2:
             raise BadRequest("HTTP/1.1 request without Host")
         host = ""
-    elif host and not rules.valid_host(host):
+    elif host and not host_valid(host):
         raise BadRequest(f"invalid Host {host[:80]!r}")
     if http2:
         if stream_ended:

@@ -52,16 +52,18 @@ class Plan:
         return "Plan(" + ", ".join(f"{k}={getattr(self, k)}" for k in self.__slots__) + ")"
 
 
-def _p(body, announce, chunked, close_delim, trailers, keep):
-    return Plan(body, announce, chunked, close_delim, trailers, keep)
-
-
-# (body, announce_length, chunked, close_delimited, trailers, keep_alive)
+# Every plan a reply can get, built once: (body, announce_length, chunked, close_delimited, trailers, keep_alive).
 _PLANS = {
-    (b, a, c, d, t, k): _p(b, a, c, d, t, k)
+    (b, a, c, d, t, k): Plan(b, a, c, d, t, k)
     for b in (False, True) for a in (False, True) for c in (False, True)
     for d in (False, True) for t in (False, True) for k in (False, True)
 }
+_LENGTH_KEEP = _PLANS[(True, True, False, False, False, True)]
+_LENGTH_CLOSE = _PLANS[(True, True, False, False, False, False)]
+_CHUNKED_KEEP = _PLANS[(True, False, True, False, True, True)]
+_CHUNKED_CLOSE = _PLANS[(True, False, True, False, True, False)]
+_CLOSE_DELIMITED = _PLANS[(True, False, False, True, False, False)]
+_H2_STREAM = _PLANS[(True, False, False, False, True, True)]
 
 
 class ErrorAfterHead:
@@ -84,19 +86,18 @@ def plan(method: str, status: int, length: int | None, has_body: bool, *, http2:
     carries a body object at all; ``keep_alive``: everything but framing agrees the
     HTTP/1 connection may persist (client wish, worker alive, request body drained).
     """
-    content = has_content(method, status)
     if http2:
         keep_alive = True  # connection lifetime is not a per-reply matter on HTTP/2
-    announce = length is not None and (content or (status >= 200 and status != 204))
-    if not content or not has_body:
-        return _PLANS[(False, announce, False, False, False, keep_alive)]
-    if length is not None:
-        return _PLANS[(True, True, False, False, False, keep_alive)]
-    if http2:
-        return _PLANS[(True, False, False, False, True, True)]
-    if http11:
-        return _PLANS[(True, False, True, False, True, keep_alive)]
-    return _PLANS[(True, False, False, True, False, False)]
+    if has_body and method != "HEAD" and status >= 200 and status != 204 and status != 304:  # has_content
+        if length is not None:
+            return _LENGTH_KEEP if keep_alive else _LENGTH_CLOSE
+        if http2:
+            return _H2_STREAM
+        if http11:
+            return _CHUNKED_KEEP if keep_alive else _CHUNKED_CLOSE
+        return _CLOSE_DELIMITED
+    announce = length is not None and status >= 200 and status != 204
+    return _PLANS[(False, announce, False, False, False, keep_alive)]
 
 
 def on_error_after_head(http2: bool) -> str:

@@ -57,7 +57,7 @@ from gunicorn_h1c._parser_fast import IncompleteError as _Incomplete  # the fast
 
 from edge import admission, framing
 from edge.admission import ExpectationFailed, NotImplementedCoding  # noqa: F401  (re-exported for callers and tests)
-from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
+from edge.context import STATUS_REASONS, UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
 from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge,
                          InvalidResponseField, SlowClient)
 from edge.fields import fields_valid_joined
@@ -71,6 +71,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST
 # RFC 9112 §4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
 _REASON_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_REASONS_OK = frozenset(STATUS_REASONS.values()) | {""}
 
 
 class UriTooLong(ClientError):
@@ -308,17 +309,17 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
     reason = reply.reason
     if not fields_valid_joined(headers):
         raise InvalidResponseField.naming(headers)
-    if _REASON_RE.fullmatch(reason) is None:
+    if reason not in _REASONS_OK and _REASON_RE.fullmatch(reason) is None:
         raise InvalidResponseField(f"invalid reason phrase {reason[:60]!r}")
+    status_line = f"HTTP/1.1 {reply.status} {reason}\r\n"
     if headers:
         lines = "\r\n".join(map(": ".join, headers))
-        low = lines[:5].lower() == "date:" or "\r\ndate:" in lines.lower()
-        parts = [f"HTTP/1.1 {reply.status} {reason}\r\n", lines, "\r\n"]
+        parts = [status_line, lines, "\r\n"]
+        low = lines.lower()
+        if not (low.startswith("date:") or "\r\ndate:" in low):
+            parts.append(f"Date: {date}\r\n")
     else:
-        low = False
-        parts = [f"HTTP/1.1 {reply.status} {reason}\r\n"]
-    if not low:
-        parts.append(f"Date: {date}\r\n")
+        parts = [status_line, f"Date: {date}\r\n"]
     if plan.announce_length:
         parts.append(f"Content-Length: {reply.length}\r\n")
     elif plan.chunked:
