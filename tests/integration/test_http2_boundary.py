@@ -74,6 +74,7 @@ def _h1(port: int, raw: bytes) -> bytes:
 def test_http2_path_refused_like_http1(edge_h2, path):
     r = h2_exchange(edge_h2.port, path)
     assert r.status == 400, r
+    assert r.data.startswith(b"400 bad request"), r.data  # edge's own answer: the backend never saw it
     raw_target = path.encode("utf-8")
     h1 = _h1(edge_h2.port, b"GET " + raw_target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert h1.startswith(b"HTTP/1.1 4"), h1[:60]  # HTTP/1 refuses it too (400, or 403 for a deny rule)
