@@ -137,3 +137,39 @@ def test_http2_upstream_error_mid_body_resets_stream_and_is_logged(edge_h2, tmp_
     assert entry["protocol"] == "HTTP/2"
     assert entry["error"] is not None        # the access log no longer says a plain 200
     assert "Error handling HTTP/2 request" not in edge_h2.log()
+
+
+BAD_HEADER_PLUGIN = '''
+from edge.plugins import Plugin
+
+
+class Splitter(Plugin):
+    """Sets a response header whose value would split the response (a plugin bug)."""
+    name = "splitter"
+
+    def on_response(self, ctx, response):
+        if ctx.path == "/echo":
+            response.headers.set("X-Bad", "a\\r\\nSet-Cookie: injected=1")
+        return None
+'''
+
+
+def test_invalid_reply_field_from_a_plugin_is_a_500_on_both_protocols(origin, edge_factory, tls_files, tmp_path):
+    import textwrap
+
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / "splitter.py").write_text(textwrap.dedent(BAD_HEADER_PLUGIN))
+    cfg = _config(origin, tls_files, tmp_path)
+    cfg["plugin_dirs"] = [str(d)]
+    cfg["plugins"] = {"splitter": {}}
+    e = edge_factory(cfg, workers=2)
+    r = h2_exchange(e.port, "/echo")
+    assert r.status == 500
+    assert "set-cookie" not in r.headers and "x-bad" not in r.headers
+    h1 = _h1(e.port, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: rid-42\r\nConnection: close\r\n\r\n")
+    assert h1.startswith(b"HTTP/1.1 500")
+    assert b"injected" not in h1
+    until(lambda: "invalid response header" in e.log())
+    lines = [line for line in e.log().splitlines() if "invalid response header" in line]
+    assert any("rid-42" in line for line in lines)  # one line per request, naming its request id

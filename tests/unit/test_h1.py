@@ -133,6 +133,14 @@ def test_reply_head_refuses_invalid_fields(headers, reason):
         reply_head(_reply(headers=headers, reason=reason), framing.plan("GET", 200, 5, True), "DATE")
 
 
+def test_request_context_has_no_default_client_address():
+    # A made-up 127.0.0.1 would pass loopback allow rules (issue 7, defect 10).
+    from edge.context import RequestContext
+
+    with pytest.raises(TypeError):
+        RequestContext("GET", "/")
+
+
 # ---------------------------------------------------------------------------- chunked bodies
 
 
