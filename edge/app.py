@@ -157,7 +157,7 @@ class Proxy:
         ctx.upstream_addr = up.server.authority
         ctx.upstream_time = time.monotonic() - started
         out_headers = rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
-        resp = UpstreamResponse(up.status, up.reason, Headers(out_headers), up.body)
+        resp = UpstreamResponse(up.status, up.reason, Headers.wrap(out_headers), up.body)
         chain.run_response(ctx, resp)
         if resp.replacement is not None:
             up.close()
