@@ -128,9 +128,13 @@ class IllegalTransition(RuntimeError):
         super().__init__(f"HTTP/1 connection: event {event.value!r} is not allowed in state {state.value!r}")
 
 
+# The same table by state, so a step is two dict lookups without building a key tuple.
+_NEXT: dict[State, dict[Event, State]] = {s: {e: t for (s2, e), t in TRANSITIONS.items() if s2 is s} for s in State}
+
+
 def next_state(state: State, event: Event) -> State:
     try:
-        return TRANSITIONS[(state, event)]
+        return _NEXT[state][event]
     except KeyError:
         raise IllegalTransition(state, event) from None
 
@@ -359,7 +363,10 @@ class Connection:
         self.served = 0
 
     def event(self, ev: Event) -> None:
-        self.state = next_state(self.state, ev)
+        try:
+            self.state = _NEXT[self.state][ev]
+        except KeyError:
+            raise IllegalTransition(self.state, ev) from None
 
     # ------------------------------------------------------------------ reading
 
