@@ -162,6 +162,9 @@ def head_end(buf, scanned: int) -> int:
     return end + 2 if end >= 0 else -1
 
 
+_LINE_SLACK = 8  # ": ", OWS and CR beyond what the parser's limits count: only its own refusal is exact
+
+
 def check_partial_head(buf, limits: HeadLimits) -> None:
     """Refuse an incomplete head that can no longer fit its bounds (414/431)."""
     n = len(buf)
@@ -169,9 +172,9 @@ def check_partial_head(buf, limits: HeadLimits) -> None:
         raise HeaderTooLarge(f"request head over {limits.head} bytes")
     nl = buf.rfind(b"\n")
     if nl < 0:
-        if limits.line and n > limits.line + 2:
+        if limits.line and n > limits.line + _LINE_SLACK:
             raise UriTooLong(f"request line over {limits.line} bytes")
-    elif limits.field_size and n - nl - 1 > limits.field_size + 2:
+    elif limits.field_size and n - nl - 1 > limits.field_size + _LINE_SLACK:
         raise HeaderTooLarge(f"header field line over {limits.field_size} bytes")
 
 
