@@ -173,3 +173,14 @@ def test_invalid_reply_field_from_a_plugin_is_a_500_on_both_protocols(origin, ed
     until(lambda: "invalid response header" in e.log())
     lines = [line for line in e.log().splitlines() if "invalid response header" in line]
     assert any("rid-42" in line for line in lines)  # one line per request, naming its request id
+
+
+def test_http2_chunked_backend_reply_streams_with_its_trailers(edge_h2):
+    import hashlib
+
+    r = h2_exchange(edge_h2.port, "/chunked?n=3&size=1000&trailer=1")
+    assert r.status == 200
+    assert r.reset is None
+    assert len(r.data) == 3000
+    assert "content-length" not in r.headers and "transfer-encoding" not in r.headers
+    assert r.trailers.get("x-body-sha256") == hashlib.sha256(r.data).hexdigest()
