@@ -10,5 +10,5 @@ edge's own log lines through gunicorn's error log, in the master and every worke
 
 from edge.boot import gunicorn_settings, load_for_master
 
-wsgi_app = "edge.app:application"
+wsgi_app = "edge.h2:application"
 globals().update(gunicorn_settings(load_for_master()))

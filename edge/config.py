@@ -112,6 +112,21 @@ class ServerConfig(Model):
     )
     max_header_fields: int = Field(100, ge=1, le=32768, description="most request header fields (431 beyond)")
     max_header_field_size: int = Field(8190, ge=1, description="longest request header field in bytes (431 beyond)")
+    max_head_size: Size = Field(
+        65536, gt=0, description="longest request head in bytes, request line and all fields together (431 beyond)"
+    )
+    header_timeout: Duration = Field(
+        10.0, gt=0, description="time a client has to send a whole request head, from its first byte "
+        "(from the accept for a new connection); 408 and close beyond"
+    )
+    body_idle_timeout: Duration = Field(
+        60.0, gt=0, description="longest gap between two reads of a request body, or two writes of a reply "
+        "that the client does not take; the connection is closed beyond"
+    )
+    tunnel_idle_timeout: Duration | None = Field(
+        None, gt=0, description="an upgraded (WebSocket) tunnel is closed after this long without traffic in "
+        "either direction; unset: keepalive (75s when keepalive is 0)"
+    )
     trusted_proxies: tuple[str, ...] = Field(
         (),
         description="CIDRs of proxies in front of edge; forwarding headers (X-Forwarded-For, Forwarded) "

@@ -12,7 +12,10 @@ a fixed route, a redirect, an error); returning one from ``on_request`` answers 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+
+UNKNOWN_CLIENT = "unknown"  # the client address when the transport gives none (Unix sockets)
 
 
 class Headers:
@@ -22,6 +25,13 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
         self._items: list[tuple[str, str]] = list(items) if items is not None else []
+
+    @classmethod
+    def wrap(cls, items: list[tuple[str, str]]) -> "Headers":
+        """Adopt ``items`` without copying it (front ends build a fresh list per request)."""
+        h = cls.__new__(cls)
+        h._items = items
+        return h
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``."""
@@ -134,7 +144,10 @@ class RequestContext:
 
     ``path`` is the normalised path used for matching (and sent to the backend unless
     the route says otherwise), ``raw_path`` what the client sent. ``client_ip`` is the
-    address after trusted-proxy resolution; ``peer_ip`` the socket's peer.
+    address after trusted-proxy resolution; ``peer_ip`` the socket's peer. There is
+    no default client address: a front end always knows its peer (``UNKNOWN_CLIENT``
+    when it does not, e.g. a Unix socket), and a made-up 127.0.0.1 would pass
+    loopback allow rules (issue 7, defect 10).
     """
 
     __slots__ = (
@@ -156,7 +169,7 @@ class RequestContext:
         scheme: str = "http",
         host: str = "",
         port: int = 80,
-        client_ip: str = "127.0.0.1",
+        client_ip: str,
         peer_ip: str | None = None,
         start: float = 0.0,
         http2: bool = False,
@@ -192,3 +205,76 @@ class RequestContext:
 
     def __repr__(self) -> str:
         return f"<RequestContext {self.method} {self.target} from {self.client_ip}>"
+
+
+STATUS_REASONS = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
+    206: "Partial Content", 301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long", 417: "Expectation Failed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+BODY_CHUNK = 65536
+
+
+class RequestBody:
+    """The client's request body as a front end delivers it.
+
+    ``length`` is the Content-Length, or None for a chunked (or HTTP/2 unsized) body.
+    ``read(n)`` returns b"" at the end. ``on_first_read`` runs once before the first
+    read: the HTTP/1 front end sends ``100 Continue`` there, so a client that waits
+    for it is only asked for the body once the request was accepted.
+    """
+
+    __slots__ = ("length", "read", "on_first_read", "consumed", "finished")
+
+    def __init__(self, length: int | None, read: Callable[[int], bytes], on_first_read: Callable[[], None] | None = None) -> None:
+        self.length = length
+        self.read = read
+        self.on_first_read = on_first_read
+        self.consumed = 0
+        self.finished = False
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.on_first_read is not None:
+            self.on_first_read()
+            self.on_first_read = None
+        read = self.read
+        while True:
+            chunk = read(BODY_CHUNK)
+            if not chunk:
+                self.finished = True
+                return
+            self.consumed += len(chunk)
+            yield chunk
+
+
+class Reply:
+    """What the front end writes: status, headers, body (bytes or an iterator of chunks).
+
+    The front end asks ``edge.framing`` how to frame it; ``length`` is the
+    Content-Length the body has (an answer edge made, or the backend's), None when
+    unknown (then chunked on HTTP/1.1, close-delimited on HTTP/1.0, plain DATA
+    frames on HTTP/2).
+    """
+
+    __slots__ = ("status", "reason", "headers", "body", "length", "upgrade", "close_connection", "trailers_from")
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body, length: int | None) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body                 # bytes, an iterator of bytes, or None (no body)
+        self.length = length             # Content-Length to announce, None for chunked
+        self.upgrade = None              # (backend socket, bytes already read) after a 101
+        self.close_connection = False
+        self.trailers_from = None        # the UpstreamReply whose trailers follow a chunked body
+
+
+def close_body(body) -> None:
+    """Release what backs a reply body that will not be (fully) written: the backend connection."""
+    if body is not None and not isinstance(body, bytes) and hasattr(body, "close"):
+        body.close()

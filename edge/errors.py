@@ -64,6 +64,24 @@ class SlowClient(ClientError):
     public = "request timeout"
 
 
+class InvalidResponseField(EdgeError):
+    """A reply field edge may not write (bad name; CR, LF, NUL or another CTL in a value),
+    whoever produced it: the client gets a 500 instead, never the bytes."""
+
+    metric = "invalid_response_field"
+
+    @classmethod
+    def naming(cls, fields) -> "InvalidResponseField":
+        """The error naming the first offending pair of ``fields`` (truncated, for one log line)."""
+        from edge.fields import first_invalid_field
+
+        for name, value in fields:
+            if not isinstance(name, str) or not isinstance(value, str):
+                return cls(f"invalid response header {name!r}: {value!r} (not a str)")
+        bad = first_invalid_field(fields) or ("?", "?")
+        return cls(f"invalid response header {str(bad[0])[:60]!r}: {str(bad[1])[:60]!r}")
+
+
 class ClientDisconnected(EdgeError):
     """The client went away; nothing can be answered, only counted."""
 

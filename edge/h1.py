@@ -1,44 +1,77 @@
-"""HTTP/1.x on a client connection: read requests, hand them to the proxy, write replies.
+"""The HTTP/1.x client connection: one state machine that reads, writes and tunnels.
 
-Theory of operation. gunicorn accepts the connection (and does TLS and ALPN);
-``EdgeWorker.handle`` passes HTTP/1 connections here (HTTP/2 ones stay with
-gunicorn). ``serve`` loops: read until a request head is complete, parse it with
-gunicorn's C parser (``gunicorn_h1c``: picohttpparser, which already refuses
-malformed request lines, bad header names and values, duplicate Host or
-Content-Length, Content-Length together with Transfer-Encoding, chunked HTTP/1.0),
-apply the framing rules it leaves to us (``request_framing``), build the
-``RequestContext``, run ``Proxy.handle`` and write the reply. Bytes that follow a
-request are the next request (pipelining) and stay in the buffer.
+Theory of operation. gunicorn accepts the connection (TLS, ALPN) and
+``EdgeWorker.handle`` passes HTTP/1 connections to ``serve``. A ``Connection``
+moves through the states of ``TRANSITIONS`` (h11 ``_state.py``, adapted):
+
+    IDLE --bytes--> READING_HEAD --head--> HANDLING --reply--> WRITING --keep--> IDLE
+      \\---------------head (whole head in one recv)--^      \\--upgrade--> TUNNEL
+    any state --close--> CLOSED; IDLE/READING_HEAD --refuse--> WRITING (an error reply)
+
+An event a state does not allow raises ``IllegalTransition`` naming both, so a
+keep-alive decision cannot be taken in the wrong place again.
+
+Reading. Bytes are collected until the head ends (``\\r\\n\\r\\n``); only then is
+gunicorn's C parser (``gunicorn_h1c``: picohttpparser, which refuses malformed
+request lines, bad names and values, duplicate Host or Content-Length, bare LF)
+run, once. Each ``recv`` only scans its new bytes, so a trickled head costs O(n),
+not O(n²) (issue 7, defect 5). Bounds: the whole head (``max_head_size``), the
+line being received (a field line without an end counts against the field size
+limit at once), and time: ``header_timeout`` from the head's first byte (or from
+the accept for the first request) to its end, 408 and close; an idle keep-alive
+connection is closed quietly after ``keepalive``, and ``keepalive: 0`` means no
+keep-alive (every reply closes), as in gunicorn. Then ``edge.admission.admit``
+checks the request (the same step HTTP/2 streams pass) and ``Proxy.handle``
+answers it. The request body streams through ``BodyReader`` (Content-Length by
+counting, chunked through the strict ``ChunkedDecoder``), with
+``body_idle_timeout`` as the longest gap between reads; a body not read to its end
+when the reply is written closes the connection (draining an unwanted upload
+could mean reading gigabytes; nginx closes too).
+
+Writing. ``edge.framing.plan`` decides Content-Length, chunked or
+close-delimited, and keep-alive. Every header name and value is checked first
+(``edge.fields``): an invalid one, whatever produced it, turns the reply into a
+500 and one log line; it never reaches the wire. A failure after the head went
+out aborts the connection (RST), so the client sees a truncated reply.
+
+Tunnel. After a 101 the client and backend sockets are relayed byte for byte
+until either side closes or the tunnel has been quiet in both directions for its
+idle timeout (issue 7, defect 6: traffic either way counts as activity).
 
 Why not gunicorn's own request loop: measured on this machine, its per-request
-Python objects (Message, Unreader, Body readers, a Timeout per keep-alive wait)
-cost about a third of a small proxied request (docs/benchmarks.md).
-
-The request body is read lazily through ``BodyReader``: Content-Length bodies by
-counting, chunked ones through ``ChunkedDecoder`` (strict RFC 9112 §7.1 framing).
-A body that was not read to its end when the reply is written (a plugin answered
-403, the backend answered early) closes the connection: draining an unwanted
-upload could mean reading gigabytes, and nginx closes too.
+Python objects cost about a third of a small proxied request (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import email.utils
+import enum
 import logging
+import re
 import socket
 import time
 
+import gevent
 import gunicorn_h1c
 from gunicorn_h1c._parser_fast import IncompleteError as _Incomplete  # the fast parser's own class, not the package's
 
-from edge.app import Reply, RequestBody
-from edge.context import Headers, RequestContext
-from edge.errors import BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge, SlowClient
+from edge import admission, framing
+from edge.admission import ExpectationFailed, NotImplementedCoding  # noqa: F401  (re-exported for callers and tests)
+from edge.context import STATUS_REASONS, UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
+from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge,
+                         InvalidResponseField, SlowClient)
+from edge.fields import fields_valid_joined
 from edge.netio import send_all
 
 log = logging.getLogger("edge.h1")
 
 RECV_BYTES = 65536
+TUNNEL_CHUNK = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close sends RST
+# RFC 9112 §4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
+_REASON_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_REASONS_OK = frozenset(STATUS_REASONS.values()) | {""}
 
 
 class UriTooLong(ClientError):
@@ -47,71 +80,126 @@ class UriTooLong(ClientError):
     public = "request line too long"
 
 
-class NotImplementedCoding(ClientError):
-    status = 501
-    metric = "transfer_coding"
-    public = "transfer coding not implemented"
 
 
-class ExpectationFailed(ClientError):
-    status = 417
-    metric = "expectation_failed"
-    public = "expectation failed"
+# ---------------------------------------------------------------------------- state machine
 
 
-# ---------------------------------------------------------------------------- pure rules
+class State(enum.Enum):
+    IDLE = "idle"                  # between requests: waiting for a first byte
+    READING_HEAD = "reading head"  # part of a head arrived
+    HANDLING = "handling"          # head admitted; the proxy works, the body may be read
+    WRITING = "writing"            # the reply (or an error reply) is being written
+    TUNNEL = "tunnel"              # upgraded: bytes relayed both ways
+    CLOSED = "closed"
 
 
-def request_framing(headers: tuple[tuple[bytes, bytes], ...], content_length: int, has_chunked: bool) -> tuple[int | None, bool, bool]:
-    """``(length, chunked, expect_continue)`` of a parsed request, or a ClientError.
-
-    RFC 9112 §6.3: a request whose Transfer-Encoding does not end in ``chunked`` has
-    no determinable length (400); edge decodes only ``chunked`` itself, so any other
-    coding is 501 (RFC 9112 §6.1). ``Expect`` other than ``100-continue`` is 417.
-    """
-    expect = False
-    for name, value in headers:
-        n = len(name)
-        if n == 17 and name.lower() == b"transfer-encoding":
-            codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
-            if codings != [b"chunked"]:
-                if codings and codings[-1] == b"chunked":
-                    raise NotImplementedCoding(f"unsupported transfer coding {value!r}")
-                raise BadRequest(f"Transfer-Encoding without chunked last: {value!r}")
-        elif n == 6 and name.lower() == b"expect":
-            if value.strip().lower() != b"100-continue":
-                raise ExpectationFailed(f"unsupported expectation {value!r}")
-            expect = True
-    if has_chunked:
-        return None, True, expect
-    return (content_length if content_length > 0 else 0), False, expect
+class Event(enum.Enum):
+    BYTES = "bytes"        # first bytes of a head
+    HEAD = "head"          # a complete head was parsed and admitted
+    REFUSE = "refuse"      # a head was refused: an error reply follows, then close
+    REPLY = "reply"        # start writing the reply
+    UPGRADE = "upgrade"    # the backend answered 101
+    KEEP = "keep"          # reply written; the connection carries another request
+    CLOSE = "close"        # the connection ends
 
 
-def split_target(target: str) -> tuple[str, str, str | None]:
-    """``(path, query, authority)`` of a request target (origin-form or absolute-form).
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.IDLE, Event.BYTES): State.READING_HEAD,
+    (State.IDLE, Event.HEAD): State.HANDLING,
+    (State.IDLE, Event.REFUSE): State.WRITING,
+    (State.IDLE, Event.CLOSE): State.CLOSED,
+    (State.READING_HEAD, Event.HEAD): State.HANDLING,
+    (State.READING_HEAD, Event.REFUSE): State.WRITING,
+    (State.READING_HEAD, Event.CLOSE): State.CLOSED,
+    (State.HANDLING, Event.REPLY): State.WRITING,
+    (State.HANDLING, Event.UPGRADE): State.TUNNEL,
+    (State.HANDLING, Event.CLOSE): State.CLOSED,
+    (State.WRITING, Event.KEEP): State.IDLE,
+    (State.WRITING, Event.CLOSE): State.CLOSED,
+    (State.TUNNEL, Event.CLOSE): State.CLOSED,
+    (State.CLOSED, Event.CLOSE): State.CLOSED,
+}
 
-    RFC 9112 §3.2.2: a server MUST accept the absolute-form; its authority then
-    replaces Host. A fragment is never sent by a conforming client: refused.
-    """
-    authority = None
-    if not target.startswith("/"):
-        lower = target[:8].lower()
-        if lower.startswith("http://") or lower.startswith("https://"):
-            rest = target[target.index("//") + 2:]
-            slash = rest.find("/")
-            q = rest.find("?")
-            cut = min(x for x in (slash, q, len(rest)) if x >= 0)
-            authority, target = rest[:cut], rest[cut:] or "/"
-            if target.startswith("?"):
-                target = "/" + target
-        elif target == "*":
-            return "*", "", None
-        else:
-            raise BadRequest(f"invalid request target {target[:80]!r}")
-    if "#" in target:
-        raise BadRequest("fragment in request target")
-    path, _, query = target.partition("?")
-    return path, query, authority
+
+class IllegalTransition(RuntimeError):
+    def __init__(self, state: State, event: Event) -> None:
+        self.state, self.event = state, event
+        super().__init__(f"HTTP/1 connection: event {event.value!r} is not allowed in state {state.value!r}")
+
+
+# The same table by state, so a step is two dict lookups without building a key tuple.
+_NEXT: dict[State, dict[Event, State]] = {s: {e: t for (s2, e), t in TRANSITIONS.items() if s2 is s} for s in State}
+
+
+def next_state(state: State, event: Event) -> State:
+    try:
+        return _NEXT[state][event]
+    except KeyError:
+        raise IllegalTransition(state, event) from None
+
+
+# ---------------------------------------------------------------------------- pure reading rules
+
+
+class HeadLimits:
+    """The bounds of one request head (bytes), from ``server.*``; 0 disables a per-line bound."""
+
+    __slots__ = ("line", "fields", "field_size", "head")
+
+    def __init__(self, line: int, fields: int, field_size: int, head: int) -> None:
+        self.line, self.fields, self.field_size, self.head = line, fields, field_size, head
+
+
+def head_end(buf, scanned: int) -> int:
+    """Where the head in ``buf`` ends (index after its empty line), -1 if not yet; only bytes
+    from ``scanned`` on are searched. A bare-LF empty line also counts: the parser refuses it."""
+    start = scanned - 3 if scanned > 3 else 0
+    end = buf.find(b"\r\n\r\n", start)
+    if end >= 0:
+        return end + 4
+    end = buf.find(b"\n\n", start)
+    return end + 2 if end >= 0 else -1
+
+
+_LINE_SLACK = 8  # ": ", OWS and CR beyond what the parser's limits count: only its own refusal is exact
+
+
+def check_partial_head(buf, limits: HeadLimits) -> None:
+    """Refuse an incomplete head that can no longer fit its bounds (414/431)."""
+    n = len(buf)
+    if n > limits.head:
+        raise HeaderTooLarge(f"request head over {limits.head} bytes")
+    nl = buf.rfind(b"\n")
+    if nl < 0:
+        if limits.line and n > limits.line + _LINE_SLACK:
+            raise UriTooLong(f"request line over {limits.line} bytes")
+    elif limits.field_size and n - nl - 1 > limits.field_size + _LINE_SLACK:
+        raise HeaderTooLarge(f"header field line over {limits.field_size} bytes")
+
+
+def parse_head(buf: bytes, limits: HeadLimits):
+    """gunicorn's C parser on one complete head; its errors as ClientErrors."""
+    try:
+        return gunicorn_h1c.parse_request_fast(buf, limit_request_line=limits.line,
+                                              limit_request_fields=limits.fields,
+                                              limit_request_field_size=limits.field_size)
+    except _Incomplete:
+        raise BadRequest("malformed request head") from None
+    except gunicorn_h1c.LimitRequestLine as e:
+        raise UriTooLong(str(e)) from None
+    except gunicorn_h1c.LimitRequestHeaders as e:
+        raise HeaderTooLarge(str(e)) from None
+    except ValueError as e:  # every parse error of both parser modules derives from it
+        raise BadRequest(f"{type(e).__name__}: {e}") from None
+
+
+def wants_close(req) -> bool:
+    """The client's own keep-alive wish: HTTP/1.1 persists unless "close"; 1.0 only with "keep-alive"."""
+    cc = req.connection_close
+    if req.minor_version == 1:
+        return cc == 1
+    return cc != 0
 
 
 class ChunkedDecoder:
@@ -205,23 +293,85 @@ class ChunkedDecoder:
         self.trailers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
 
 
-# ---------------------------------------------------------------------------- I/O
+class Clock:
+    """The Date field value, recomputed at most once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = ""
+
+    def date(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = email.utils.formatdate(now, usegmt=True)
+        return self._value
+
+
+def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
+    """The serialised head of a reply; InvalidResponseField if any part may not be written."""
+    headers = reply.headers
+    reason = reply.reason
+    if not fields_valid_joined(headers):
+        raise InvalidResponseField.naming(headers)
+    if reason not in _REASONS_OK and _REASON_RE.fullmatch(reason) is None:
+        raise InvalidResponseField(f"invalid reason phrase {reason[:60]!r}")
+    status_line = f"HTTP/1.1 {reply.status} {reason}\r\n"
+    if headers:
+        lines = "\r\n".join(map(": ".join, headers))
+        parts = [status_line, lines, "\r\n"]
+        low = lines.lower()
+        if not (low.startswith("date:") or "\r\ndate:" in low):
+            parts.append(f"Date: {date}\r\n")
+    else:
+        parts = [status_line, f"Date: {date}\r\n"]
+    if plan.announce_length:
+        parts.append(f"Content-Length: {reply.length}\r\n")
+    elif plan.chunked:
+        parts.append("Transfer-Encoding: chunked\r\n")
+    if not plan.keep_alive:
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+# ---------------------------------------------------------------------------- the connection
 
 
 class Connection:
-    """One client connection's read side: a buffer shared by request heads and bodies.
+    """One client connection: its state, its read buffer, and its socket."""
 
-    While it waits for the first byte of a next request it sits in ``idle``, the
-    worker's map of idle keep-alive sockets (to the time they went idle), which a
-    stopping worker closes instead of waiting for their keep-alive timeout.
-    """
+    __slots__ = ("sock", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s", "header_timeout_s",
+                 "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served")
 
-    __slots__ = ("sock", "buf", "idle")
-
-    def __init__(self, sock, idle: dict) -> None:
+    def __init__(self, worker, sock, peer_ip: str, port: int, scheme: str) -> None:
+        self.worker = worker
+        self.proxy = proxy = worker.proxy
+        cfg = proxy.state.cfg.server
         self.sock = sock
         self.buf = b""
-        self.idle = idle
+        self.state = State.IDLE
+        self.idle = worker.idle_connections
+        self.limits = worker.head_limits
+        self.keepalive_s = cfg.keepalive
+        self.header_timeout_s = cfg.header_timeout
+        self.body_idle_s = cfg.body_idle_timeout
+        self.tunnel_idle_s = worker.tunnel_idle_s
+        self.peer_ip = peer_ip
+        self.port = port
+        self.scheme = scheme
+        self.clock = worker.clock
+        self.served = 0
+
+    def event(self, ev: Event) -> None:
+        try:
+            self.state = _NEXT[self.state][ev]
+        except KeyError:
+            raise IllegalTransition(self.state, ev) from None
+
+    # ------------------------------------------------------------------ reading
 
     def recv(self) -> bytes:
         try:
@@ -230,9 +380,275 @@ class Connection:
             raise SlowClient("client sent nothing within the timeout") from None
         except OSError as e:
             raise ClientDisconnected(f"client connection failed: {e.strerror or e}") from None
-        finally:
-            self.idle.pop(self.sock, None)
         return data
+
+    def read_head(self):
+        """The next parsed head, or None when the client closed (or idled out) between requests."""
+        sock = self.sock
+        limits = self.limits
+        buf = self.buf
+        if buf[:2] == b"\r\n":
+            buf = buf.lstrip(b"\r\n")  # RFC 9112 §2.2: ignore empty lines before a request
+        now = time.monotonic()
+        if self.served == 0:
+            deadline = now + self.header_timeout_s  # a new connection must send its head in time
+            sock.settimeout(self.header_timeout_s)
+        elif buf:
+            deadline = now + self.header_timeout_s
+            sock.settimeout(self.header_timeout_s)
+        else:
+            deadline = None
+            sock.settimeout(self.keepalive_s)
+            self.idle[sock] = now
+        acc = None  # a bytearray once the head spans several recvs
+        scanned = 0
+        while True:
+            if buf:
+                end = head_end(buf, scanned)
+                if end >= 0:
+                    head = bytes(buf) if acc is not None else buf
+                    req = parse_head(head, limits)
+                    self.buf = head[req.consumed:]
+                    return req
+                check_partial_head(buf, limits)
+                scanned = len(buf)
+            try:
+                data = self.recv()
+            except SlowClient:
+                if deadline is None:
+                    self.idle.pop(sock, None)
+                    return None  # an idle keep-alive connection: close quietly, as every server does
+                if not buf:
+                    return None  # a connection that never sent a byte
+                raise
+            if deadline is None:
+                self.idle.pop(sock, None)
+                if data:
+                    deadline = time.monotonic() + self.header_timeout_s
+            if not data:
+                if buf:
+                    raise ClientDisconnected("client closed the connection mid-head")
+                return None
+            if self.state is State.IDLE:
+                self.event(Event.BYTES)
+            if not buf:
+                buf = data
+                if buf[:2] == b"\r\n":
+                    buf = buf.lstrip(b"\r\n")
+            else:
+                if acc is None:
+                    acc = bytearray(buf)
+                acc += data
+                buf = acc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SlowClient(f"request head not complete within {self.header_timeout_s:g}s")
+            sock.settimeout(left)
+
+    # ------------------------------------------------------------------ one exchange
+
+    def serve(self) -> None:
+        proxy = self.proxy
+        worker = self.worker
+        keepalive_on = self.keepalive_s > 0
+        while True:
+            try:
+                req = self.read_head()
+            except ClientDisconnected:
+                self.event(Event.CLOSE)
+                return
+            except ClientError as e:
+                self.refuse(e)
+                return
+            if req is None:
+                self.event(Event.CLOSE)
+                return
+            now = time.monotonic()
+            worker.count_request()
+            http11 = req.minor_version == 1
+            fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers]
+            method = req.method.decode("latin-1")
+            try:
+                adm = admission.admit(method, req.path.decode("latin-1"), fields, http11=http11, fields_checked=True)
+            except ClientError as e:
+                self.refuse(e, method)
+                return
+            self.event(Event.HEAD)
+            self.served += 1
+            ctx = RequestContext(method, adm.path, adm.query, Headers.wrap(fields),
+                                 version="1.1" if http11 else "1.0", scheme=self.scheme, host=adm.host,
+                                 port=self.port, client_ip=self.peer_ip, start=now)
+            self.sock.settimeout(self.body_idle_s)
+            body = None
+            if adm.body:
+                chunked = adm.body == admission.CHUNKED
+                reader = BodyReader(self, adm.length, chunked)
+                first = self._continue_sender() if adm.expect_continue and http11 else None
+                body = RequestBody(None if chunked else adm.length, reader.read, first)
+            reply = proxy.handle(ctx, body)
+            keep = (keepalive_on and worker.alive and not reply.close_connection and not wants_close(req)
+                    and (body is None or body.finished))
+            try:
+                if reply.upgrade is not None:
+                    self.event(Event.UPGRADE)
+                    self.tunnel(ctx, reply)
+                    self.event(Event.CLOSE)
+                    return
+                self.event(Event.REPLY)
+                keep = self.write(ctx, reply, keep, http11)
+            except EdgeError:
+                keep = False
+            finally:
+                if body is not None:
+                    ctx.bytes_received = body.consumed
+                proxy.finish(ctx)
+            if not keep:
+                self.event(Event.CLOSE)
+                return
+            self.event(Event.KEEP)
+
+    def refuse(self, e: ClientError, method: str = "GET") -> None:
+        """Answer a refused head with its status and close (400/408/414/431/501 ...)."""
+        self.event(Event.REFUSE)
+        ctx = RequestContext(method, "/", client_ip=self.peer_ip, start=time.monotonic())
+        reply = self.proxy.error_reply(ctx, e)
+        try:
+            self.sock.settimeout(self.body_idle_s)
+            self.write(ctx, reply, False, True)
+        except (EdgeError, OSError):
+            pass  # the client is gone or not reading; it is closed right after anyway
+        self.proxy.finish(ctx)
+        self.event(Event.CLOSE)
+
+    def _continue_sender(self):
+        sock = self.sock
+
+        def send_continue() -> None:
+            send_all(sock, CONTINUE)
+        return send_continue
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, ctx: RequestContext, reply: Reply, keep: bool, http11: bool) -> bool:
+        """Write a reply; True when the connection may carry another request."""
+        sock = self.sock
+        body = reply.body
+        plan = framing.plan(ctx.method, reply.status, reply.length, body is not None, http11=http11, keep_alive=keep)
+        try:
+            head = reply_head(reply, plan, self.clock.date())
+        except InvalidResponseField as e:
+            close_body(body)
+            log.error("%s %s (request id %s): %s; answering 500",
+                ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-", e)
+            self.proxy.metrics.incr(e.metric)
+            reply = self.proxy.error_reply(ctx, e)
+            plan = framing.plan(ctx.method, reply.status, reply.length, True, http11=http11, keep_alive=False)
+            head = reply_head(reply, plan, self.clock.date())
+            body = reply.body
+        if not plan.body:
+            close_body(body)  # HEAD, 204, 304: release the backend connection
+            send_all(sock, head)
+            return plan.keep_alive
+        if isinstance(body, bytes):
+            send_all(sock, head + body)
+            ctx.bytes_sent += len(body)
+            return plan.keep_alive
+        return self._stream(ctx, reply, head, body, plan) and plan.keep_alive
+
+    def _stream(self, ctx: RequestContext, reply: Reply, head: bytes, body, plan: framing.Plan) -> bool:
+        sock = self.sock
+        pending = head
+        chunked = plan.chunked
+        try:
+            try:
+                for chunk in body:
+                    if not chunk:
+                        continue
+                    ctx.bytes_sent += len(chunk)
+                    if chunked:
+                        chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                    if pending:
+                        send_all(sock, pending + chunk)
+                        pending = b""
+                    else:
+                        send_all(sock, chunk)
+                if plan.announce_length:
+                    framing.check_complete(reply.length, ctx.bytes_sent)
+                tail = b""
+                if chunked:
+                    tail = b"0\r\n" + self._trailers(ctx, reply) + b"\r\n"
+                if pending or tail:
+                    send_all(sock, pending + tail)
+                    pending = b""
+                return True
+            except EdgeError as e:
+                # The backend failed while its body was being relayed (timeout, truncated body).
+                ctx.error = e
+                log.warning("%s %s (request id %s): response cut short: %s", ctx.method, ctx.raw_path,
+                            self.proxy.request_id_of(ctx) or "-", e)
+                self.proxy.metrics.incr(e.metric)
+                if pending:
+                    # Nothing has reached the client yet, so it can still get a proper error answer.
+                    close_body(body)
+                    self.write(ctx, self.proxy.error_reply(ctx, e), False, True)
+                    return False
+                # framing.on_error_after_head(False): cut the connection, so the client sees a
+                # truncated body rather than a short or padded one.
+                _abort(sock)
+                return False
+        finally:
+            close_body(body)  # closes the backend connection unless it was read to its end
+
+    def _trailers(self, ctx: RequestContext, reply: Reply) -> bytes:
+        trailers = reply.trailers_from.trailers if reply.trailers_from is not None else ()
+        if not trailers:
+            return b""
+        if not fields_valid_joined(trailers):
+            # The head is out: dropping invalid trailers is the only safe choice left.
+            log.error("%s %s (request id %s): invalid trailer dropped",
+                ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-")
+            self.proxy.metrics.incr(InvalidResponseField.metric)
+            return b""
+        return ("\r\n".join(map(": ".join, trailers)) + "\r\n").encode("latin-1")
+
+    # ------------------------------------------------------------------ upgrades
+
+    def tunnel(self, ctx: RequestContext, reply: Reply) -> None:
+        """Relay a 101'd connection both ways until either side closes or both idle out."""
+        sock = self.sock
+        backend, early = reply.upgrade
+        try:
+            plan = framing.plan(ctx.method, 101, None, False)
+            head = reply_head(reply, plan, self.clock.date())
+        except InvalidResponseField as e:
+            backend.close()
+            log.error("%s %s (request id %s): %s; answering 500",
+                ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-", e)
+            self.write(ctx, self.proxy.error_reply(ctx, e), False, True)
+            return
+        buffered = self.buf
+        self.buf = b""
+        activity = [time.monotonic()]
+        try:
+            send_all(sock, head + early)
+            if buffered:
+                send_all(backend, buffered)  # bytes the client sent right after its upgrade request
+            sock.settimeout(None)
+            backend.settimeout(None)
+            a = gevent.spawn(_pipe, sock, backend, activity)
+            b = gevent.spawn(_pipe, backend, sock, activity)
+            watch = gevent.spawn(_watch_idle, activity, self.tunnel_idle_s)
+            gevent.joinall([a, b, watch], count=1)
+            gevent.killall([a, b, watch], block=False)
+        finally:
+            # Either side closed (or both idled out): close both together.
+            for s in (backend, sock):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by the peer
+            backend.close()
+        ctx.status = 101
 
 
 class BodyReader:
@@ -254,7 +670,10 @@ class BodyReader:
         if data:
             conn.buf = b""
             return data
-        data = conn.recv()
+        try:
+            data = conn.recv()
+        except SlowClient:
+            raise SlowClient(f"no request body bytes for {conn.body_idle_s:g}s") from None
         if not data:
             raise ClientDisconnected("client closed the connection mid-body")
         return data
@@ -288,143 +707,48 @@ class BodyReader:
                 return b""
 
 
-def read_head(conn: Connection, limits: tuple[int, int, int], max_head_bytes: int):
-    """The next parsed request head, or None when the client closed between requests."""
-    line_limit, fields_limit, field_size_limit = limits
+def _pipe(src, dst, activity: list) -> None:
+    try:
+        while True:
+            data = src.recv(TUNNEL_CHUNK)
+            if not data:
+                return
+            activity[0] = time.monotonic()
+            send_all(dst, data)
+            activity[0] = time.monotonic()
+    except OSError:
+        return  # reset, or the other direction closed the sockets: the tunnel is over
+
+
+def _watch_idle(activity: list, idle_s: float) -> None:
+    """Returns once neither direction carried a byte for ``idle_s``."""
     while True:
-        buf = conn.buf
-        if buf:
-            if buf[:2] == b"\r\n":
-                buf = conn.buf = buf.lstrip(b"\r\n")  # RFC 9112 §2.2: ignore empty lines before a request
-            try:
-                req = gunicorn_h1c.parse_request_fast(buf, limit_request_line=line_limit,
-                                                      limit_request_fields=fields_limit,
-                                                      limit_request_field_size=field_size_limit)
-                conn.buf = buf[req.consumed:]
-                return req
-            except _Incomplete:
-                if len(buf) > max_head_bytes:
-                    raise HeaderTooLarge("request head too large") from None
-            except gunicorn_h1c.LimitRequestLine as e:
-                raise UriTooLong(str(e)) from None
-            except gunicorn_h1c.LimitRequestHeaders as e:
-                raise HeaderTooLarge(str(e)) from None
-            except ValueError as e:  # every parse error of both parser modules derives from it
-                raise BadRequest(f"{type(e).__name__}: {e}") from None
-        data = conn.recv()
-        if not data:
-            if conn.buf:
-                raise ClientDisconnected("client closed the connection mid-head")
-            return None
-        conn.buf += data
+        left = activity[0] + idle_s - time.monotonic()
+        if left <= 0:
+            return
+        gevent.sleep(left)
 
 
-def build_context(req, conn_info: tuple[str, int, str], now: float) -> tuple[RequestContext, Headers]:
-    """A RequestContext from a parsed head: str headers (latin-1), Host, target split."""
-    peer_ip, port, scheme = conn_info
-    raw_headers = req.headers
-    headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers])
-    host = ""
-    for k, v in headers:
-        if len(k) == 4 and k.lower() == "host":
-            host = v
-            break
-    path, query, authority = split_target(req.path.decode("latin-1"))
-    if authority is not None:
-        host = authority
-    ctx = RequestContext(
-        req.method.decode("latin-1"),
-        path,
-        query,
-        headers,
-        version="1.1" if req.minor_version == 1 else "1.0",
-        scheme=scheme,
-        host=host,
-        port=port,
-        client_ip=peer_ip,
-        start=now,
-    )
-    return ctx, headers
-
-
-def wants_close(req) -> bool:
-    """The client's own keep-alive wish: HTTP/1.1 persists unless "close"; 1.0 only with "keep-alive"."""
-    cc = req.connection_close
-    if req.minor_version == 1:
-        return cc == 1
-    return cc != 0
+def _abort(sock) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        sock.close()
+    except OSError:
+        pass  # the client is already gone
 
 
 def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
     """Serve HTTP/1 requests on one connection until it closes (see the module docstring)."""
-    proxy = worker.proxy
-    cfg = proxy.state.cfg.server
-    limits = (cfg.max_request_line, cfg.max_header_fields, cfg.max_header_field_size)
-    max_head = cfg.max_request_line + cfg.max_header_fields * (cfg.max_header_field_size + 4) + 4
-    keepalive_s = cfg.keepalive
-    peer_ip = addr[0] if isinstance(addr, tuple) else "unix"
-    conn_info = (peer_ip, listener_port, scheme)
-    idle = worker.idle_connections
-    conn = Connection(sock, idle)
-    write = worker.write_reply
-    while True:
-        sock.settimeout(keepalive_s)
-        if not conn.buf:
-            idle[sock] = time.monotonic()
-        try:
-            req = read_head(conn, limits, max_head)
-        except ClientDisconnected:
-            return
-        except SlowClient:
-            return  # idle keep-alive connection: close quietly, as every server does
-        except ClientError as e:
-            ctx = RequestContext("GET", "/", client_ip=peer_ip, start=time.monotonic())
-            log.info("bad request from %s: %s", peer_ip, e)
-            reply = proxy.error_reply(ctx, e)
-            write(sock, ctx, reply, False, True)
-            proxy.finish(ctx)
-            return
-        if req is None:
-            return
-        now = time.monotonic()
-        worker.count_request()
-        body = None
-        try:
-            ctx, _ = build_context(req, conn_info, now)
-            length, chunked, expect = request_framing(req.headers, req.content_length, req.has_chunked)
-            if chunked or length:
-                reader = BodyReader(conn, length, chunked)
-                first = _continue_sender(sock) if expect and req.minor_version == 1 else None
-                body = RequestBody(None if chunked else length, reader.read, first)
-        except ClientError as e:
-            ctx = RequestContext(req.method.decode("latin-1"), "/", client_ip=peer_ip, start=now)
-            reply = proxy.error_reply(ctx, e)
-            reply.close_connection = True
-        else:
-            reply = proxy.handle(ctx, body)
-        keep = (worker.alive and not reply.close_connection and not wants_close(req))
-        if body is not None and not body.finished:
-            keep = False
-        try:
-            if reply.upgrade is not None:
-                worker.tunnel(sock, conn.buf, ctx, reply)
-                return
-            if not write(sock, ctx, reply, keep, req.minor_version == 1):
-                return
-        except EdgeError:
-            return
-        finally:
-            if body is not None:
-                ctx.bytes_received = body.consumed
-            proxy.finish(ctx)
-        if not keep:
-            return
+    peer_ip = addr[0] if isinstance(addr, tuple) else UNKNOWN_CLIENT
+    Connection(worker, sock, peer_ip, listener_port, scheme).serve()
 
 
-def _continue_sender(sock):
-    def send_continue() -> None:
-        send_all(sock, CONTINUE)
-    return send_continue
+def answer_and_close(worker, sock, peer_ip: str, reply: Reply, ctx: RequestContext) -> None:
+    """Write one reply on a fresh connection and close it (an ``on_connect`` refusal)."""
+    conn = Connection(worker, sock, peer_ip, 0, worker.scheme)
+    conn.state = State.WRITING
+    conn.write(ctx, reply, False, True)
 
 
-__all__ = ["serve", "request_framing", "split_target", "ChunkedDecoder", "BodyReader", "Reply"]
+__all__ = ["serve", "Connection", "State", "Event", "TRANSITIONS", "IllegalTransition", "ChunkedDecoder",
+           "BodyReader", "HeadLimits", "head_end", "check_partial_head", "reply_head", "Clock"]

@@ -1,49 +1,147 @@
-"""HTTP/1 request framing rules and the chunked decoder (pure)."""
+"""The HTTP/1 connection's pure parts: state table, head scanning and bounds, reply head, chunked decoder."""
 
+import gunicorn_h1c
 import pytest
 
-from edge.errors import BadRequest
-from edge.h1 import ChunkedDecoder, ExpectationFailed, NotImplementedCoding, request_framing, split_target
+from edge import framing
+from edge.context import Reply
+from edge.errors import BadRequest, HeaderTooLarge, InvalidResponseField
+from edge.h1 import (TRANSITIONS, ChunkedDecoder, Event, HeadLimits, IllegalTransition, State, UriTooLong,
+                     check_partial_head, head_end, next_state, parse_head, reply_head)
+
+LIMITS = HeadLimits(8190, 100, 8190, 65536)
 
 
-@pytest.mark.parametrize("headers, cl, chunked, expected", [
-    ((), -1, False, (0, False, False)),
-    (((b"Content-Length", b"10"),), 10, False, (10, False, False)),
-    (((b"Transfer-Encoding", b"chunked"),), -1, True, (None, True, False)),
-    (((b"transfer-encoding", b"Chunked"),), -1, True, (None, True, False)),
-    (((b"Content-Length", b"3"), (b"Expect", b"100-Continue")), 3, False, (3, False, True)),
+# ---------------------------------------------------------------------------- state machine
+
+# One request per line: the legal paths through the table.
+PATHS = [
+    ([Event.HEAD, Event.REPLY, Event.KEEP], State.IDLE),                    # whole head in one recv, keep-alive
+    ([Event.BYTES, Event.HEAD, Event.REPLY, Event.CLOSE], State.CLOSED),     # trickled head, then close
+    ([Event.HEAD, Event.UPGRADE, Event.CLOSE], State.CLOSED),                # WebSocket
+    ([Event.BYTES, Event.REFUSE, Event.CLOSE], State.CLOSED),                # 400/408/414/431
+    ([Event.REFUSE, Event.CLOSE], State.CLOSED),
+    ([Event.CLOSE], State.CLOSED),                                           # idle keep-alive closed
+    ([Event.BYTES, Event.CLOSE], State.CLOSED),                              # client vanished mid-head
+    ([Event.HEAD, Event.CLOSE], State.CLOSED),
+]
+
+
+@pytest.mark.parametrize("events, final", PATHS)
+def test_legal_paths(events, final):
+    state = State.IDLE
+    for ev in events:
+        state = next_state(state, ev)
+    assert state is final
+
+
+@pytest.mark.parametrize("state, event", [
+    (s, e) for s in State for e in Event if (s, e) not in TRANSITIONS
 ])
-def test_request_framing(headers, cl, chunked, expected):
-    assert request_framing(headers, cl, chunked) == expected
+def test_every_illegal_transition_raises_naming_the_state(state, event):
+    with pytest.raises(IllegalTransition) as exc:
+        next_state(state, event)
+    assert state.value in str(exc.value) and event.value in str(exc.value)
 
 
-@pytest.mark.parametrize("headers, chunked, error", [
-    (((b"Transfer-Encoding", b"gzip"),), False, BadRequest),          # no determinable length: 400
-    (((b"Transfer-Encoding", b"gzip, chunked"),), True, NotImplementedCoding),  # a coding edge cannot decode: 501
-    (((b"Transfer-Encoding", b"chunked, chunked"),), True, NotImplementedCoding),
-    (((b"Expect", b"200-ok"),), False, ExpectationFailed),
+def test_keep_alive_only_after_a_reply():
+    with pytest.raises(IllegalTransition):
+        next_state(State.HANDLING, Event.KEEP)   # keep-alive is decided by writing, nowhere else
+    with pytest.raises(IllegalTransition):
+        next_state(State.TUNNEL, Event.KEEP)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("buf, scanned, expected", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 27),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nNEXT", 0, 27),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 25, 27),   # the end straddles the previous recv
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", 0, -1),
+    (b"GET / HTTP/1.1\nHost: x\n\n", 0, 24),           # bare LF: handed to the parser, which refuses it
 ])
-def test_request_framing_refusals(headers, chunked, error):
+def test_head_end(buf, scanned, expected):
+    assert head_end(buf, scanned) == expected
+
+
+@pytest.mark.parametrize("buf, error", [
+    (b"GET /" + b"a" * 9000, UriTooLong),                                 # request line without an end
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 9000, HeaderTooLarge),            # field line without an end
+    (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 14000, HeaderTooLarge),      # the whole head
+])
+def test_partial_head_bounds(buf, error):
     with pytest.raises(error):
-        request_framing(headers, -1, chunked)
+        check_partial_head(buf, LIMITS)
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("/a/b?x=1&y", ("/a/b", "x=1&y", None)),
-    ("/", ("/", "", None)),
-    ("http://Example.com:8080/p?q", ("/p", "q", "Example.com:8080")),
-    ("https://example.com", ("/", "", "example.com")),
-    ("http://example.com?q=1", ("/", "q=1", "example.com")),
-    ("*", ("*", "", None)),
+def test_partial_head_within_bounds():
+    check_partial_head(b"GET / HTTP/1.1\r\nX: " + b"a" * 8000, LIMITS)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x7fb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\n\n",
 ])
-def test_split_target(target, expected):
-    assert split_target(target) == expected
-
-
-@pytest.mark.parametrize("target", ["a/b", "/a#frag", "ftp://x/y"])
-def test_split_target_refusals(target):
+def test_parser_refuses_what_admission_trusts_it_with(raw):
+    # admission.admit(..., fields_checked=True) relies on these refusals.
     with pytest.raises(BadRequest):
-        split_target(target)
+        parse_head(raw, LIMITS)
+
+
+def test_parser_limits_map_to_statuses():
+    with pytest.raises(UriTooLong):
+        parse_head(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", LIMITS)
+    with pytest.raises(HeaderTooLarge):
+        parse_head(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", LIMITS)
+    assert isinstance(gunicorn_h1c.LimitRequestLine("x", 1), Exception)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _reply(status=200, headers=(("Content-Type", "text/plain"),), length=5, reason="OK"):
+    return Reply(status, reason, list(headers), b"hello", length)
+
+
+def test_reply_head_length_and_date():
+    r = _reply()
+    head = reply_head(r, framing.plan("GET", 200, 5, True), "DATE")
+    assert head == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: DATE\r\nContent-Length: 5\r\n\r\n"
+
+
+def test_reply_head_chunked_close_and_own_date():
+    r = _reply(headers=[("date", "D0")], length=None)
+    head = reply_head(r, framing.plan("GET", 200, None, True, keep_alive=False), "DATE")
+    assert head == b"HTTP/1.1 200 OK\r\ndate: D0\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("headers, reason", [
+    ([("X-Bad", "a\r\nSet-Cookie: x=1")], "OK"),     # response splitting
+    ([("X-Bad", "a\x00")], "OK"),
+    ([("Bad Name", "v")], "OK"),
+    ([("X", 5)], "OK"),                                 # not a str (a plugin bug)
+    ([("X", "v")], "OK\r\nX: y"),                       # reason phrase
+])
+def test_reply_head_refuses_invalid_fields(headers, reason):
+    with pytest.raises(InvalidResponseField):
+        reply_head(_reply(headers=headers, reason=reason), framing.plan("GET", 200, 5, True), "DATE")
+
+
+def test_request_context_has_no_default_client_address():
+    # A made-up 127.0.0.1 would pass loopback allow rules (issue 7, defect 10).
+    from edge.context import RequestContext
+
+    with pytest.raises(TypeError):
+        RequestContext("GET", "/")
+
+
+# ---------------------------------------------------------------------------- chunked bodies
 
 
 def decode_all(pieces):
