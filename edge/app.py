@@ -35,6 +35,10 @@ def reply_from_response(resp: Response, headers_extra: list[tuple[str, str]] | N
     return Reply(resp.status, STATUS_REASONS.get(resp.status, "Unknown"), headers, resp.body, len(resp.body))
 
 
+# The answer to "OPTIONS *" (shared, like a fixed route's response): the usual methods; CONNECT is refused by admission.
+SERVER_OPTIONS = Response(204, [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
+
+
 class Proxy:
     """The request path over one worker's state (routes, pools, plugins, metrics)."""
 
@@ -94,12 +98,16 @@ class Proxy:
             if xff:
                 ctx.client_ip = rules.resolve_client_ip(ctx.peer_ip, xff, self.trusted)
 
-        route = self.routes.match(hostname, ctx.path, ctx.method, ctx.headers)
+        route = self.routes.match(hostname, ctx.path, ctx.method, ctx.headers) if ctx.path != "*" else None
         if route is None:
             chain = self.plugins.default_chain
             answer = chain.run_request(ctx)
             if answer is not None:
                 return self.answer(ctx, answer, chain)
+            if ctx.path == "*":
+                # RFC 9110 §9.3.7: "OPTIONS *" asks about the server in general, not a resource:
+                # edge is that server and answers it (admission lets "*" through only for OPTIONS).
+                return self.answer(ctx, SERVER_OPTIONS, chain)
             return self.answer(ctx, Response.error(404, "not found", ctx.request_id), chain)
         ctx.route = route
         ctx.upstream = route.upstream
@@ -126,7 +134,9 @@ class Proxy:
             client_host=ctx.host,
             client_port=ctx.port,
             peer_trusted=ctx.peer_ip in self.trusted,
-            upgrade_protocols=route.upgrade_protocols,  # kept only when the client asked for an upgrade
+            # kept only when the client asked for an upgrade; RFC 9110 §7.8: "A server MUST ignore an
+            # Upgrade header field that is received in an HTTP/1.0 request"
+            upgrade_protocols=route.upgrade_protocols if ctx.version == "1.1" else (),
             x_forwarded=self.x_forwarded,
             forwarded=self.forwarded,
             via=self.via,

@@ -309,12 +309,15 @@ def upstream_request_headers(
         prior = ", ".join(xff) if xff else ""
         out.append(("X-Forwarded-For", f"{prior}, {peer_ip}" if prior else peer_ip))
         out.append(("X-Forwarded-Proto", xfp or scheme))
-        out.append(("X-Forwarded-Host", xfh or client_host))
+        if xfh or client_host:  # an HTTP/1.0 request may have no Host: no empty claim then
+            out.append(("X-Forwarded-Host", xfh or client_host))
         out.append(("X-Forwarded-Port", xfport or str(client_port)))
     if forwarded:
         # RFC 7239 §4: each value is a token or a quoted-string; client_host passed
         # valid_host, so it holds no '"' or '\\', but "example.com:8080" must still be quoted.
-        element = f"for={_forwarded_node(peer_ip)};host={_forwarded_value(client_host)};proto={scheme}"
+        # An empty host= is no valid value: without a Host (HTTP/1.0) the parameter is left out.
+        host_param = f";host={_forwarded_value(client_host)}" if client_host else ""
+        element = f"for={_forwarded_node(peer_ip)}{host_param};proto={scheme}"
         out.append(("Forwarded", f"{fwd}, {element}" if fwd else element))
     if via:
         out.append(("Via", via))

@@ -127,3 +127,23 @@ def test_https_http1_request_and_forwarded_proto(origin, edge_factory, tmp_path)
                 r = s.get(f"https://127.0.0.1:{e.port}/echo", verify=False)
                 sent = {k.lower(): v for k, v in json.loads(r.content)["headers"]}
                 assert sent["x-forwarded-proto"] == "https"
+
+
+def test_options_asterisk_is_answered_by_edge_without_reaching_a_backend(origin, edge_factory):
+    # RFC 9110 §9.3.7: "OPTIONS *" is about the server itself, and edge is that server
+    import socket as _socket
+
+    e = edge_factory({"upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
+                      "routes": [{"match": {"path": "/"}, "upstream": "app"}]})
+    with _socket.create_connection(("127.0.0.1", e.port), timeout=10) as s:
+        s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\nGET /a HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 204 ")
+    assert b"\r\nAllow: GET, HEAD, POST" in first + b"\r\n"
+    assert rest.startswith(b"HTTP/1.1 200 ")  # the connection goes on with the next request

@@ -227,3 +227,11 @@ def test_resolve_client_ip_always_returns_an_ip_address(peer, xff, expected):
     got = rules.resolve_client_ip(peer, xff, trusted)
     assert got == expected
     ipaddress.ip_address(got)
+
+
+def test_no_host_means_no_empty_forwarding_claims():
+    # HTTP/1.0 without Host: RFC 7239 §5.3 host= would be empty, which is no valid value
+    out = dict(rules.upstream_request_headers([], peer_ip="192.0.2.1", scheme="http", client_host="", client_port=80,
+                                        peer_trusted=False, forwarded=True))
+    assert out["Forwarded"] == "for=192.0.2.1;proto=http"
+    assert "X-Forwarded-Host" not in out
