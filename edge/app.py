@@ -56,6 +56,7 @@ class Proxy:
         self.via = "1.1 edge" if h.via else None
         self.hide = frozenset(n.lower() for n in h.hide_backend)
         self.request_id_header = h.request_id_header
+        self.client_errors = state.client_errors
         self.route_timeouts = state.route_timeouts
         self.access_log = state.access_log
 
@@ -222,7 +223,8 @@ class Proxy:
         public = e.public if isinstance(e, EdgeError) else "internal error"
         rid = self.request_id_of(ctx)
         if isinstance(e, EdgeError) and not isinstance(e, UpstreamError) and status < 500:
-            log.info("%d %s %s from %s (request id %s): %s", status, ctx.method, ctx.raw_path, ctx.client_ip, rid or "-", e)
+            # at INFO with the address and the reason, rate-limited: a scanner must not flood the log
+            self.client_errors.log(ctx.client_ip, status, e, self.state.label(ctx))
         ctx.error = e
         resp = Response.error(status, public, rid)
         ctx.status = status

@@ -471,7 +471,7 @@ class Connection:
             try:
                 adm = admission.admit(method, req.path.decode("latin-1"), fields, http11=http11, fields_checked=True)
             except ClientError as e:
-                self.refuse(e, method)
+                self.refuse(e, method, fields)
                 return
             self.event(Event.HEAD)
             self.served += 1
@@ -507,10 +507,15 @@ class Connection:
                 return
             self.event(Event.KEEP)
 
-    def refuse(self, e: ClientError, method: str = "GET") -> None:
-        """Answer a refused head with its status and close (400/408/414/431/501 ...)."""
+    def refuse(self, e: ClientError, method: str = "GET", fields: list | None = None) -> None:
+        """Answer a refused head with its status and close (400/408/414/431/501 ...).
+
+        ``fields`` (when the head parsed but was not admitted) let the log line and the
+        error body quote the client's request id; the target itself is left out of the
+        context (the error's reason quotes it, escaped), since it was refused."""
         self.event(Event.REFUSE)
-        ctx = RequestContext(method, "/", client_ip=self.peer_ip, start=time.monotonic())
+        ctx = RequestContext(method if fields is not None else "GET", "/", "", Headers.wrap(fields) if fields else None,
+                             client_ip=self.peer_ip, start=time.monotonic())
         reply = self.proxy.error_reply(ctx, e)
         try:
             self.sock.settimeout(self.body_idle_s)

@@ -203,3 +203,23 @@ def test_unresolvable_statsd_host_does_not_stop_workers_from_booting(origin, edg
     until(lambda: len(warned()) >= 2)
     time.sleep(0.5)
     assert len(warned()) == 2   # one line per worker, not one per metric
+
+
+def test_client_errors_are_logged_at_info_with_address_reason_and_request_id(origin, edge_factory, tmp_path):
+    e = start(edge_factory, plugin_config(origin, tmp_path, loglevel="info"), tmp_path, workers=1)
+    errorlog = tmp_path / "error.log"
+    # a bad request that still has a request line and an id: the line names both
+    with socket.create_connection(("127.0.0.1", e.port), timeout=10) as s:
+        s.sendall(b"GET /x?a=<b> HTTP/1.1\r\nHost: example.com\r\nX-Request-ID: rid-client-1\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 400 ")
+    until(lambda: any("client error 400 from 127.0.0.1" in m for m in messages(errorlog, "INFO")))
+    line = next(m for m in messages(errorlog, "INFO") if "client error 400 from 127.0.0.1" in m)
+    assert "request_id=rid-client-1" in line
+    # a burst is rate-limited: fewer lines than errors, then one line saying how many were left out
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", e.port), timeout=10) as s:
+            s.sendall(b"GET /\x01 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            s.recv(65536)
+    until(lambda: any("more client errors suppressed" in m for m in messages(errorlog, "INFO")), timeout_s=40)
+    logged = [m for m in messages(errorlog, "INFO") if m.startswith("client error")]
+    assert 1 < len(logged) < 31
