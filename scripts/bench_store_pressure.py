@@ -23,7 +23,8 @@ process) for ``--duration`` seconds. The failure rate is responses that are not 
 (503 from a plugin overrun or ``closed``, 500 from an exception) over all responses;
 connection errors are counted apart.
 
-``cpu``: the same on redis (100 clients), while ``--neighbours`` CPU-bound processes
+``cpu``: the same on redis (100 clients; ``--upstream`` proxies to a demo origin, more
+work per request), while ``--neighbours`` CPU-bound processes
 (``while True: pass`` bounded by the run's duration, one per core by default) compete
 with the workers, and edge is reloaded (HUP) ``--reloads`` times during the run. It
 reports the fallback decisions (statsd ``plugin.ratelimit.fallback.open``, received
@@ -49,7 +50,7 @@ sys.path.insert(0, str(REPO))
 import gevent  # noqa: E402
 from gevent import socket as gsocket  # noqa: E402
 
-from edge.launch import start_edge  # noqa: E402
+from edge.launch import start_edge, start_origin  # noqa: E402
 from tests.fixtures.services import MemcachedServer, RedisServer  # noqa: E402
 
 MAX_RECORDS = 5_000_000
@@ -137,17 +138,22 @@ class StatsdSink:
         self.sock.close()
 
 
-def edge_config(backend: str, address: str | None, plugin: dict, statsd_port: int | None = None) -> dict:
+def edge_config(backend: str, address: str | None, plugin: dict, statsd_port: int | None = None,
+                origin_port: int | None = None) -> dict:
     store: dict = {"backend": backend}
     if backend == "redis":
         store["url"] = f"redis://{address}"
     elif backend == "memcached":
         store["servers"] = [address]
-    cfg = {
-        "store": store,
-        "routes": [{"match": {"path": "/"}, "respond": {"status": 200, "body": "ok"}}],
+    route: dict = {"match": {"path": "/"}, "respond": {"status": 200, "body": "ok"}}
+    cfg: dict = {"store": store, "routes": [route]}
+    if origin_port is not None:  # proxied to a demo origin: more work per request in the worker
+        cfg["upstreams"] = {"app": {"servers": [f"127.0.0.1:{origin_port}"]}}
+        route.pop("respond")
+        route["upstream"] = "app"
+    cfg.update({
         "plugins": {"ratelimit": {"limits": [{"rate": "1000000/s"}], **plugin}},
-    }
+    })
     if statsd_port is not None:
         cfg["metrics"] = {"statsd": f"127.0.0.1:{statsd_port}", "prefix": "edge"}
     return cfg
@@ -200,12 +206,14 @@ def cpu(args: argparse.Namespace) -> None:
     n = args.neighbours if args.neighbours is not None else (os.cpu_count() or 1)
     print(f"# redis, defaults, {args.conns[0]} conns, {args.duration:g} s, {n} busy neighbours, {args.reloads} reloads; "
           f"load avg {os.getloadavg()[0]:.2f} at start")
+    origin = start_origin("o1") if args.upstream else None
     for policy in ("open", "closed"):
         server = RedisServer().start()
         sink = StatsdSink()
         edge = neighbours = None
         try:
-            edge = start_edge(edge_config("redis", server.address, {"on_store_error": policy}, sink.port))
+            edge = start_edge(edge_config("redis", server.address, {"on_store_error": policy}, sink.port,
+                                          origin.port if origin else None))
             neighbours = busy_neighbours(n, args.duration + 1)
             load = Load(edge.port, args.conns[0], args.duration)
             for i in range(args.reloads):
@@ -215,7 +223,9 @@ def cpu(args: argparse.Namespace) -> None:
             gevent.sleep(0.5)  # the last statsd packets
             total = sum(load.statuses.values())
             print(f"on_store_error={policy:6} responses={total} statuses={dict(load.statuses)} "
-                  f"conn_errors={load.errors} fallback.{policy}={sink.counts[f'edge.plugin.ratelimit.fallback.{policy}']}",
+                  f"conn_errors={load.errors} fallback.{policy}={sink.counts[f'edge.plugin.ratelimit.fallback.{policy}']} "
+                  f"overruns={sum(v for k, v in sink.counts.items() if k.endswith('.timeout'))} "
+                  f"statsd_lines={sum(sink.counts.values())}",
                   flush=True)
         finally:
             if neighbours:
@@ -224,6 +234,8 @@ def cpu(args: argparse.Namespace) -> None:
                 edge.stop()
             sink.close()
             server.close()
+    if origin is not None:
+        origin.stop()
 
 
 def main() -> None:
@@ -234,6 +246,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--reloads", type=int, default=5)
     ap.add_argument("--neighbours", type=int, default=None)
+    ap.add_argument("--upstream", action="store_true", help="cpu: proxy to a demo origin instead of `respond`")
     args = ap.parse_args()
     if args.conns is None:
         args.conns = [100, 400] if args.mode == "hotkey" else [100]

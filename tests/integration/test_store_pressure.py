@@ -248,17 +248,110 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=10)
 
 
-def test_healthy_redis_is_not_declared_down_by_a_cpu_starved_worker(edge_factory, redis_server):
-    edge = edge_factory(_hot_key_config({"backend": "redis", "url": redis_server.url}, on_store_error="closed"))
-    neighbours = _busy_neighbours(12.0)
+class StatsdSink:
+    """UDP statsd on 127.0.0.1 counting counters by name."""
+
+    def __init__(self) -> None:
+        self.sock = gsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.counts: Counter[str] = Counter()
+        self._g = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while True:
+            for line in self.sock.recv(65536).decode(errors="replace").splitlines():
+                name, _, rest = line.partition(":")
+                value, _, kind = rest.partition("|")
+                if kind.startswith("c"):
+                    self.counts[name] += int(float(value))
+
+    def close(self) -> None:
+        self._g.kill()
+        self.sock.close()
+
+
+@pytest.fixture
+def statsd():
+    sink = StatsdSink()
+    yield sink
+    sink.close()
+
+
+def test_healthy_redis_is_not_declared_down_by_a_cpu_starved_worker(edge_factory, redis_server, origin, statsd):
+    config = _hot_key_config({"backend": "redis", "url": redis_server.url}, on_store_error="closed")
+    config["metrics"] = {"statsd": f"127.0.0.1:{statsd.port}", "prefix": "edge"}
+    # proxied to an origin: more work per request, so the workers' loops run late (the
+    # respond route alone rarely starves them enough to show the bug)
+    config["upstreams"] = {"app": {"servers": [f"127.0.0.1:{origin.port}"]}}
+    route = config["routes"][0]
+    del route["respond"]
+    route["upstream"] = "app"
+    edge = edge_factory(config)
+    neighbours = _busy_neighbours(20.0)
     try:
-        load = Load(edge.port, 200, 4.0)
-        gevent.sleep(1.5)
-        edge.reload()  # new workers start under pressure, beside the old ones draining
+        load = Load(edge.port, 200, 8.0)
+        for _ in range(3):
+            gevent.sleep(2.0)
+            edge.reload()  # new workers start under pressure, beside the old ones draining
         load.join()
     finally:
         _stop(neighbours)
+    gevent.sleep(0.5)  # the last statsd packets
+    fallbacks = statsd.counts["edge.plugin.ratelimit.fallback.closed"]
+    overruns = statsd.counts["edge.plugin.ratelimit.on_request.timeout"]
     assert load.total > 500, (load.statuses, load.errors)
-    # a 503 here is the `closed` policy applied to a Redis that never failed
-    assert load.statuses[503] == 0, load.statuses
-    assert load.total == load.statuses[200], load.statuses
+    # a fallback decision (`closed`: a 503) is a healthy Redis treated as failed: hundreds
+    # per run before the fix; an overrun is the starved worker itself, not the store
+    assert fallbacks <= load.total / 1000, (fallbacks, load.statuses)
+    assert load.statuses[503] <= fallbacks + overruns, (fallbacks, overruns, load.statuses)
+    assert load.total == load.statuses[200] + load.statuses[503], load.statuses
+
+
+# --------------------------------------------------------------------------- default plugin budget
+
+_DEGRADING_PLUGIN = '''
+from edge.context import Response
+from edge.errors import StoreUnavailable
+from edge.plugins import Plugin
+
+
+class Degrading(Plugin):
+    """Reads a flag from the store; answers a degraded 200 itself when the store fails."""
+
+    name = "degrading"
+
+    def __init__(self, config, services):
+        self._store = services.store
+
+    def on_request(self, ctx):
+        try:
+            self._store.get("flag")
+        except StoreUnavailable:
+            return Response(200, [("X-Degraded", "1")], b"degraded\\n")
+        return None
+'''
+
+
+def test_default_budget_lets_a_plugin_handle_its_own_store_timeout(edge_factory, make_redis_server, tmp_path):
+    # issue 8: with a budget equal to store.timeout, the hook was cut off (503) before its
+    # own StoreUnavailable handling ran; the default budget now outlasts a store call
+    redis = make_redis_server()
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / "degrading.py").write_text(_DEGRADING_PLUGIN)
+    edge = edge_factory({
+        "store": {"backend": "redis", "url": redis.url},  # default store.timeout
+        "plugin_dirs": [str(d)],
+        "plugins": {"degrading": {}},  # default timeout and on_failure
+        "routes": [{"match": {"path": "/"}, "respond": {"status": 200, "body": "ok"}}],
+    })
+    import requests
+
+    assert requests.get(edge.url + "/", timeout=10).text == "ok"
+    os.kill(redis.pid, signal.SIGSTOP)  # hung: connections accepted, nothing answered
+    try:
+        answers = [requests.get(edge.url + "/", timeout=10) for _ in range(20)]
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    assert [(r.status_code, r.headers.get("X-Degraded")) for r in answers] == [(200, "1")] * 20
