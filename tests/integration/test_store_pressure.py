@@ -8,9 +8,14 @@
 - A hot key on memcached with the DEFAULT settings (store timeout, plugin budget) through
   a real edge: a few seconds of load from many keep-alive clients; the count of failed
   responses is compared with the count of responses (no latency bound).
-- Redis beside a CPU-bound neighbour (a bounded busy loop per core, started and stopped
-  by PID here): a healthy Redis is never treated as down, so with ``on_store_error:
-  closed`` no request gets a 503.
+- Redis beside CPU-bound neighbours (bounded busy loops pinned with edge's workers to
+  CPU 0, started and stopped by PID here) during reloads: a healthy Redis is not
+  treated as failed, so with ``on_store_error: closed`` (almost) no request is decided
+  by the fallback. Before issue 8 one late answer switched a worker to the fallback for
+  0.5 s: hundreds of 503s per run (not every run: it needs a late answer; the switch
+  rule itself is tested deterministically in tests/unit/plugins/test_ratelimit_store_down.py).
+- The default plugin budget outlasts a store call: a plugin's own ``StoreUnavailable``
+  handling runs against a hung (SIGSTOPped) Redis instead of an overrun 503.
 """
 
 from __future__ import annotations
@@ -104,15 +109,17 @@ _COMBINE_CHILD = textwrap.dedent("""
 
     # two stores (two workers' worth of clients) racing on one key, 300 greenlets each,
     # some cut off by a budget while queued; a limit that no refill changes during the run
-    stores = [MemcachedStore([sys.argv[1]], timeout_s=0.05) for _ in range(2)]
+    # a generous store timeout: this checks exactness, not the timeout (a busy machine)
+    stores = [MemcachedStore([sys.argv[1]], timeout_s=2.0) for _ in range(2)]
     key = "hot:%f" % time.time()
     limit = Limit.parse("500/h", burst=500)
+    T0 = time.time()
     admitted, refused, cut = [], [], []
 
     def one(store, i):
         try:
             with gevent.Timeout(0.0005 if i % 10 == 0 else 30):
-                d = store.ratelimit_step(key, limit)
+                d = store.ratelimit_step(key, limit, now=T0)  # no refill during the run
         except gevent.Timeout:
             cut.append(i)
             return
@@ -121,7 +128,7 @@ _COMBINE_CHILD = textwrap.dedent("""
     gs = [gevent.spawn(one, stores[i % 2], i) for i in range(600)]
     gevent.joinall(gs, timeout=60)
     # the state in memcached after all of it: how many tokens were really spent
-    probe = stores[0].ratelimit_step(key, limit, cost=0)
+    probe = stores[0].ratelimit_step(key, limit, cost=0, now=T0)
     print(json.dumps({"admitted": len(admitted), "refused": len(refused), "cut": len(cut),
                       "remaining_after": probe.remaining, "steps": sum(s.combined for s in stores),
                       "rounds": sum(s.rounds for s in stores),
@@ -234,10 +241,16 @@ def test_memcached_hot_key_with_defaults_under_400_connections(edge_factory, mem
 # --------------------------------------------------------------------------- redis under CPU pressure
 
 
-def _busy_neighbours(duration_s: float) -> list[subprocess.Popen]:
-    """One CPU-bound process per core, each ending by itself after ``duration_s``."""
+def _busy_neighbours(duration_s: float, cpus: set[int] | None = None) -> list[subprocess.Popen]:
+    """CPU-bound processes, each ending by itself after ``duration_s``: one per core, or
+    two pinned to ``cpus``."""
     code = f"import time\nend = time.monotonic() + {duration_s}\nwhile time.monotonic() < end: pass\n"
-    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)]
+    n = 2 if cpus else (os.cpu_count() or 1)
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+    if cpus:
+        for p in procs:
+            os.sched_setaffinity(p.pid, cpus)
+    return procs
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -278,8 +291,9 @@ def statsd():
     sink.close()
 
 
-def test_healthy_redis_is_not_declared_down_by_a_cpu_starved_worker(edge_factory, redis_server, origin, statsd):
-    config = _hot_key_config({"backend": "redis", "url": redis_server.url}, on_store_error="closed")
+def test_healthy_redis_is_not_declared_down_by_a_cpu_starved_worker(edge_factory, make_redis_server, origin, statsd):
+    redis = make_redis_server()
+    config = _hot_key_config({"backend": "redis", "url": redis.url}, on_store_error="closed")
     config["metrics"] = {"statsd": f"127.0.0.1:{statsd.port}", "prefix": "edge"}
     # proxied to an origin: more work per request, so the workers' loops run late (the
     # respond route alone rarely starves them enough to show the bug)
@@ -288,7 +302,19 @@ def test_healthy_redis_is_not_declared_down_by_a_cpu_starved_worker(edge_factory
     del route["respond"]
     route["upstream"] = "app"
     edge = edge_factory(config)
-    neighbours = _busy_neighbours(20.0)
+    # On two cores or more: edge (master, hence every worker it forks) and two busy
+    # neighbours share CPU 0: the workers are starved. Redis may run anywhere, before
+    # other processes where allowed (nice -10): a Redis starved by a busy machine is
+    # slow for real, a store timeout, which is not what this test is about.
+    pinned = {0} if (os.cpu_count() or 1) >= 2 else None
+    if pinned:
+        for pid in [edge.pid, *edge.worker_pids()]:
+            os.sched_setaffinity(pid, pinned)
+    try:
+        os.setpriority(os.PRIO_PROCESS, redis.pid, -10)
+    except PermissionError:
+        pass  # not allowed here: Redis competes like the rest
+    neighbours = _busy_neighbours(20.0, pinned)
     try:
         load = Load(edge.port, 200, 8.0)
         for _ in range(3):
