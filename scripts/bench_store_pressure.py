@@ -21,7 +21,8 @@ store. Nothing else is configured: ``store.timeout``, the plugin's time budget a
 The load is ``--conns`` keep-alive clients (greenlets with gevent sockets in this
 process) for ``--duration`` seconds. The failure rate is responses that are not 200
 (503 from a plugin overrun or ``closed``, 500 from an exception) over all responses;
-connection errors are counted apart.
+connection errors are counted apart, and so are the requests that the default
+``on_store_error: open`` admitted without the store (``fallback``, from statsd).
 
 ``cpu``: the same on redis (100 clients; ``--upstream`` proxies to a demo origin, more
 work per request), while ``--neighbours`` CPU-bound processes
@@ -183,21 +184,27 @@ def stop_pids(procs: list[subprocess.Popen]) -> None:
 
 def hotkey(args: argparse.Namespace) -> None:
     print(f"# hot key, defaults, {args.duration:g} s per run, 2 workers; load avg {os.getloadavg()[0]:.2f} at start")
-    print(f"{'backend':10} {'conns':>5} {'responses':>9} {'non-200':>8} {'rate':>8}  statuses / conn errors")
+    print(f"{'backend':10} {'conns':>5} {'responses':>9} {'non-200':>8} {'rate':>8} {'fallback':>8}  "
+          "statuses / conn errors")
     for backend in args.backends:
         for conns in args.conns:
             server = start_store(backend)
+            sink = StatsdSink()
             edge = None
             try:
-                edge = start_edge(edge_config(backend, server.address if server else None, {}))
+                edge = start_edge(edge_config(backend, server.address if server else None, {}, sink.port))
                 load = Load(edge.port, conns, args.duration).join()
+                gevent.sleep(0.5)  # the last statsd packets
                 total = sum(load.statuses.values())
                 bad = total - load.statuses[200]
-                print(f"{backend:10} {conns:>5} {total:>9} {bad:>8} {100 * bad / max(total, 1):>7.3f}%  "
+                # decisions of on_store_error (default open: admitted, so not in non-200)
+                fallbacks = sink.counts["edge.plugin.ratelimit.fallback.open"]
+                print(f"{backend:10} {conns:>5} {total:>9} {bad:>8} {100 * bad / max(total, 1):>7.3f}% {fallbacks:>8}  "
                       f"{dict(load.statuses)} / {load.errors}", flush=True)
             finally:
                 if edge is not None:
                     edge.stop()
+                sink.close()
                 if server is not None:
                     server.close()
 

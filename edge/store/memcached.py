@@ -74,7 +74,7 @@ from pymemcache.exceptions import MemcacheClientError, MemcacheError, MemcacheIl
 
 from edge.errors import StoreUnavailable
 from edge.ratelimit import Decision, Limit, step_encoded
-from edge.store.base import Health, Store
+from edge.store.base import CALL_TIMEOUTS, Health, Store
 from edge.store.batching import deliver
 
 CAS_ATTEMPTS = 64  # lost races after which a step keeps retrying only while within its time budget
@@ -194,6 +194,8 @@ class MemcachedStore(Store):
         self._wait_s = 2 * timeout_s
         # hot-key combining (gevent only): store key -> steps queued for the next round
         self._pending: dict[bytes, list[tuple[Limit, float, float | None, Waiter]]] = {}
+        self._queue_wait_s = CALL_TIMEOUTS * timeout_s
+        self.queue_timeouts = 0  # steps given up after waiting _queue_wait_s for their round
         self.rounds = 0  # rate-limit rounds written (tests, benchmarks)
         self.combined = 0  # steps those rounds carried
         self._health = Health(self, ",".join(self._servers))
@@ -285,14 +287,25 @@ class MemcachedStore(Store):
             waiter = Waiter()
             entry = (limit, cost, now, waiter)
             queue.append(entry)
+            # the wait (the round in flight, then ours) is bounded like any store call
+            # (edge.store.base.CALL_TIMEOUTS), so that in a starved worker the plugin's
+            # policy decides rather than its time budget cutting the request off
+            timer = gevent.Timeout(self._queue_wait_s)
+            timer.start()
             try:
                 return waiter.get()
-            except BaseException:
-                # interrupted (plugin budget, kill) before a round took the step: withdraw
-                # it, so that no token is spent for a request that got no answer
+            except BaseException as e:
+                # interrupted (our bound, plugin budget, kill) before a round took the step:
+                # withdraw it, so that no token is spent for a request that got no answer
                 with contextlib.suppress(ValueError):
                     queue.remove(entry)
+                if e is timer:
+                    self.queue_timeouts += 1
+                    raise StoreUnavailable(f"memcached ratelimit: no round for this key within {self._queue_wait_s}s "
+                                           "(busy worker)") from None
                 raise
+            finally:
+                timer.close()
         # no round in flight: run this one here (the uncontended case costs no hand-off)
         self._pending[k] = []
         try:
