@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket as stdsocket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -192,7 +194,8 @@ def hotkey(args: argparse.Namespace) -> None:
             sink = StatsdSink()
             edge = None
             try:
-                edge = start_edge(edge_config(backend, server.address if server else None, {}, sink.port))
+                edge = start_edge(edge_config(backend, server.address if server else None, {}, sink.port),
+                                  work_dir=tempfile.mkdtemp(prefix="edge-bench-"))
                 load = Load(edge.port, conns, args.duration).join()
                 gevent.sleep(0.5)  # the last statsd packets
                 total = sum(load.statuses.values())
@@ -204,6 +207,7 @@ def hotkey(args: argparse.Namespace) -> None:
             finally:
                 if edge is not None:
                     edge.stop()
+                    shutil.rmtree(edge.config_path.parent, ignore_errors=True)
                 sink.close()
                 if server is not None:
                     server.close()
@@ -220,7 +224,8 @@ def cpu(args: argparse.Namespace) -> None:
         edge = neighbours = None
         try:
             edge = start_edge(edge_config("redis", server.address, {"on_store_error": policy}, sink.port,
-                                          origin.port if origin else None))
+                                          origin.port if origin else None),
+                              work_dir=tempfile.mkdtemp(prefix="edge-bench-"))
             neighbours = busy_neighbours(n, args.duration + 1)
             load = Load(edge.port, args.conns[0], args.duration)
             for i in range(args.reloads):
@@ -239,6 +244,7 @@ def cpu(args: argparse.Namespace) -> None:
                 stop_pids(neighbours)
             if edge is not None:
                 edge.stop()
+                shutil.rmtree(edge.config_path.parent, ignore_errors=True)
             sink.close()
             server.close()
     if origin is not None:

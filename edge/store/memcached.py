@@ -35,7 +35,9 @@ in pure code (``edge.ratelimit.step_encoded``), and writes the result with ONE
 other, and they are handed out only after the ``cas`` succeeded (a lost race
 reruns the whole round on the fresh state), so a round is as atomic as a single
 step. A hot key then costs two round trips per round, not per request, and CAS
-races happen only between workers and nodes; before this, 200 greenlets per
+races happen only between workers and nodes. A queued step waits at most
+``CALL_TIMEOUTS`` store timeouts for its answer (edge.store.base), then raises
+``StoreUnavailable`` so the caller's policy decides; before this, 200 greenlets per
 worker queued behind each other's round trips and 10 % of requests overran the
 plugin's budget at 400 connections (docs/benchmarks.md).
 
@@ -331,13 +333,17 @@ class MemcachedStore(Store):
                 del queue[:COMBINE_MAX]
                 try:
                     decisions = self._round(k, [(lim, c, n) for lim, c, n, _ in batch])
-                except Exception as e:
+                except BaseException as e:
                     # the store failed: this batch and every step queued behind it (each
-                    # would wait its own timeout for the same server), each its own copy
+                    # would wait its own timeout for the same server), each its own copy;
+                    # killed (worker exit): the batch in flight is told so as well
                     failed = batch + queue[:]
                     queue.clear()
-                    deliver([(w, False, _copy(e)) for *_, w in failed])
-                    return
+                    error = _copy(e) if isinstance(e, Exception) else StoreUnavailable("memcached ratelimit: stopped")
+                    deliver([(w, False, _copy(error)) for *_, w in failed])
+                    if isinstance(e, Exception):
+                        return
+                    raise
                 deliver([(w, True, d) for (*_, w), d in zip(batch, decisions)])
         finally:
             # done, or killed (worker exit): nobody may keep waiting for a round
