@@ -9,7 +9,9 @@ worker do not share one socket. Connect and read timeouts are
 ``StoreConfig.timeout``.
 
 Failure handling leans on HashClient's dead-server logic, tuned so that a call
-never waits more than one timeout and a server is retried within a second:
+never waits more than one timeout per command (plus at most two for a free
+connection slot: ``CALL_TIMEOUTS`` in edge.store.base) and a server is retried
+within a second:
 ``retry_timeout=0`` (a failing server is tried again on the next call instead of
 being silently answered with a default value), ``retry_attempts=2`` (after that
 it is removed from the hash ring; its keys go to the other servers, or with no
