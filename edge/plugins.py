@@ -91,6 +91,7 @@ from edge.config import Duration, EdgeConfig, _key_path, _reason, combine_errors
 from edge.context import RequestContext, Response, UpstreamResponse
 from edge.errors import ConfigError, EdgeError, PluginError, PluginLoadError, StoreUnavailable
 from edge.logs import RequestLabel, ThrottledLog
+from edge.store.base import DEFAULT_PLUGIN_TIMEOUT_S
 
 __all__ = [
     "HOOKS", "Plugin", "PluginConfig", "Services", "Chain", "PluginRegistry", "PluginTimeout",
@@ -143,7 +144,8 @@ class PluginConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     timeout: Duration = Field(
-        0.05, description="time budget of each request-side hook call (on_connect, on_request, on_request_body)"
+        DEFAULT_PLUGIN_TIMEOUT_S,  # 250 ms: one store call at the default store.timeout fits (edge.store.base)
+        description="time budget of each request-side hook call (on_connect, on_request, on_request_body)"
     )
     on_failure: Literal["closed", "open"] = Field(
         "closed",

@@ -43,11 +43,18 @@ LMDB store (``services.local_store``, shared by the node's workers; it *is* the
 main store when ``store.backend`` is ``local``). Each request decided by the
 fallback is counted (``plugin.ratelimit.fallback.<policy>`` and
 ``RateLimit.fallbacks``); the switch to the fallback and back are logged once
-each, per worker. After a failure the shared store is left alone for
-``STORE_RETRY_S`` (0.5 s: requests go straight to the fallback, so a store that
-hangs costs one timeout per half second, not one per request), then tried
-again; the first success switches back, so a restarted Redis is used again
-within about half a second, without restart.
+each, per worker. The request whose store call failed is always decided by the
+policy; the *switch* (from then on, requests go straight to the fallback for
+``STORE_RETRY_S``, 0.5 s, so a store that hangs costs one timeout per half
+second, not one per request) happens only once the store has failed for
+``STORE_DOWN_AFTER_S`` (0.1 s) with no success in between. One late answer is
+not a dead store: a CPU-starved worker (a reload, a busy neighbour) sees a
+healthy store time out now and then, and switching at the first failure turned
+each such blip into half a second of fallback decisions for every request of the
+worker (issue 8: 2,225 fail-open decisions over five reloads). A dead store
+fails every call, so the switch follows within 0.1 s. Then the store is tried
+again every ``STORE_RETRY_S``; the first success switches back, so a restarted
+Redis is used again within about half a second, without restart.
 
 **Concurrency caps** (``concurrency: {max: N}``) live in this plugin rather than
 in a separate one because they need the same key parts, the same store and the
@@ -85,10 +92,13 @@ from edge.context import RequestContext, Response, UpstreamResponse
 from edge.cookies import get_cookie
 from edge.errors import StoreUnavailable
 from edge.plugins import Plugin, PluginConfig, Services
+from edge.store.base import DEFAULT_PLUGIN_TIMEOUT_S
 from edge.ratelimit import Algorithm, Decision, Limit
 
 #: after a store failure, how long requests use the fallback before the store is tried again
 STORE_RETRY_S = 0.5
+#: how long the store must keep failing (no success in between) before requests stop trying it
+STORE_DOWN_AFTER_S = 0.1
 #: dry-run refusals are logged at most once per this many seconds (with the count since)
 DRY_RUN_LOG_INTERVAL_S = 10.0
 #: the key part that stands for a missing header, cookie or fact with ``missing_key: anonymous``
@@ -302,8 +312,10 @@ class RateLimit(Plugin):
 
     class Config(PluginConfig):
         timeout: Duration = Field(
-            0.25, description="time budget of on_request: keep it above twice `store.timeout` (a failing store "
-                              "call, then the local fallback)")
+            DEFAULT_PLUGIN_TIMEOUT_S,
+            description="time budget of on_request (default: edge's, which one failing store call at the default "
+                        "`store.timeout` cannot outlast; a request makes at most one failing call, then the fallback "
+                        "decides). With a larger `store.timeout`, keep it above 4 x `store.timeout` + 50ms")
         limits: tuple[LimitSettings, ...] = Field((), description="the limits; a request must pass all of them")
         algorithm: Literal["gcra", "window"] = Field("gcra", description="`gcra` (token bucket: rate + burst) or "
                                                                          "`window` (sliding window)")
@@ -380,6 +392,8 @@ class RateLimit(Plugin):
         # store health as this plugin sees it (per worker); see the module docstring
         self._state = _State.UP
         self._retry_at = 0.0
+        self._failing_since: float | None = None  # first failure since the last success
+        self._clock: Callable[[], float] = time.monotonic  # of the store-health decisions (tests inject one)
         # counters (per worker), for tests and the status page
         self.fallbacks = 0
         self.refused = 0
@@ -391,7 +405,13 @@ class RateLimit(Plugin):
     # -- store access with the fallback policy --------------------------------------------
 
     def _down(self, exc: StoreUnavailable) -> None:
-        self._retry_at = time.monotonic() + STORE_RETRY_S
+        now = self._clock()
+        since = self._failing_since
+        if since is None:
+            self._failing_since = since = now
+        if self._state is _State.UP and now - since < STORE_DOWN_AFTER_S:
+            return  # perhaps only this worker was late: this request falls back, the next tries again
+        self._retry_at = now + STORE_RETRY_S
         if self._state is _State.UP:
             self._state = _State.DOWN
             self._log.warning("ratelimit: store unavailable (%s); on_store_error=%s applies until it is back",
@@ -399,15 +419,18 @@ class RateLimit(Plugin):
 
     def _up(self) -> None:
         self._state = _State.UP
+        self._failing_since = None
         self._log.warning("ratelimit: store available again; limits are shared again (after %d fallback decisions)",
                           self.fallbacks)
 
     def _use_store(self) -> bool:
-        return self._state is _State.UP or time.monotonic() >= self._retry_at
+        return self._state is _State.UP or self._clock() >= self._retry_at
 
-    def _step(self, c: _CompiledLimit, key: str) -> tuple[Any, bool]:
-        """One decision for limit ``c``: ``(Decision | _OPEN | _CLOSED, decided by the fallback)``."""
-        if self._use_store():
+    def _step(self, c: _CompiledLimit, key: str, try_store: bool = True) -> tuple[Any, bool]:
+        """One decision for limit ``c``: ``(Decision | _OPEN | _CLOSED, decided by the fallback)``.
+        ``try_store=False``: a store call of this request failed already, so the fallback decides
+        (a second call could cost the request a second store timeout)."""
+        if try_store and self._use_store():
             try:
                 d = self._store.ratelimit_step(c.prefix + key, c.limit)
             except StoreUnavailable as e:
@@ -415,6 +438,7 @@ class RateLimit(Plugin):
             else:
                 if self._state is _State.DOWN:
                     self._up()
+                self._failing_since = None
                 return d, False
         policy = self._policy
         if policy == "open":
@@ -442,13 +466,16 @@ class RateLimit(Plugin):
 
     def _limit(self, ctx: RequestContext, key: str) -> Response | None:
         one = self._one
+        failed = False
         if one is not None and self._state is _State.UP:
             # the common case, kept lean: one limit, shared store up, request admitted
             try:
                 d = self._store.ratelimit_step(one.prefix + key, one.limit)
             except StoreUnavailable as e:
-                self._down(e)  # and the fallback decides below, as in _step
+                self._down(e)  # and the fallback decides below, without a second store call
+                failed = True
             else:
+                self._failing_since = None
                 if d.allowed:
                     ctx.facts["ratelimit"] = RateLimitFact(True, (d,), one.rate_item(d) if self._headers else None,
                                                            None)
@@ -459,8 +486,9 @@ class RateLimit(Plugin):
         refused: Decision | None = None
         closed = fell = False
         for c in self._limits:
-            d, fb = self._step(c, key)
+            d, fb = self._step(c, key, not failed)
             fell |= fb
+            failed |= fb
             if d is _OPEN:
                 continue
             if d is _CLOSED:
@@ -536,6 +564,7 @@ class RateLimit(Plugin):
             else:
                 if self._state is _State.DOWN:
                     self._up()
+                self._failing_since = None
         if store is None:
             self.fallbacks += 1
             self._incr(self._m_fallback)

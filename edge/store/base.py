@@ -27,6 +27,19 @@ non-integer value) raise ``ValueError``.
 
 A store is opened once per worker, after fork (STYLE.md §5), and is safe to use
 from many greenlets of that worker.
+
+How long a call may take. With ``store.timeout`` T, a remote call lasts at most
+``CALL_TIMEOUTS`` (4) × T of waiting: connecting (T), the answer (T; granted once
+more on redis when the worker's own timer fired late, see edge.store.redis), and
+waiting behind the worker's own traffic (a free memcached connection slot, up to
+2T; the pipeline or hot-key round already in flight, which fails its queue with
+it). A plugin's default time budget (``PluginConfig.timeout``) is derived from it,
+``plugin_budget_s``: 4 × the default T (50 ms) + a 50 ms margin for the plugin's
+own work and its fallback = 250 ms, so a store call cannot outlast the budget of a
+plugin that makes it, and the plugin's own ``StoreUnavailable`` handling runs
+instead of an overrun (issue 8). A plugin making several store calls per hook,
+or running with a larger ``store.timeout``, sets its own budget (docs/plugins.md,
+"Time budget").
 """
 
 from __future__ import annotations
@@ -35,9 +48,24 @@ import abc
 import logging
 from collections.abc import Iterable
 
+from edge.config import StoreConfig
 from edge.ratelimit import Decision, Limit
 
 log = logging.getLogger("edge.store")
+
+#: the longest one store call may wait, in store timeouts (see the module docstring)
+CALL_TIMEOUTS = 4
+#: what a plugin's budget adds to that for its own work (and a local fallback step)
+BUDGET_MARGIN_S = 0.05
+
+
+def plugin_budget_s(store_timeout_s: float, calls: int = 1) -> float:
+    """A hook budget that ``calls`` store calls at ``store_timeout_s`` cannot outlast."""
+    return round(calls * CALL_TIMEOUTS * store_timeout_s + BUDGET_MARGIN_S, 6)
+
+
+#: ``PluginConfig.timeout``'s default: one store call at the default ``store.timeout``
+DEFAULT_PLUGIN_TIMEOUT_S = plugin_budget_s(StoreConfig.model_fields["timeout"].default)
 
 
 class Store(abc.ABC):

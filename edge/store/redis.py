@@ -30,11 +30,27 @@ redis-py's command layers (``_DirectConnections``) and, in a gevent worker, the
 steps that concurrent greenlets issue at the same moment travel as one pipeline
 (``_Pipeliner``: one send and one read for the batch, each step still one atomic
 ``EVALSHA``).
+
+CPU-starved workers (issue 8). The store timeout is a gevent timer; when the
+worker's greenlets keep the CPU for longer than the timeout between two polls
+of the event loop (a busy worker, a CPU-bound neighbour, a reload starting new
+workers beside the old ones), the timer and the socket become ready in the same
+loop iteration, and libev runs the timer first: the call timed out although
+Redis had answered long before. Measured with ``scripts/bench_store_pressure.py
+cpu``: hundreds of ``closed`` 503s in ten seconds with a healthy Redis. So the
+pipeline waits for its answer itself (``_wait_answer``): when the timer fires,
+a non-blocking poll of the socket decides; an answer that is there is read, and
+only an answer that is not there after the timeout is a timeout of the store
+(granted one more timeout when the timer itself fired late). The ``ratelimit``
+plugin, for its part, switches to its fallback only after the store has failed
+for a while, not at one failed call (plugins/ratelimit.py).
 """
 
 from __future__ import annotations
 
 import secrets
+import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -43,6 +59,7 @@ import redis
 import redis.exceptions as rexc
 from gevent import monkey
 from gevent.hub import Waiter
+from gevent.socket import wait_read
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -248,6 +265,40 @@ class _DirectConnections:
             self._free.pop().disconnect()
 
 
+# the unpatched select.select: a poll with timeout 0 that never yields to the hub
+_select_now = monkey.get_original("select", "select")
+
+
+def _wait_answer(conn: Any) -> None:
+    """Wait until ``conn`` has an answer to read, for at most its socket timeout of waiting.
+
+    See the module docstring (CPU-starved workers): a timer that fires while the answer
+    is already in the socket says that this worker was late, not that Redis was. And a
+    timer that fires late (by half a timeout or more) says that the worker was busy for
+    part of the wait, when Redis (on the same busy machine) may have been starved too:
+    the wait is granted once more, so a call waits at most two timeouts for its answer.
+    """
+    sock = conn._sock
+    if sock is None:
+        return  # not connected: read_response reports it
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return  # TLS: decrypted bytes wait in the SSL object, not in the socket
+    timeout_s = conn.socket_timeout
+    fd = sock.fileno()
+    for attempt in (1, 2):
+        started = time.monotonic()
+        try:
+            wait_read(fd, timeout=timeout_s, timeout_exc=socket.timeout("timed out"))
+            return
+        except socket.timeout:
+            readable, _, _ = _select_now([fd], [], [], 0)
+            if readable:
+                return
+            if attempt == 2 or timeout_s is None or time.monotonic() - started < 1.5 * timeout_s:
+                raise rexc.TimeoutError(f"no answer after waiting {timeout_s}s") from None
+
+
 #: most rate-limit steps one pipeline carries (the rest wait for the next one)
 PIPELINE_MAX = 256
 
@@ -293,6 +344,7 @@ class _Pipeliner(GreenletBatcher):
             if conn is None:
                 conn = self._conn = self._cls(**self._kwargs)
             conn.send_packed_command(conn.pack_commands([args for args, _ in batch]), check_health=False)
+            _wait_answer(conn)
             for _, waiter in batch:
                 try:
                     answers.append((waiter, True, conn.read_response()))

@@ -268,6 +268,7 @@ def test_dry_run_counts_and_logs_but_admits(caplog):
 @pytest.fixture
 def no_retry_delay(monkeypatch):
     monkeypatch.setattr(rl_module, "STORE_RETRY_S", 0.0)
+    monkeypatch.setattr(rl_module, "STORE_DOWN_AFTER_S", 0.0)  # the first failure switches (issue 8)
 
 
 def flaky_plugin(settings, local=None):
@@ -312,7 +313,8 @@ def test_local_enforces_the_node_share_on_the_local_store(no_retry_delay):
     assert p.fallbacks == 3 and metrics.counts["plugin.ratelimit.fallback.local"] == 3
 
 
-def test_a_failed_store_is_not_retried_for_a_while():
+def test_a_failed_store_is_not_retried_for_a_while(monkeypatch):
+    monkeypatch.setattr(rl_module, "STORE_DOWN_AFTER_S", 0.0)  # the first failure switches (issue 8)
     p, store, _ = flaky_plugin({**ONE, "on_store_error": "open"})
     store.down = True
     for _ in range(5):
