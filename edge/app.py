@@ -19,7 +19,7 @@ import time
 
 from edge import http as rules
 from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse
-from edge.errors import BadRequest, EdgeError, UpstreamError
+from edge.errors import BadRequest, EdgeError, UnsendableRequest, UpstreamError
 from edge.logs import request_label
 from edge.plugins import UPSTREAM_SET_BY
 from edge.routing import Action
@@ -65,6 +65,10 @@ class Proxy:
     def handle(self, ctx: RequestContext, body: RequestBody | None) -> Reply:
         try:
             return self._handle(ctx, body)
+        except UnsendableRequest as e:
+            # a plugin or the configuration made the request invalid: the client logged it once, count it too
+            self.metrics.incr(e.metric)
+            return self.error_reply(ctx, e)
         except EdgeError as e:
             return self.error_reply(ctx, e)
         except Exception as e:  # a bug: answer 500, keep the worker serving
@@ -143,7 +147,8 @@ class Proxy:
             via=self.via,
         )
         hh = route.host_header
-        host = ctx.host if hh == "pass" else (None if hh == "upstream" else hh)
+        # an HTTP/1.0 request may come without Host: the server's address is sent then (None)
+        host = (ctx.host or None) if hh == "pass" else (None if hh == "upstream" else hh)
         target = route.upstream_path(ctx.path, ctx.raw_path)
         if ctx.query:
             target = f"{target}?{ctx.query}"

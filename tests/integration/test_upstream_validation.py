@@ -7,7 +7,9 @@ into ``ctx.path``, or a bad name: edge answers 500, logs one line naming the fie
 
 from __future__ import annotations
 
+import socket
 import textwrap
+import time
 
 import pytest
 import requests
@@ -56,14 +58,36 @@ def origin():
 
 
 @pytest.fixture(scope="module")
-def edge(origin, tmp_path_factory):
+def statsd():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    yield listener
+    listener.close()
+
+
+def received(listener, want: str, timeout_s: float = 10.0) -> list[str]:
+    """statsd lines received until one starts with ``want`` (or the time is up)."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not any(g.startswith(want) for g in got):
+        try:
+            got.extend(listener.recv(65536).decode().split("\n"))
+        except socket.timeout:
+            pass
+    return got
+
+
+@pytest.fixture(scope="module")
+def edge(origin, statsd, tmp_path_factory):
     from edge.launch import start_edge
 
     d = tmp_path_factory.mktemp("plugins")
     (d / "mangle.py").write_text(textwrap.dedent(PLUGIN))
     cfg = {"upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
            "routes": [{"match": {"path": "/"}, "upstream": "app"}],
-           "plugin_dirs": [str(d)], "plugins": {"mangle": {}}}
+           "plugin_dirs": [str(d)], "plugins": {"mangle": {}},
+           "metrics": {"statsd": f"127.0.0.1:{statsd.getsockname()[1]}", "prefix": "t"}}
     p = start_edge(cfg, workers=2, work_dir=str(tmp_path_factory.mktemp("edge")))
     yield p
     p.stop()
@@ -87,6 +111,11 @@ def test_invalid_request_from_a_plugin_is_500_and_never_sent(origin, edge, path,
     lines = [line for line in new_lines if "request not sent" in line]
     assert len(lines) == 1 and named.lower() in lines[0].lower(), new_lines
     assert "evil" not in edge.log() and "frag" not in lines[0]  # the value is never logged
+
+
+def test_unsendable_request_is_counted(origin, edge, statsd):
+    requests.get(f"{edge.url}/crlf", timeout=10)
+    assert any(g.startswith("t.unsendable_request:1|c") for g in received(statsd, "t.unsendable_request"))
 
 
 def test_valid_request_from_the_same_plugin_is_sent(origin, edge):
