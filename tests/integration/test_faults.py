@@ -215,3 +215,21 @@ def test_timeouts_hold_on_a_reused_connection_with_per_route_lengths(origin, edg
         r = s.get(f"{e.url}/delay/1")  # 1 s of silence: under the route's 5 s, over the other route's 300 ms
         assert r.status_code == 200
         assert s.get(f"{e.url}/echo").json()["connection"] != first  # the timed-out connection was discarded
+
+
+def test_backend_that_died_with_pooled_connections_costs_no_failed_request(origin, edge_factory, tmp_path):
+    # A reused connection found closed is retried on a fresh one; when that connect fails too
+    # (the server is gone), the request moves on to the next server instead of a 502.
+    from edge.launch import start_origin
+
+    doomed = start_origin("doomed", log_dir=str(tmp_path))
+    try:
+        e = edge_factory({"upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}", f"127.0.0.1:{doomed.port}"]}},
+                          "routes": [{"match": {"path": "/"}, "upstream": "app"}]}, workers=1)
+        with requests.Session() as s:
+            served_by = {s.get(f"{e.url}/").headers.get("X-Origin") for _ in range(20)}
+        assert len(served_by) == 2  # both servers were used: the worker holds pooled connections to each
+    finally:
+        doomed.stop()
+    statuses = [requests.get(f"{e.url}/", timeout=10).status_code for _ in range(20)]
+    assert statuses == [200] * 20
