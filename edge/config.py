@@ -489,7 +489,10 @@ class StoreConfig(Model):
     )
     servers: tuple[str, ...] = Field((), description="memcached: `host:port` of each server")
     path: str | None = Field(None, description="local: directory of the node's store (default: a per-config directory under the temp dir)")
-    timeout: PositiveDuration = Field(0.05, description="longest a single remote store call may take (> 0)")
+    timeout: PositiveDuration = Field(
+        0.05,
+        description="redis/memcached: longest a single wait of a store call may take (connect, answer, a free connection slot); one call may wait up to 4 times this (`edge.store.base.CALL_TIMEOUTS`) before it fails with `StoreUnavailable` (> 0)",
+    )
     max_bytes: PositiveSize = Field(64 * 1024 * 1024, description="memory/local: size bound (> 0)")
     max_entries: int = Field(100000, ge=1, description="memory: entry bound")
     key_prefix: str = Field("edge:", description="prefix of every key, so several deployments can share one server")
