@@ -27,3 +27,22 @@ def test_every_upstream_failure_cause_is_listed_with_the_metrics(cls):
 @pytest.mark.parametrize("name", [v for k, v in vars(ratelimit).items() if k.startswith("M_")])
 def test_every_ratelimit_metric_is_listed(name):
     assert name.rstrip(".") in DOC
+
+
+def _metrics_docstring_names() -> list[str]:
+    import re
+
+    import edge.metrics as metrics
+    return re.findall(r"^  ``([a-z_.<>]+)``", metrics.__doc__, re.M)
+
+
+@pytest.mark.parametrize("name", _metrics_docstring_names())
+def test_every_metric_named_in_edge_metrics_is_listed(name):
+    assert f"`{name}`" in DOC
+
+
+@pytest.mark.parametrize("cls", [errors.InvalidResponseField, errors.UnsendableRequest, errors.ClientDisconnected],
+                         ids=lambda c: c.__name__)
+def test_errors_counted_under_their_own_name_are_listed(cls):
+    # the front ends and Proxy.handle count these by ``cls.metric`` alone (edge/h1.py, edge/h2.py, edge/app.py)
+    assert f"`{cls.metric}`" in DOC
