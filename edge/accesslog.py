@@ -8,6 +8,8 @@ a failure, if any). One line per request, so ``jq`` and log shippers read it as 
 
 The file is opened per worker in append mode; lines are short single writes, so
 workers writing the same file do not interleave within a line. ``-`` is stdout.
+``reopen`` (on ``USR1``, with gunicorn's own logs) opens the path again, so that
+logrotate can move the file away and signal, as for nginx.
 """
 
 from __future__ import annotations
@@ -21,9 +23,24 @@ from edge.context import RequestContext
 
 class AccessLog:
     def __init__(self, target: str) -> None:
-        self._stream = sys.stdout if target == "-" else open(target, "a", buffering=1, encoding="utf-8")
+        self._target = target
+        self._stream = sys.stdout if target == "-" else self._open()
         self._second = 0
         self._stamp = ""
+
+    def _open(self):
+        return open(self._target, "a", buffering=1, encoding="utf-8")
+
+    def reopen(self) -> None:
+        """Open the file again (after a rotation moved it); on failure keep the old stream."""
+        if self._stream is sys.stdout:
+            return
+        try:
+            fresh = self._open()
+        except OSError:
+            return  # e.g. the directory is gone: keep writing where we were rather than lose lines
+        old, self._stream = self._stream, fresh
+        old.close()
 
     def write(self, ctx: RequestContext, duration_s: float) -> None:
         now = time.time()

@@ -74,6 +74,14 @@ class EdgeWorker(GeventWorker):
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
+    def handle_usr1(self, sig, frame) -> None:
+        # gunicorn reopens its own logs (and, through them, edge's loggers); the JSON access
+        # log is edge's, so it is reopened here too: logrotate moves both files and sends USR1.
+        super().handle_usr1(sig, frame)
+        access_log = self.proxy.state.access_log if getattr(self, "proxy", None) is not None else None
+        if access_log is not None:
+            gevent.spawn(access_log.reopen)
+
     def _close_idle_when_stopping(self) -> None:
         """On a graceful stop (reload, shutdown), close idle keep-alive connections.
 

@@ -146,6 +146,28 @@ def test_usr1_reopens_the_error_log_for_edges_lines_too(origin, edge_factory, tm
     assert not any(m.startswith("chatty says after") for m in messages(rotated))
 
 
+def test_usr1_reopens_the_json_access_log(origin, edge_factory, tmp_path):
+    e = start(edge_factory, plugin_config(origin, tmp_path, loglevel="info"), tmp_path, workers=2)
+    access = tmp_path / "access.log"
+    requests.get(f"{e.url}/before-rotation")
+    until(lambda: access.exists() and "/before-rotation" in access.read_text())
+    rotated = tmp_path / "access.log.1"
+    access.rename(rotated)
+    e.signal(signal.SIGUSR1)
+
+    def a_batch_went_to_the_new_file_only():
+        # every worker reopens on its own USR1: once a batch of new connections (spread over
+        # the workers) adds nothing to the rotated file, both have reopened
+        before = rotated.read_text().count("\n")
+        for i in range(20):
+            requests.get(f"{e.url}/after-{i}")
+        return access.exists() and rotated.read_text().count("\n") == before
+
+    until(a_batch_went_to_the_new_file_only)
+    until(lambda: access.read_text().count('"/after-') >= 20)  # the last line is written after the last byte
+    assert "/before-rotation" in rotated.read_text()
+
+
 def test_unknown_upstream_set_by_a_plugin_is_logged_with_its_name(origin, edge_factory, tmp_path):
     e = start(edge_factory, plugin_config(origin, tmp_path), tmp_path, workers=2)
     r = requests.get(f"{e.url}/nowhere", headers={"X-Request-ID": "rid-nowhere"})

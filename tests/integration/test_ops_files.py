@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -81,12 +82,18 @@ def test_logrotate_snippet_rotates_both_logs_of_a_running_edge(origin, edge_fact
 
     assert "/before" in (logs / "access.log.1").read_text()
 
+    worker = e.worker_pids()
+
     def fresh_lines() -> bool:
         requests.get(f"{e.url}/after", headers={"Connection": "close"})
+        with socket.create_connection(("127.0.0.1", e.port), timeout=10) as bad:  # a client error: one INFO line
+            bad.sendall(b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n")
+            bad.recv(4096)
         access = logs / "access.log"
         error = logs / "error.log"
         return ("/after" in access.read_text() and "/before" not in access.read_text()
-                and "Booting worker" in error.read_text())
+                and "client error 400" in error.read_text())
 
-    until(fresh_lines)  # the old worker may take a request or two while it drains
+    until(fresh_lines)  # the worker reopens a moment after the signal
     assert e.alive()
+    assert e.worker_pids() == worker  # USR1 reopens files; nothing was restarted
