@@ -40,7 +40,7 @@ import re
 
 from edge import http as rules
 from edge.errors import BadRequest, ClientError
-from edge.fields import TCHARS, fields_valid_joined
+from edge.fields import TCHARS, fields_valid
 
 
 class NotImplementedCoding(ClientError):
@@ -177,7 +177,7 @@ def admit(method: str, target: str, fields: list, *, http11: bool = True, author
     """
     check_method(method)
     path, query, target_authority = split_target(method, target)
-    if not fields_checked and not fields_valid_joined(fields):
+    if not fields_checked and not fields_valid(fields):
         raise BadRequest("invalid header field name or value")
     host = None
     te = None

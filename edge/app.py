@@ -28,10 +28,10 @@ from edge.urlpath import normalize_path
 log = logging.getLogger("edge.app")
 
 
-def reply_from_response(resp: Response, headers_extra: list[tuple[str, str]] | None = None) -> Reply:
-    headers = resp.headers.items()
-    if headers_extra:
-        headers = headers + headers_extra
+def reply_from_response(resp: Response) -> Reply:
+    # A Response comes from edge itself, the config (checked at load) or a plugin (anything):
+    # framing fields are the writer's, so they are left out here.
+    headers = rules.without_framing(resp.headers.items())
     return Reply(resp.status, STATUS_REASONS.get(resp.status, "Unknown"), headers, resp.body, len(resp.body))
 
 
@@ -180,7 +180,10 @@ class Proxy:
         if resp.replacement is not None:
             up.close()
             return self.answer(ctx, resp.replacement, None)
-        reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), resp.headers.items(), up.body, up.length)
+        out = resp.headers.items()
+        if chain.has_response_hooks and up.status != 101:
+            out = rules.without_framing(out)  # a plugin may have added framing fields: the writer owns them
+        reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), out, up.body, up.length)
         if up.status == 101:
             reply.upgrade = (up.upgrade_sock, up.upgrade_data)
             reply.body = None

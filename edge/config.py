@@ -33,7 +33,7 @@ from pydantic import (
 
 from edge.errors import ConfigError
 from edge.fields import field_error, is_token
-from edge.http import parse_host, split_host_port
+from edge.http import framing_field_error, parse_host, split_host_port
 from edge.pattern import compile_client_pattern
 from edge.units import parse_duration, parse_size
 
@@ -71,7 +71,7 @@ def _client_regex(v: str) -> str:
 def _header_fields(v: dict[str, str]) -> dict[str, str]:
     """Header name -> value pairs that edge will write: RFC 9110 §5.1 names, §5.5 values."""
     for name, value in v.items():
-        reason = field_error(name, value)
+        reason = field_error(name, value) or framing_field_error(name)
         if reason is not None:
             raise ValueError(reason)
     return v

@@ -10,7 +10,10 @@ RFC 9110 §5.1: ``field-name = token``; §5.6.2: ``token = 1*tchar``,
 ``tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA``.
 RFC 9110 §5.5: "Field values containing CR, LF, or NUL characters are invalid
 and dangerous"; other CTLs are tolerated in received values but edge never
-writes them either (except HTAB, which is part of the value grammar).
+writes them either (except HTAB, which is part of the value grammar). Values are
+``str`` holding bytes as latin-1 (obs-text, 0x80-0xFF, is allowed): a character
+above U+00FF (``€`` from a plugin or the config) has no byte to be written as and
+is refused here, not by an encoder at request time.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import re
 TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# field-value = *field-content; obs-text (0x80-0xFF) allowed; CTLs except HTAB are not.
-_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_BAD_VALUE_BYTES_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# field-value = *field-content; obs-text (0x80-0xFF) allowed; CTLs except HTAB are not,
+# nor anything latin-1 cannot encode.
+_BAD_VALUE_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]")
 
 
 def is_token(s: str) -> bool:
@@ -32,17 +35,11 @@ def is_token(s: str) -> bool:
 
 def is_field_value(s: str) -> bool:
     """True when ``s`` may be written as a field value: no CR, LF, NUL or other CTL but HTAB,
-    no leading or trailing whitespace (RFC 9110 §5.5: field-value excludes them)."""
+    nothing above U+00FF, no leading or trailing whitespace (RFC 9110 §5.5: field-value
+    excludes them). The config loaders' check; the serialisers use ``fields_valid``."""
     if _BAD_VALUE_RE.search(s) is not None:
         return False
     return not s or (s[0] not in " \t" and s[-1] not in " \t")
-
-
-def is_field_value_bytes(b: bytes) -> bool:
-    """``is_field_value`` for raw bytes."""
-    if _BAD_VALUE_BYTES_RE.search(b) is not None:
-        return False
-    return not b or (b[:1] not in b" \t" and b[-1:] not in b" \t")
 
 
 def field_error(name: str, value: str) -> str | None:
@@ -50,36 +47,28 @@ def field_error(name: str, value: str) -> str | None:
     if not is_token(name):
         return f"invalid header name {name!r}: must be a token (RFC 9110 §5.1)"
     if not is_field_value(value):
-        return f"invalid value for header {name}: {value[:60]!r} contains a control character or surrounding whitespace"
+        return (f"invalid value for header {name}: {value[:60]!r} contains a control character, "
+                "a character above U+00FF or surrounding whitespace")
     return None
-
-
-def fields_valid(fields) -> bool:
-    """True when every ``(name, value)`` pair of ``fields`` may be written (the serialisers' check)."""
-    for name, value in fields:
-        if _TOKEN_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value) is not None:
-            return False
-    return True
 
 
 def first_invalid_field(fields) -> tuple[str, str] | None:
     """The first pair of ``fields`` that may not be written, for the log line; None when all may."""
     for name, value in fields:
+        if not isinstance(name, str) or not isinstance(value, str):
+            return name, value
         if _TOKEN_RE.fullmatch(name) is None or _BAD_VALUE_RE.search(value) is not None:
             return name, value
     return None
 
 
-
-
 # The serialisers' check of a whole field list (issue 7: the reply writer was ~10% of
 # a small request). Names repeat from reply to reply, so the ones found valid are
 # remembered and checked with one C-level set operation; the values are joined with
-# SP and tested with ``str.isprintable`` (C, no CTL at all: the common case), else
-# searched once for a CTL other than HTAB (HTAB and obs-text are allowed in values).
+# SP and tested with ``isascii`` + ``isprintable`` (C: the common case), else searched
+# once for a CTL other than HTAB or a character latin-1 cannot encode.
 _NAMES_OK: set[str] = set()
 _NAMES_OK_MAX = 4096
-_CTL_NOT_HTAB_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _first(pair):
@@ -90,8 +79,10 @@ def _second(pair):
     return pair[1]
 
 
-def fields_valid_joined(fields) -> bool:
-    """``fields_valid`` for a whole list in a few C-level passes; False for a non-str name or value."""
+def fields_valid(fields) -> bool:
+    """True when every ``(name, value)`` pair of ``fields`` may be written; False for a
+    non-str name or value (a plugin bug). Leading/trailing whitespace is not checked here:
+    it cannot break framing, and received values never have it."""
     try:
         if not _NAMES_OK.issuperset(map(_first, fields)):
             for name, _ in fields:
@@ -102,6 +93,6 @@ def fields_valid_joined(fields) -> bool:
                         _NAMES_OK.clear()
                     _NAMES_OK.add(name)
         joined = " ".join(map(_second, fields))
-        return joined.isprintable() or _CTL_NOT_HTAB_RE.search(joined) is None
-    except TypeError:  # a name or value that is not a str (a plugin bug), or not a pair
+        return (joined.isascii() and joined.isprintable()) or _BAD_VALUE_RE.search(joined) is None
+    except TypeError:  # a name or value that is not a str, or not a pair
         return False

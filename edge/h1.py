@@ -60,7 +60,8 @@ from edge.admission import ExpectationFailed, NotImplementedCoding  # noqa: F401
 from edge.context import STATUS_REASONS, UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
 from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge,
                          InvalidResponseField, SlowClient)
-from edge.fields import fields_valid_joined
+from edge.fields import fields_valid
+from edge.http import without_framing
 from edge.netio import send_all
 
 log = logging.getLogger("edge.h1")
@@ -314,7 +315,7 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
     """The serialised head of a reply; InvalidResponseField if any part may not be written."""
     headers = reply.headers
     reason = reply.reason
-    if not fields_valid_joined(headers):
+    if not fields_valid(headers):
         raise InvalidResponseField.naming(headers)
     if reason not in _REASONS_OK and _REASON_RE.fullmatch(reason) is None:
         raise InvalidResponseField(f"invalid reason phrase {reason[:60]!r}")
@@ -608,7 +609,9 @@ class Connection:
         trailers = reply.trailers_from.trailers if reply.trailers_from is not None else ()
         if not trailers:
             return b""
-        if not fields_valid_joined(trailers):
+        # RFC 9110 §6.5.1: framing fields have no meaning in a trailer section; never relayed
+        trailers = without_framing(trailers)
+        if not fields_valid(trailers):
             # The head is out: dropping invalid trailers is the only safe choice left.
             log.error("%s %s (request id %s): invalid trailer dropped",
                 ctx.method, ctx.raw_path, self.proxy.request_id_of(ctx) or "-")

@@ -38,7 +38,8 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from edge import admission, framing
 from edge.context import UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
 from edge.errors import BadRequest, ClientDisconnected, ClientError, EdgeError, InvalidResponseField, UpstreamError
-from edge.fields import fields_valid_joined
+from edge.fields import fields_valid
+from edge.http import without_framing
 
 log = logging.getLogger("edge.h2")
 
@@ -139,7 +140,7 @@ def _body_reader(wsgi_input, ctx: RequestContext):
 def response_fields(reply: Reply, plan: framing.Plan, date: str) -> list[tuple[str, str]]:
     """The reply's fields for HEADERS; InvalidResponseField if one may not be written."""
     headers = reply.headers
-    if not fields_valid_joined(headers):
+    if not fields_valid(headers):
         raise InvalidResponseField.naming(headers)
     out = [(k, v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
     if not any(k.lower() == "date" for k, _ in out):
@@ -209,12 +210,12 @@ def _trailers(proxy, ctx: RequestContext, reply: Reply):
     trailers = reply.trailers_from.trailers if reply.trailers_from is not None else None
     if not trailers:
         return None
-    if not fields_valid_joined(trailers):
+    if not fields_valid(trailers):
         log.error("%s %s (request id %s): invalid trailer dropped",
             ctx.method, ctx.raw_path, proxy.request_id_of(ctx) or "-")
         proxy.metrics.incr(InvalidResponseField.metric)
         return None
-    return [(k, v) for k, v in trailers if k.lower() not in _CONNECTION_SPECIFIC]
+    return without_framing(trailers)  # RFC 9110 §6.5.1: no framing fields in a trailer section
 
 
 # ---------------------------------------------------------------------- plain WSGI servers

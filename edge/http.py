@@ -47,6 +47,11 @@ HOP_BY_HOP = frozenset({
 # 100 Continue when it starts reading the body), so the backend never waits for one.
 _REQUEST_DROP = HOP_BY_HOP | {"content-length", "expect", "host"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+# The fields the framing step owns (edge.framing): the writer derives them for each side,
+# so a reply head built by the config or a plugin never carries them (a second
+# Content-Length or a Transfer-Encoding beside edge's own would desynchronise every
+# cache and proxy downstream: RFC 9112 §6.3).
+FRAMING_FIELDS = _RESPONSE_DROP
 
 _CANON_MAX = 2048
 _canon_cache: dict[str, str] = {}
@@ -370,6 +375,22 @@ def downstream_response_headers(
     if via:
         out.append(("Via", via))
     return out
+
+
+def framing_field_error(name: str) -> str | None:
+    """Why the config or a plugin setting may not set header ``name``, or None when it may."""
+    if name.lower() in FRAMING_FIELDS:
+        return f"header {name} is connection framing, which edge writes itself (RFC 9112 §6, RFC 9110 §7.6.1)"
+    return None
+
+
+def without_framing(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``items`` without the fields of FRAMING_FIELDS; the same list when it holds none
+    (the common case: one pass, no copy). For reply heads a plugin or the config built."""
+    for k, _ in items:
+        if k.lower() in FRAMING_FIELDS:
+            return [(k, v) for k, v in items if k.lower() not in FRAMING_FIELDS]
+    return items
 
 
 def response_has_body(method: str, status: int) -> bool:

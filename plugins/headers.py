@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edge.context import Headers as HeaderList
 from edge.context import RequestContext, UpstreamResponse
 from edge.fields import field_error, is_token
+from edge.http import framing_field_error
 from edge.plugins import Plugin, PluginConfig, Services
 
 
@@ -72,6 +73,9 @@ class HeaderOps(BaseModel):
         for name, value in v.items():
             _check_name(name)
             _check_value(name, value)
+            reason = framing_field_error(name)  # Content-Length, Transfer-Encoding...: the writer's
+            if reason is not None:
+                raise ValueError(reason)
         return v
 
     @field_validator("remove")

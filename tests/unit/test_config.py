@@ -369,11 +369,11 @@ def test_keepalive_zero_means_no_keep_alive_and_is_accepted(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     ("respond: {headers: {'X-A': \"a\\r\\nSet-Cookie: x=1\"}}\n",
-     "FILE: routes[0].respond.headers: invalid value for header X-A: 'a\\r\\nSet-Cookie: x=1' contains a control character or surrounding whitespace"),
+     "FILE: routes[0].respond.headers: invalid value for header X-A: 'a\\r\\nSet-Cookie: x=1' contains a control character, a character above U+00FF or surrounding whitespace"),
     ("respond: {headers: {'Bad Name': 'x'}}\n",
      "FILE: routes[0].respond.headers: invalid header name 'Bad Name': must be a token (RFC 9110 §5.1)"),
     ("respond: {content_type: \"text/html\\nX: y\"}\n",
-     "FILE: routes[0].respond.content_type: invalid value for header Content-Type: 'text/html\\nX: y' contains a control character or surrounding whitespace"),
+     "FILE: routes[0].respond.content_type: invalid value for header Content-Type: 'text/html\\nX: y' contains a control character, a character above U+00FF or surrounding whitespace"),
     ("host_header: \"example.com\\r\\nX: y\"\n",
      "FILE: routes[0].host_header: must be pass, upstream or a host name with an optional port: invalid host name in 'example.com\\r\\nX: y'"),
     ("host_header: 'evil,for=6.6.6.6'\n",
@@ -442,3 +442,11 @@ def test_check_refuses_what_a_worker_could_not_build(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"{path}: a worker cannot be built from this configuration: FileNotFoundError: "
         f"[Errno 2] No such file or directory: '{tmp_path}/missing/access.log'\n")
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "Transfer-Encoding", "Connection"])
+def test_respond_headers_cannot_set_framing(tmp_path, name):
+    text = BASE + f"routes:\n  - respond: {{headers: {{'{name}': '1'}}}}\n"
+    assert error_of(write(tmp_path, text)) == (
+        f"FILE: routes[0].respond.headers: header {name} is connection framing, which edge writes itself "
+        "(RFC 9112 §6, RFC 9110 §7.6.1)")

@@ -235,3 +235,16 @@ def test_no_host_means_no_empty_forwarding_claims():
                                         peer_trusted=False, forwarded=True))
     assert out["Forwarded"] == "for=192.0.2.1;proto=http"
     assert "X-Forwarded-Host" not in out
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Keep-Alive", "Trailer", "Upgrade"])
+def test_framing_fields_are_the_writers(name):
+    items = [("X-A", "1"), (name, "5"), ("X-B", "2")]
+    assert rules.without_framing(items) == [("X-A", "1"), ("X-B", "2")]
+    assert rules.framing_field_error(name) is not None
+
+
+def test_without_framing_returns_the_same_list_when_clean():
+    items = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+    assert rules.without_framing(items) is items
+    assert rules.framing_field_error("Content-Type") is None

@@ -73,15 +73,15 @@ def test_body_untouched():
 
 @pytest.mark.parametrize("settings, message", [
     ({"request": {"set": {"X-A": "a\r\nInjected: 1"}}},
-     "plugins.headers.request.set: invalid value for header X-A: 'a\\r\\nInjected: 1' contains a control character or surrounding whitespace"),
+     "plugins.headers.request.set: invalid value for header X-A: 'a\\r\\nInjected: 1' contains a control character, a character above U+00FF or surrounding whitespace"),
     ({"response": {"add": {"X-A": "tab\x01"}}},
-     "plugins.headers.response.add: invalid value for header X-A: 'tab\\x01' contains a control character or surrounding whitespace"),
+     "plugins.headers.response.add: invalid value for header X-A: 'tab\\x01' contains a control character, a character above U+00FF or surrounding whitespace"),
     ({"response": {"set": {"X A": "1"}}}, "plugins.headers.response.set: invalid header name 'X A': must be a token (RFC 9110 §5.1)"),
     ({"response": {"remove": ["Bad:Name"]}}, "plugins.headers.response.remove: invalid header name 'Bad:Name': must be a token (RFC 9110 §5.1)"),
     ({"hsts": "max-age=1\nX: y"},
-     "plugins.headers.hsts: invalid value for header Strict-Transport-Security: 'max-age=1\\nX: y' contains a control character or surrounding whitespace"),
+     "plugins.headers.hsts: invalid value for header Strict-Transport-Security: 'max-age=1\\nX: y' contains a control character, a character above U+00FF or surrounding whitespace"),
     ({"content_security_policy": " default-src 'self'"},
-     "plugins.headers.content_security_policy: invalid value for header Content-Security-Policy: \" default-src 'self'\" contains a control character or surrounding whitespace"),
+     "plugins.headers.content_security_policy: invalid value for header Content-Security-Policy: \" default-src 'self'\" contains a control character, a character above U+00FF or surrounding whitespace"),
     ({"secuirty": True}, "plugins.headers.secuirty: unknown key"),
 ])
 def test_bad_settings_refused_at_load(settings, message):
