@@ -422,6 +422,9 @@ class Connection:
                 if not buf:
                     return None  # a connection that never sent a byte
                 raise
+            except ClientDisconnected:
+                self.idle.pop(sock, None)  # reset while idle: the stopping worker must not hold on to it
+                raise
             if deadline is None:
                 self.idle.pop(sock, None)
                 if data:

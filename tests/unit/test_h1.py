@@ -6,7 +6,7 @@ import pytest
 from edge import framing
 from edge.context import Reply
 from edge.errors import BadRequest, HeaderTooLarge, InvalidResponseField
-from edge.h1 import (TRANSITIONS, ChunkedDecoder, Event, HeadLimits, IllegalTransition, State, UriTooLong,
+from edge.h1 import (TRANSITIONS, ChunkedDecoder, Clock, Connection, Event, HeadLimits, IllegalTransition, State, UriTooLong,
                      check_partial_head, head_end, next_state, parse_head, reply_head)
 
 LIMITS = HeadLimits(8190, 100, 8190, 65536)
@@ -175,3 +175,30 @@ def test_chunked_decoder_whole_and_byte_by_byte():
 def test_chunked_decoder_refuses_bad_framing(wire):
     with pytest.raises(BadRequest):
         decode_all([wire])
+
+
+class _ResetSocket:
+    """A keep-alive socket whose client reset the connection while it was idle."""
+
+    def settimeout(self, t):
+        pass
+
+    def recv(self, n):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_reset_while_idle_leaves_no_entry_in_the_idle_map():
+    # The worker's idle map is what a stopping worker shuts down; a reset connection left in it
+    # would be held (and shut down again) for the life of the worker.
+    from types import SimpleNamespace as NS
+
+    from edge.errors import ClientDisconnected
+
+    cfg = NS(server=NS(keepalive=5, header_timeout=10, body_idle_timeout=10))
+    worker = NS(proxy=NS(state=NS(cfg=cfg)), idle_connections={}, head_limits=HeadLimits(8190, 100, 8190, 65536),
+                tunnel_idle_s=5, clock=Clock())
+    conn = Connection(worker, _ResetSocket(), "192.0.2.1", 80, "http")
+    conn.served = 1  # between two requests: the socket is in the idle map while it waits
+    with pytest.raises(ClientDisconnected):
+        conn.read_head()
+    assert worker.idle_connections == {}
