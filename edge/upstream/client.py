@@ -636,7 +636,9 @@ def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection
         # No body whatever the framing headers say (RFC 9112 §6.3 rule 1).
         _finish(conn, keep_alive and not p.chunks)
         reply.body = None
-        reply.length = 0 if method != "HEAD" else length
+        # HEAD and 304 keep the backend's Content-Length (RFC 9110 §8.6: the length a GET / a
+        # 200 would have had), or its absence; a 204 has none (RFC 9110 §8.6: MUST NOT).
+        reply.length = length if (method == "HEAD" or status == 304) else 0
         return reply
     if not chunked and length is None:
         keep_alive = False  # read until close: the connection cannot be reused
