@@ -44,7 +44,8 @@ holds under every interpretation, a request whose path holds one of these spelli
 is matched again under each reading of them as ``/`` (each combination, normalised
 again); if any reading picks a different route (or no route) than the path as sent,
 the request is refused with 400 before any plugin runs. A ``%25`` (a backend that
-decodes twice reads ``%2561`` as ``a``) is one more such spelling. ``/files/a%2Fb`` still
+decodes twice reads ``%2561`` as ``a``) and a ``;`` (servlet containers drop
+``;parameters`` per segment: ``/admin;x`` is ``/admin`` to Tomcat) are more such spellings. ``/files/a%2Fb`` still
 passes: both readings match the ``/files`` route. Paths without them cost nothing
 more. Per route, ``encoded_slash: decode`` forwards the path with them read as
 ``/`` (the backend and edge then agree), and ``encoded_slash: reject`` answers 400
@@ -204,7 +205,7 @@ class RouteTable:
         """
         cands = self._lookup(host_key(host))
         found = _first_match(cands, path, method, headers)
-        if "%" in path or "\\" in path:  # two scans; the rest only for the rare paths that need it
+        if "%" in path or "\\" in path or ";" in path:  # three scans; the rest only for the rare paths that need it
             if has_slash_forms(path):
                 self._check_slash_readings(cands, found, path, method, headers)
         return found

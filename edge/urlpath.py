@@ -40,7 +40,9 @@ slashes"); ``decode_slashes`` is the reading ``encoded_slash: decode`` forwards.
 A backend may also decode twice (IIS, CVE-2001-0333; frameworks that unquote a path
 the server already unquoted): ``%2561dmin`` is ``/admin`` to it, so ``%25`` counts
 as one more spelling with its own reading (``%25`` read as ``%``, normalised again).
-``%00`` is refused outright: no resource is named by a NUL, and a C backend would
+Java servlet containers (Tomcat, Jetty, Spring) drop ``;parameters`` from each
+segment before routing (``/admin;x`` and ``/p/..;/admin`` are ``/admin`` to them),
+so a ``;`` gives one more reading too. ``%00`` is refused outright: no resource is named by a NUL, and a C backend would
 cut the path there (``/admin%00.html`` is ``/admin`` to it).
 ``;`` path parameters (Tomcat) are left as they are.
 
@@ -127,9 +129,9 @@ DOUBLE_ESCAPE = "%25"
 
 
 def has_slash_forms(path: str) -> bool:
-    """True when the normalised ``path`` holds ``%2F``, ``%5C``, ``\\`` or ``%25``
+    """True when the normalised ``path`` holds ``%2F``, ``%5C``, ``\\``, ``%25`` or ``;``
     (a spelling some backend may read differently from edge)."""
-    return ("%" in path and ("%2F" in path or "%5C" in path or "%25" in path)) or "\\" in path
+    return ("%" in path and ("%2F" in path or "%5C" in path or "%25" in path)) or "\\" in path or ";" in path
 
 
 def slash_interpretations(path: str) -> tuple[str, ...]:
@@ -168,6 +170,9 @@ def _one_step_readings(path: str) -> set[str]:
         out.add(_renormalize(p))
     if DOUBLE_ESCAPE in path:
         out.add(_renormalize(path.replace(DOUBLE_ESCAPE, "%")))
+    if ";" in path:
+        # path parameters dropped per segment, as servlet containers do ("..;" is "..")
+        out.add(_renormalize("/".join(seg.split(";", 1)[0] for seg in path.split("/"))))
     out.discard(path)
     out.discard("")
     return out

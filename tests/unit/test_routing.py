@@ -474,6 +474,8 @@ DENY_ADMIN = (
     "/files/..%2Fsecret",        # /secret is the catch-all, not /files
     "/admin%2Fx",                # one segment "admin%2Fx" as sent (catch-all), /admin/x decoded
     "/%2561dmin",                # /admin to a backend that decodes twice
+    "/admin;x",                  # /admin to a servlet container (path parameters dropped)
+    "/p/..;/admin",              # likewise: "..;" is ".."
     "/x/%252e%252e/admin",       # likewise, through dot segments
 ])
 def test_encoded_slash_that_routes_elsewhere_is_refused(raw):
@@ -488,6 +490,7 @@ def test_encoded_slash_that_routes_elsewhere_is_refused(raw):
     ("/files/a%2F..%2Fb", "files"),      # /files/b when decoded: same route
     ("/p/a%2Fb", "catch-all"),
     ("/p/a\\b", "catch-all"),
+    ("/files/a;v=1", "files"),           # a path parameter that routes alike is kept
 ])
 def test_encoded_slash_that_routes_alike_is_matched(raw, expected):
     assert matched(table(*DENY_ADMIN), path=normalize_path(raw)) == expected
