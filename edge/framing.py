@@ -88,7 +88,7 @@ def plan(method: str, status: int, length: int | None, has_body: bool, *, http2:
     """
     if http2:
         keep_alive = True  # connection lifetime is not a per-reply matter on HTTP/2
-    if has_body and method != "HEAD" and status >= 200 and status != 204 and status != 304:  # has_content
+    if has_body and method != "HEAD" and status >= 200 and status != 204 and status != 304:  # has_content, inlined
         if length is not None:
             return _LENGTH_KEEP if keep_alive else _LENGTH_CLOSE
         if http2:

@@ -391,9 +391,3 @@ def without_framing(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if k.lower() in FRAMING_FIELDS:
             return [(k, v) for k, v in items if k.lower() not in FRAMING_FIELDS]
     return items
-
-
-def response_has_body(method: str, status: int) -> bool:
-    """RFC 9110 §6.4.1: HEAD answers, 1xx, 204 and 304 never carry content."""
-    return not (method == "HEAD" or status < 200 or status == 204 or status == 304)
-

@@ -90,7 +90,9 @@ def test_101_response_keeps_upgrade():
     ("POST", 404, True),
 ])
 def test_response_has_body(method, status, body):
-    assert rules.response_has_body(method, status) is body
+    from edge.framing import has_content  # the framing step owns the rule (RFC 9110 §6.4.1)
+
+    assert has_content(method, status) is body
 
 
 @pytest.mark.parametrize("host, expected", [
