@@ -62,7 +62,7 @@ from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError,
                          InvalidResponseField, SlowClient)
 from edge.fields import fields_valid
 from edge.http import without_framing
-from edge.netio import send_all
+from edge.netio import Waits, raw_socket, send_all
 
 log = logging.getLogger("edge.h1")
 
@@ -87,6 +87,10 @@ class UriTooLong(ClientError):
 
 
 class State(enum.Enum):
+    # Members are singletons: identity hashing (C) instead of Enum's hash(name) in Python,
+    # since every request looks up four transitions.
+    __hash__ = object.__hash__
+
     IDLE = "idle"                  # between requests: waiting for a first byte
     READING_HEAD = "reading head"  # part of a head arrived
     HANDLING = "handling"          # head admitted; the proxy works, the body may be read
@@ -96,6 +100,8 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    __hash__ = object.__hash__
+
     BYTES = "bytes"        # first bytes of a head
     HEAD = "head"          # a complete head was parsed and admitted
     REFUSE = "refuse"      # a head was refused: an error reply follows, then close
@@ -344,14 +350,18 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
 class Connection:
     """One client connection: its state, its read buffer, and its socket."""
 
-    __slots__ = ("sock", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s", "header_timeout_s",
-                 "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served")
+    __slots__ = ("sock", "raw", "waits", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s",
+                 "header_timeout_s", "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served")
 
     def __init__(self, worker, sock, peer_ip: str, port: int, scheme: str) -> None:
         self.worker = worker
         self.proxy = proxy = worker.proxy
         cfg = proxy.state.cfg.server
         self.sock = sock
+        # plain TCP: reads go to the kernel socket, waits through re-armed timers (edge.netio);
+        # a TLS socket reads through gevent's SSL wrapper
+        self.raw = raw_socket(sock)
+        self.waits = Waits(sock) if self.raw is not None else None
         self.buf = b""
         self.state = State.IDLE
         self.idle = worker.idle_connections
@@ -375,6 +385,17 @@ class Connection:
     # ------------------------------------------------------------------ reading
 
     def recv(self) -> bytes:
+        raw = self.raw
+        if raw is not None:
+            while True:
+                try:
+                    return raw.recv(RECV_BYTES)
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    raise ClientDisconnected(f"client connection failed: {e.strerror or e}") from None
+                if not self.waits.readable(self.sock.timeout):
+                    raise SlowClient("client sent nothing within the timeout")
         try:
             data = self.sock.recv(RECV_BYTES)
         except socket.timeout:
@@ -751,7 +772,12 @@ def _abort(sock) -> None:
 def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
     """Serve HTTP/1 requests on one connection until it closes (see the module docstring)."""
     peer_ip = addr[0] if isinstance(addr, tuple) else UNKNOWN_CLIENT
-    Connection(worker, sock, peer_ip, listener_port, scheme).serve()
+    conn = Connection(worker, sock, peer_ip, listener_port, scheme)
+    try:
+        conn.serve()
+    finally:
+        if conn.waits is not None:
+            conn.waits.release()
 
 
 def answer_and_close(worker, sock, peer_ip: str, reply: Reply, ctx: RequestContext) -> None:
