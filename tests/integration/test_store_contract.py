@@ -39,7 +39,9 @@ def make_cfg(request, tmp_path):
     prefix = f"t{uuid.uuid4().hex[:10]}:"
 
     def cfg(backend: str, **kw) -> StoreConfig:
-        base = {"backend": backend, "key_prefix": prefix, "timeout": 0.2}
+        # a contract test is about what a call does, not how fast: a worker-sized timeout
+        # failed healthy calls on a busy machine (issue 8); the failure tests pass their own
+        base = {"backend": backend, "key_prefix": prefix, "timeout": 2.0}
         if backend == "local":
             base["path"] = str(tmp_path / "local-store")
         elif backend == "redis":
