@@ -45,8 +45,12 @@ def simple_config(*origins, **route):
     }
 
 
-def until(cond, timeout_s: float = 15.0, interval_s: float = 0.1) -> None:
-    """Poll ``cond`` until it is true (connection errors count as not yet); fail after ``timeout_s``."""
+def until(cond, timeout_s: float = 30.0, interval_s: float = 0.1) -> None:
+    """Poll ``cond`` until it is true (connection errors count as not yet); fail after ``timeout_s``.
+
+    The bound is generous on purpose (issue 8): a correct edge passes as soon as the
+    condition holds, so it only matters when it never would, e.g. a reload that never
+    takes effect; a busy machine must not turn a slow reload into a failure."""
     import time
 
     import requests

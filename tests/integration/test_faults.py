@@ -47,7 +47,7 @@ def test_connect_timeout_is_504(edge_factory):
         t0 = time.monotonic()
         r = requests.get(f"{e.url}/", timeout=10)
         assert r.status_code == 504
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 8  # the connect timeout ended it, not requests' 10 s (issue 8: no tighter bound)
     finally:
         for f in fillers:
             f.close()
@@ -57,18 +57,18 @@ def test_connect_timeout_is_504(edge_factory):
 def test_read_timeout_is_504(origin, edge_factory):
     e = edge_factory(_cfg(origin.port, read="300ms"), workers=1)
     t0 = time.monotonic()
-    r = requests.get(f"{e.url}/delay/3")
+    r = requests.get(f"{e.url}/delay/30", timeout=60)
     assert r.status_code == 504
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 15  # the read timeout ended it, not the backend's answer (issue 8: no tighter bound)
     assert requests.get(f"{e.url}/").status_code == 200  # the same worker serves on
 
 
 def test_total_timeout_is_504(origin, edge_factory):
     e = edge_factory(_cfg(origin.port, read="5s", total="500ms"), workers=1)
     t0 = time.monotonic()
-    r = requests.get(f"{e.url}/delay/3")
+    r = requests.get(f"{e.url}/delay/30", timeout=60)
     assert r.status_code == 504
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 15  # the total timeout ended it, not the backend's answer
 
 
 def test_read_timeout_before_first_body_byte_is_504(origin, edge_factory):
@@ -170,7 +170,7 @@ def test_send_timeout_is_504_when_backend_stops_reading(edge_factory):
         chunk = b"x" * 65536
         sent, answer = 0, b""
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 10 and not answer.startswith(b"HTTP/1.1 "):
+        while time.monotonic() - t0 < 30 and not answer.startswith(b"HTTP/1.1 "):
             try:
                 if sent < size:
                     sent += c.send(chunk)
@@ -183,8 +183,7 @@ def test_send_timeout_is_504_when_backend_stops_reading(edge_factory):
             except (ConnectionResetError, OSError):
                 break
         c.close()
-        assert answer.startswith(b"HTTP/1.1 504"), answer[:60]
-        assert time.monotonic() - t0 < 5
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:60]  # the send timeout, not the 64 MiB upload, ended it
     finally:
         stop.set()
         t.join()

@@ -62,7 +62,7 @@ class Behaviour(Plugin):
         if ctx.path == "/boom":
             raise RuntimeError("plugin bug")
         if ctx.path == "/slow":
-            gevent.sleep(2)
+            gevent.sleep(30)
         if ctx.headers.get("X-Pool") == "other":
             ctx.upstream = "other"
         return None
@@ -155,9 +155,9 @@ def test_raising_plugin_open_is_skipped(behaviour_edge):
 def test_overrunning_hook_is_cut_at_its_budget(behaviour_edge):
     e = behaviour_edge({"timeout": "100ms"})
     t0 = time.monotonic()
-    r = requests.get(f"{e.url}/slow")
+    r = requests.get(f"{e.url}/slow", timeout=60)
     assert r.status_code == 503
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 15  # cut at its budget, long before the plugin's 30 s (issue 8: no tighter bound)
     assert requests.get(f"{e.url}/").status_code == 200
 
 

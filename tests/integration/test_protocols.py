@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -43,9 +42,10 @@ def test_websocket_idle_tunnel_closed_both_sides(origin, edge_factory):
     ws = websocket.create_connection(f"ws://127.0.0.1:{e.port}/ws", timeout=5)
     ws.send("x")
     assert ws.recv() == "x"
-    time.sleep(2.0)
+    # idle from here: edge closes the tunnel after 1 s, however long that takes to be seen
+    # (a fixed sleep raced it on a busy machine, issue 8); an open tunnel times out instead
+    ws.settimeout(20)
     with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError, OSError)):
-        ws.send("after idle")
         ws.recv()
 
 
@@ -90,14 +90,15 @@ def test_bad_config_refuses_start_with_file_key_reason(tmp_path, text, message):
 def test_reload_applies_new_config_and_refuses_bad_one(origin, origin2, edge_factory):
     e = edge_factory(simple_config(origin), workers=2)
     assert requests.get(f"{e.url}/").headers["X-Origin"] == "o1"
+    old = set(e.worker_pids())
     e.write_config({**_server(e), **simple_config(origin2)})
     e.reload()
-    # old workers keep accepting for up to a second while they drain (gunicorn's gevent loop)
-    until(lambda: all(requests.get(f"{e.url}/").headers.get("X-Origin") == "o2" for _ in range(10)))
+    # old workers keep accepting while they drain (gunicorn's gevent loop), for as long as
+    # a busy machine makes them: wait until they are gone, not for a number of answers (issue 8)
+    until(lambda: len(new := set(e.worker_pids())) == 2 and not new & old)
     # A broken file is refused: the master lives on and the running configuration is kept.
     e.config_path.write_text("upstreams: {app: {servers: ['bad:port:x']}}\n")
     e.reload()
-    # gunicorn handles the second HUP once the first reload has retired the old workers
     until(lambda: "reload refused, keeping the running configuration" in e.log())
     assert e.alive()
     for _ in range(10):

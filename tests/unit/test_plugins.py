@@ -357,10 +357,10 @@ class Sleeper(Plugin):
     priority = 100
     def on_request(self, ctx):
         if ctx.path == "/slow":
-            gevent.sleep(1)
+            gevent.sleep(30)
         ctx.facts["sleeper_done"] = True
     def on_connect(self, conn):
-        gevent.sleep(1)
+        gevent.sleep(30)
 '''
 
 
@@ -374,7 +374,7 @@ def test_overrunning_hook_is_cut_at_its_budget(tmp_path, tracers, empty_shipped,
     t0 = time.monotonic()
     answer = reg.default_chain.run_request(ctx)
     elapsed = time.monotonic() - t0
-    assert 0.04 <= elapsed < 0.5
+    assert 0.04 <= elapsed < 10  # cut at its budget, not when the plugin is done (no tighter bound: issue 8)
     assert (answer.status if answer else None) == expected
     assert "sleeper_done" not in ctx.facts
     assert ctx.facts.get("trace") == (None if expected else ["req:low"])
@@ -387,7 +387,7 @@ def test_overrunning_hook_is_cut_at_its_budget(tmp_path, tracers, empty_shipped,
     # on_connect is budgeted too
     t0 = time.monotonic()
     answer = reg.default_chain.run_connect(object())
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 10
     assert (answer.status if answer else None) == expected
 
 
@@ -745,7 +745,7 @@ def test_request_body_filter_overrun_ends_upload_with_503(tmp_path, empty_shippe
             name = "scanner"
             def on_request_body(self, ctx, chunk, end):
                 if chunk == b"slow":
-                    gevent.sleep(1)
+                    gevent.sleep(30)
                 return chunk
     ''')
     reg = load(config(tmp_path, plugins={"scanner": {"timeout": "30ms"}}), empty_shipped)
@@ -754,7 +754,7 @@ def test_request_body_filter_overrun_ends_upload_with_503(tmp_path, empty_shippe
     t0 = time.monotonic()
     with pytest.raises(PluginError) as e:
         list(chain.filter_request_body(make_ctx(method="POST"), [b"a", b"slow"]))
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 10  # cut at its budget, long before the plugin's 30 s
     assert (e.value.plugin, e.value.phase, e.value.status) == ("scanner", "on_request_body", 503)
     assert reg.errors[("scanner", "on_request_body")] == 1
 
