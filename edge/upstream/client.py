@@ -127,17 +127,27 @@ class Limits:
         return cls(c.max_head_bytes, c.max_line_bytes, c.max_fields, c.max_trailer_bytes, c.max_interim_responses, c.retry_body_bytes)
 
 
+# Hot path: the methods and Host values seen before were valid; a bounded set remembers them.
+_COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_HOSTS_OK: set[str] = set()
+_HOSTS_OK_MAX = 1024
+
+
 def check_request(method: str, target: str, host: str | None, headers: list[tuple[str, str]]) -> None:
     """Raise ``UnsendableRequest`` unless the request line and every field may be written (pure).
 
     The message names what is wrong, never the offending value (it may hold CR/LF meant
     for a log line, or a secret)."""
-    if not is_token(method):
+    if method not in _COMMON_METHODS and not is_token(method):
         raise UnsendableRequest("the request method is not a token (RFC 9110 §9.1)")
     if _ORIGIN_FORM_RE.fullmatch(target) is None and not (target == "*" and method == "OPTIONS"):
         raise UnsendableRequest("the request target is not in origin-form: space, control character or '#' (RFC 9112 §3.2.1)")
-    if host is not None and not (host and is_field_value(host)):
-        raise UnsendableRequest("invalid value for field Host")
+    if host is not None and host not in _HOSTS_OK:
+        if not (host and is_field_value(host)):
+            raise UnsendableRequest("invalid value for field Host")
+        if len(_HOSTS_OK) >= _HOSTS_OK_MAX:
+            _HOSTS_OK.clear()
+        _HOSTS_OK.add(host)
     if not fields_valid(headers):
         name, _ = first_invalid_field(headers)
         if is_token(name):
