@@ -39,26 +39,8 @@ from __future__ import annotations
 import re
 
 from edge import http as rules
-from edge.errors import BadRequest, ClientError
+from edge.errors import BadRequest, ClientError, ExpectationFailed, MethodNotAllowed, NotImplementedCoding  # noqa: F401  (re-exported)
 from edge.fields import TCHARS, fields_valid
-
-
-class NotImplementedCoding(ClientError):
-    status = 501
-    metric = "transfer_coding"
-    public = "transfer coding not implemented"
-
-
-class ExpectationFailed(ClientError):
-    status = 417
-    metric = "expectation_failed"
-    public = "expectation failed"
-
-
-class MethodNotAllowed(ClientError):
-    status = 405
-    metric = "method_not_allowed"
-    public = "method not allowed"
 
 
 # Body framing of an admitted request.

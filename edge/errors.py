@@ -171,3 +171,38 @@ class PluginError(EdgeError):
     def __init__(self, plugin: str, phase: str, reason: str = "") -> None:
         self.plugin, self.phase = plugin, phase
         super().__init__(f"plugin {plugin} failed in {phase}" + (f": {reason}" if reason else ""))
+
+
+# ---- at the protocol boundary (edge/admission.py, edge/h1.py, edge/framing.py, issue 7) -------
+
+
+class UriTooLong(ClientError):
+    status = 414
+    metric = "uri_too_long"
+    public = "request line too long"
+
+
+class NotImplementedCoding(ClientError):
+    status = 501
+    metric = "transfer_coding"
+    public = "transfer coding not implemented"
+
+
+class ExpectationFailed(ClientError):
+    status = 417
+    metric = "expectation_failed"
+    public = "expectation failed"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    metric = "method_not_allowed"
+    public = "method not allowed"
+
+
+class BodyLengthMismatch(EdgeError):
+    """The backend's body ended before (or ran past) the Content-Length it announced."""
+
+    status = 502
+    metric = "upstream_body_length"
+    public = "bad gateway"

@@ -26,7 +26,7 @@ Rules (RFC 9110 §6.4.1, RFC 9112 §6.3, RFC 9113 §8.1):
 
 from __future__ import annotations
 
-from edge.errors import EdgeError
+from edge.errors import BodyLengthMismatch
 
 
 class Plan:
@@ -102,14 +102,6 @@ def plan(method: str, status: int, length: int | None, has_body: bool, *, http2:
 
 def on_error_after_head(http2: bool) -> str:
     return ErrorAfterHead.RESET_STREAM if http2 else ErrorAfterHead.ABORT_CONNECTION
-
-
-class BodyLengthMismatch(EdgeError):
-    """The backend's body ended before (or ran past) the Content-Length it announced."""
-
-    status = 502
-    metric = "upstream_body_length"
-    public = "bad gateway"
 
 
 def check_complete(announced: int | None, sent: int) -> None:

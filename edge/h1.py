@@ -58,6 +58,7 @@ from gunicorn_h1c._parser_fast import IncompleteError as _Incomplete  # the fast
 from edge import admission, framing
 from edge.admission import ExpectationFailed, NotImplementedCoding  # noqa: F401  (re-exported for callers and tests)
 from edge.context import STATUS_REASONS, UNKNOWN_CLIENT, Headers, Reply, RequestBody, RequestContext, close_body
+from edge.errors import UriTooLong  # noqa: F401  (re-exported for tests)
 from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError, HeaderTooLarge,
                          InvalidResponseField, SlowClient)
 from edge.fields import fields_valid
@@ -73,12 +74,6 @@ _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close 
 # RFC 9112 §4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
 _REASON_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _REASONS_OK = frozenset(STATUS_REASONS.values()) | {""}
-
-
-class UriTooLong(ClientError):
-    status = 414
-    metric = "uri_too_long"
-    public = "request line too long"
 
 
 
