@@ -33,6 +33,7 @@ import pytest
 from gevent import socket as gsocket
 
 from tests.fixtures.admission import gcra_bounds
+from tests.fixtures.statsd import StatsdSink, statsd  # noqa: F401  (the fixture)
 
 
 RATE, BURST = 100, 20
@@ -162,39 +163,6 @@ class Load:
 # --------------------------------------------------------------------------- statsd
 
 
-class StatsdSink:
-    """A UDP statsd server on 127.0.0.1 that counts counter increments by name."""
-
-    def __init__(self) -> None:
-        self.sock = gsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.counts: Counter[str] = Counter()
-        self._g = gevent.spawn(self._run)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        while True:
-            data = self.sock.recv(65536)
-            for line in data.decode(errors="replace").splitlines():
-                name, _, rest = line.partition(":")
-                value, _, kind = rest.partition("|")
-                if kind.startswith("c"):
-                    self.counts[name] += int(float(value))
-
-    def close(self) -> None:
-        self._g.kill()
-        self.sock.close()
-
-
-@pytest.fixture
-def statsd():
-    sink = StatsdSink()
-    yield sink
-    sink.close()
 
 
 # --------------------------------------------------------------------------- helpers

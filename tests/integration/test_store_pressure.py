@@ -34,6 +34,8 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
+from tests.fixtures.statsd import statsd  # noqa: F401  (the fixture)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # --------------------------------------------------------------------------- memcached slots
@@ -263,34 +265,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=10)
 
 
-class StatsdSink:
-    """UDP statsd on 127.0.0.1 counting counters by name."""
-
-    def __init__(self) -> None:
-        self.sock = gsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.counts: Counter[str] = Counter()
-        self._g = gevent.spawn(self._run)
-
-    def _run(self) -> None:
-        while True:
-            for line in self.sock.recv(65536).decode(errors="replace").splitlines():
-                name, _, rest = line.partition(":")
-                value, _, kind = rest.partition("|")
-                if kind.startswith("c"):
-                    self.counts[name] += int(float(value))
-
-    def close(self) -> None:
-        self._g.kill()
-        self.sock.close()
-
-
-@pytest.fixture
-def statsd():
-    sink = StatsdSink()
-    yield sink
-    sink.close()
 
 
 def test_healthy_redis_is_not_declared_down_by_a_cpu_starved_worker(edge_factory, make_redis_server, origin, statsd):
