@@ -18,6 +18,7 @@ import logging
 import time
 
 from edge import http as rules
+from edge.compress.compressor import Compressor
 from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse
 from edge.errors import BadRequest, EdgeError, UnsendableRequest, UpstreamError
 from edge.logs import request_label
@@ -59,6 +60,7 @@ class Proxy:
         self.client_errors = state.client_errors
         self.route_timeouts = state.route_timeouts
         self.access_log = state.access_log
+        self.compressor = Compressor.from_config(cfg)  # None when no route compresses
 
     # ------------------------------------------------------------------ entry
 
@@ -194,9 +196,18 @@ class Proxy:
                 reply.length = None
             else:
                 reply.trailers_from = up
+        if self.compressor is not None and up.status != 101:
+            self._compress(ctx, reply)
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply
+
+    def _compress(self, ctx: RequestContext, reply: Reply) -> None:
+        """After the plugins' body filters (they see identity bytes): edge.compress."""
+        headers, body, length = self.compressor.apply(ctx, reply.status, reply.headers, reply.body, reply.length)
+        if body is not reply.body:
+            reply.trailers_from = None  # trailers about the identity bytes (digests) would be false now
+        reply.headers, reply.body, reply.length = headers, body, length
 
     def _unknown_upstream(self, ctx: RequestContext, route) -> EdgeError:
         """A plugin chose a pool that does not exist (the config's own routes are checked at

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge.compress.negotiate import CODINGS, DEFAULT_EXCLUDE_TYPES, DEFAULT_TYPES, parse_type_pattern
 from edge.errors import ConfigError
 from edge.fields import field_error, is_token
 from edge.http import framing_field_error, parse_host, split_host_port
@@ -421,6 +422,9 @@ class RouteConfig(Model):
     plugins: dict[str, PluginSettings] = Field(
         {}, description="per-route plugin settings merged over the global ones; `false` disables a global plugin here"
     )
+    compression: bool | None = Field(
+        None, description="response compression on this route: `true`/`false` override `compression.enabled`"
+    )
 
     @field_validator("host_header")
     @classmethod
@@ -506,6 +510,57 @@ class StoreConfig(Model):
         return self
 
 
+# --------------------------------------------------------------------------- compression
+
+
+def _type_patterns(v: tuple[str, ...]) -> tuple[str, ...]:
+    for t in v:
+        parse_type_pattern(t)
+    return v
+
+
+TypePatterns = Annotated[tuple[str, ...], AfterValidator(_type_patterns)]
+
+
+class CompressionConfig(Model):
+    """Response compression (edge.compress; docs/cache.md, "Compression")."""
+
+    enabled: bool = Field(
+        False,
+        description="compress responses on every route (a route's `compression` overrides). Off by default, as in "
+        "nginx and Caddy: it costs CPU per byte, changes ETags, and over TLS a page that reflects input next to a "
+        "secret leaks it to BREACH; an operator opts in knowing the content",
+    )
+    codecs: tuple[Literal["zstd", "br", "gzip"], ...] = Field(
+        CODINGS, min_length=1,
+        description="content codings offered, in the server's order of preference (used when the client's "
+        "`Accept-Encoding` weights tie)",
+    )
+    min_size: Size = Field(
+        512, ge=0, description="responses whose Content-Length is below this are sent as they are (a body of "
+        "unknown length is compressed)",
+    )
+    types: TypePatterns = Field(
+        DEFAULT_TYPES, description="media types compressed: `type/subtype`, `type/*` or `type/*+suffix`"
+    )
+    exclude_types: TypePatterns = Field(
+        DEFAULT_EXCLUDE_TYPES, description="media types never compressed even if `types` matches (event streams "
+        "must not wait in an encoder's buffer)",
+    )
+    gzip_level: int = Field(1, ge=1, le=9, description="gzip level (1 fastest, 9 smallest)")
+    br_quality: int = Field(4, ge=0, le=11, description="brotli quality (0-11; above 5 is for precompressed files)")
+    zstd_level: int = Field(
+        3, ge=1, le=19, description="zstd level (1-19; 20+ need a window over the 8 MB RFC 9659 allows)"
+    )
+
+    @field_validator("codecs")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each coding once (got {list(v)})")
+        return v
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -539,6 +594,7 @@ class EdgeConfig(Model):
     plugin_dirs: tuple[str, ...] = Field((), description="directories searched for plugins after the shipped `plugins/`")
     plugins: dict[str, dict[str, Any]] = Field({}, description="plugins enabled on every route, with their settings")
     metrics: MetricsConfig = Field(MetricsConfig(), description="statsd metrics")
+    compression: CompressionConfig = Field(CompressionConfig(), description="response compression (gzip, br, zstd)")
 
     # Where this configuration was read from; set by load_config, used in error messages.
     source: str = Field("<string>", exclude=True, description="(internal) file the configuration came from")
