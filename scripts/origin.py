@@ -66,6 +66,14 @@ Endpoints (any method unless noted; HEAD always gets the headers only)
     Zeroes both counters (200 JSON of the values before the reset).
 ``/static/1k``, ``/static/1m``
     Precomputed 1 KiB / 1 MiB bodies for benchmarks.
+``/text/N``
+    N bytes of deterministic English-like text (numbered lines of words; compresses
+    about as well as HTML), ``Content-Type: text/plain; charset=utf-8``, with
+    ``X-Body-Sha256`` (hex sha256 of the N bytes). ``?chunked=1``: chunked, no length.
+    ``?type=T``: that Content-Type. ``?etag=V``: ``ETag: "V"``, and an ``If-None-Match``
+    that matches it (weak comparison, RFC 9110 §13.1.2) gets 304. ``?h=Name:Value``
+    (repeatable): extra response fields. A ``Range: bytes=A-B`` request gets 206 with
+    ``Content-Range`` (one range; otherwise the whole body).
 
 Every response (except the raw fault endpoints above) carries ``Server: origin``,
 ``X-Powered-By: demo``, ``X-Origin: NAME`` and ``X-Conn-Requests: <n>`` (the request's
@@ -103,6 +111,41 @@ PATTERN = _PERIOD * (PIECE_BYTES // 256 + 1)
 STATIC = {"/static/1k": PATTERN[:1024], "/static/1m": _PERIOD * (1024 * 1024 // 256)}
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def _make_text(size: int) -> bytes:
+    """Numbered lines of words from a small vocabulary, picked by an LCG: deterministic text
+    that compresses like real prose or markup (not a repeating pattern a codec folds to nothing)."""
+    words = ("the of and to in is that for it as with was on be by this are from at or an which have not "
+             "edge proxy cache origin request response header body stream worker client server route plugin "
+             "store upstream connection timeout retry purge vary encoding gzip brotli zstd html json script "
+             "style table row column value name path query host port status length content type").split()
+    lines, total, x, i = [], 0, 12345, 0
+    while total < size:
+        picked = []
+        for _ in range(8 + i % 9):
+            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+            picked.append(words[(x >> 16) % len(words)])
+        line = f"{i:06d} {' '.join(picked)}.\n".encode()
+        lines.append(line)
+        total += len(line)
+        i += 1
+    return b"".join(lines)[:size]
+
+
+TEXT = _make_text(256 * 1024)  # /text/N cycles through it
+
+
+def text_bytes(offset: int, size: int) -> bytes:
+    """``size`` bytes of the /text body from absolute ``offset`` (the body repeats every len(TEXT) bytes)."""
+    out, n = [], len(TEXT)
+    while size > 0:
+        start = offset % n
+        piece = TEXT[start:start + size]
+        out.append(piece)
+        offset += len(piece)
+        size -= len(piece)
+    return b"".join(out)
 
 
 def pattern_bytes(offset: int, size: int) -> bytes:
@@ -368,6 +411,8 @@ class Connection:
             return self.bytes_(req)
         if path == "/chunked":
             return self.chunked(req)
+        if path.startswith("/text/"):
+            return self.text(req)
         if path.startswith("/delay/"):
             return self.delay(req)
         if path.startswith("/status/"):
@@ -462,6 +507,50 @@ class Connection:
         self.sock.sendall(self._head(200, [("Content-Type", "application/octet-stream"), framing]))
         if not self.is_head:
             self._send_pattern(size, chunked, rate)
+        return False
+
+    def text(self, req: Request) -> bool:
+        self.drain(req)
+        try:
+            size = int(req.path[len("/text/"):])
+        except ValueError:
+            self.respond(400, b"bad size\n")
+            return False
+        pairs = parse_qsl(req.query, keep_blank_values=True)
+        args = dict(pairs)
+        headers = [("Content-Type", args.get("type", "text/plain; charset=utf-8"))]
+        headers += [tuple(p.strip() for p in v.split(":", 1)) for k, v in pairs if k == "h" and ":" in v]
+        etag = args.get("etag")
+        if etag is not None:
+            headers.append(("ETag", f'"{etag}"'))
+            # RFC 9110 §13.1.2: If-None-Match uses the weak comparison
+            tags = {t.strip().removeprefix("W/") for v in req.get_all("if-none-match") for t in v.split(",")}
+            if f'"{etag}"' in tags or "*" in tags:
+                self.sock.sendall(self._head(304, headers))
+                return False
+        start, end, status = 0, size - 1, 200
+        rng = req.get("range") or ""
+        if rng.startswith("bytes=") and "," not in rng:
+            a, _, b = rng[6:].partition("-")
+            if a.isdigit() and (b.isdigit() or not b) and int(a) < size:
+                start, end, status = int(a), min(int(b), size - 1) if b else size - 1, 206
+                headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+        length = end - start + 1
+        digest = hashlib.sha256()
+        for off in range(start, end + 1, PIECE_BYTES):
+            digest.update(text_bytes(off, min(PIECE_BYTES, end + 1 - off)))
+        headers.append(("X-Body-Sha256", digest.hexdigest()))
+        chunked = args.get("chunked", "0") not in ("", "0")
+        headers.append(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(length)))
+        self.sock.sendall(self._head(status, headers))
+        if self.is_head:
+            return False
+        sendall = self.sock.sendall
+        for off in range(start, end + 1, PIECE_BYTES):
+            data = text_bytes(off, min(PIECE_BYTES, end + 1 - off))
+            sendall(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+        if chunked:
+            sendall(b"0\r\n\r\n")
         return False
 
     def chunked(self, req: Request) -> bool:
