@@ -14,9 +14,8 @@ once at the end (``finish``). No sync flush happens mid-stream: it would cost
 ratio on every chunk, and a body that must arrive as it is produced (Server-Sent
 Events) is excluded by type (``text/event-stream``) rather than flushed per event.
 
-Objects are created per response (zlib and brotli have no reset; a
-``ZstdCompressor`` shares one context among the ``compressobj`` it creates, so two
-greenlets must never use one: creating it costs ~10 µs).
+gzip and brotli encoders are created per response (their bindings have no reset);
+zstd contexts are reused through a worker's ``Encoders`` (see there), never shared.
 
 RFC 9110 §8.4.1.3 (gzip is the gzip file format, RFC 1952: zlib ``wbits=31``),
 RFC 7932 (brotli, registered as ``br``), RFC 8878 and RFC 9659 (zstd; §3 of RFC 9659:
@@ -39,11 +38,13 @@ OUT_MIN_BYTES = 16384      # encoded bytes gathered before a chunk is yielded (f
 BROTLI_LGWIN = 19          # 512 KiB window: ngx_brotli's default `brotli_window`; bounds memory per stream
 GZIP_MEM_LEVEL = 8         # zlib's default: ~256 KiB of state per stream
 ZSTD_MAX_LEVEL = 19        # RFC 9659 §3: windows up to 8 MB; level 19 uses 8 MB, 20+ more
+ZSTD_IDLE_MAX = 64         # idle zstd contexts a worker keeps for reuse (~1-3 MiB each at level 3)
 
 
 class Encoder(Protocol):
     def compress(self, data: bytes) -> bytes: ...
     def finish(self) -> bytes: ...
+    def close(self) -> None: ...   # give back what the encoder holds, also after finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class GzipEncoder:
     def finish(self) -> bytes:
         return self._z.flush(zlib.Z_FINISH)
 
+    def close(self) -> None:
+        pass  # nothing reusable: the zlib stream is freed with the object
+
 
 class BrotliEncoder:
     __slots__ = ("_b",)
@@ -90,34 +94,79 @@ class BrotliEncoder:
     def finish(self) -> bytes:
         return self._b.finish()
 
+    def close(self) -> None:
+        pass  # nothing reusable: the brotli state is freed with the object
+
 
 class ZstdEncoder:
-    __slots__ = ("_z",)
+    __slots__ = ("_owner", "_c", "_z")
 
-    def __init__(self, level: int) -> None:
-        self._z = zstandard.ZstdCompressor(level=level).compressobj()
+    def __init__(self, owner: "Encoders", size: int | None) -> None:
+        self._owner = owner
+        self._c = owner._take_zstd()
+        # a known size goes in the frame header (RFC 8878 §3.1.1.1.4) and lets zstd size its tables to the body
+        self._z = self._c.compressobj(size=size if size is not None else -1)
 
     def compress(self, data: bytes) -> bytes:
         return self._z.compress(data)
 
     def finish(self) -> bytes:
-        return self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        out = self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        self.close()
+        return out
+
+    def close(self) -> None:
+        c, self._c = self._c, None
+        if c is not None:
+            self._owner._give_zstd(c)  # once only: two streams on one context would corrupt both
+
+
+class Encoders:
+    """One worker's encoder maker, at the configured levels.
+
+    A ``ZstdCompressor`` costs ~25 µs to set up, more than compressing 1 KiB with it, so
+    idle ones are kept (at most ``ZSTD_IDLE_MAX``) and reused; one is only ever lent to
+    one stream at a time, since its ``compressobj`` share the compressor's context.
+    gzip and brotli have no reusable context in their Python bindings.
+    """
+
+    __slots__ = ("levels", "_zstd_idle")
+
+    def __init__(self, levels: Levels) -> None:
+        self.levels = levels
+        self._zstd_idle: list[zstandard.ZstdCompressor] = []
+
+    def new(self, coding: str, size: int | None = None) -> Encoder:
+        """An encoder for one body; ``size`` is its length when known (a hint, zstd only)."""
+        if coding == GZIP:
+            return GzipEncoder(self.levels.gzip)
+        if coding == BR:
+            return BrotliEncoder(self.levels.br)
+        if coding == ZSTD:
+            return ZstdEncoder(self, size)
+        raise ValueError(f"unknown content coding {coding!r}")
+
+    def encode(self, data: bytes, coding: str) -> bytes:
+        """A whole body, encoded at once (answers held in memory, e.g. a small cached object)."""
+        enc = self.new(coding, len(data))
+        return enc.compress(data) + enc.finish()
+
+    def _take_zstd(self) -> zstandard.ZstdCompressor:
+        idle = self._zstd_idle
+        return idle.pop() if idle else zstandard.ZstdCompressor(level=self.levels.zstd)
+
+    def _give_zstd(self, c: zstandard.ZstdCompressor) -> None:
+        if len(self._zstd_idle) < ZSTD_IDLE_MAX:
+            self._zstd_idle.append(c)
 
 
 def new_encoder(coding: str, levels: Levels) -> Encoder:
-    if coding == GZIP:
-        return GzipEncoder(levels.gzip)
-    if coding == BR:
-        return BrotliEncoder(levels.br)
-    if coding == ZSTD:
-        return ZstdEncoder(levels.zstd)
-    raise ValueError(f"unknown content coding {coding!r}")
+    """A one-off encoder (tests, scripts); the request path uses a worker's ``Encoders``."""
+    return Encoders(levels).new(coding)
 
 
 def encode_bytes(data: bytes, coding: str, levels: Levels) -> bytes:
-    """A whole body, encoded at once (answers held in memory, e.g. a small cached object)."""
-    enc = new_encoder(coding, levels)
-    return enc.compress(data) + enc.finish()
+    return Encoders(levels).encode(data, coding)
 
 
 def encode_stream(source: Iterable[bytes], encoder: Encoder, out_min_bytes: int = OUT_MIN_BYTES) -> Iterator[bytes]:
@@ -139,4 +188,5 @@ def encode_stream(source: Iterable[bytes], encoder: Encoder, out_min_bytes: int 
         pending.append(encoder.finish())
         yield b"".join(pending)
     finally:
+        encoder.close()
         close_body(source)

@@ -24,18 +24,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.compress.codecs import Levels, encode_bytes, encode_stream, new_encoder
+from edge.compress.codecs import Encoders, Levels, encode_stream
 from edge.compress.negotiate import Rules, TypeFilter, decide, encoded_headers, identity_headers
 
 
 class Compressor:
     """Per worker: the rules, the levels and which routes compress (by route index)."""
 
-    __slots__ = ("rules", "levels", "_on")
+    __slots__ = ("rules", "encoders", "_on")
 
     def __init__(self, rules: Rules, levels: Levels, route_on: tuple[bool, ...]) -> None:
         self.rules = rules
-        self.levels = levels
+        self.encoders = Encoders(levels)
         self._on = route_on
 
     @classmethod
@@ -66,6 +66,6 @@ class Compressor:
             return headers, body, length
         headers = encoded_headers(headers, d.coding)
         if isinstance(body, bytes):
-            out = encode_bytes(body, d.coding, self.levels)
+            out = self.encoders.encode(body, d.coding)
             return headers, out, len(out)
-        return headers, encode_stream(body, new_encoder(d.coding, self.levels)), None
+        return headers, encode_stream(body, self.encoders.new(d.coding, length)), None

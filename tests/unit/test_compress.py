@@ -7,7 +7,7 @@ import brotli
 import pytest
 import zstandard
 
-from edge.compress.codecs import OUT_MIN_BYTES, Levels, encode_bytes, encode_stream, new_encoder
+from edge.compress.codecs import OUT_MIN_BYTES, ZSTD_IDLE_MAX, Encoders, Levels, encode_bytes, encode_stream, new_encoder
 from edge.compress.compressor import Compressor
 from edge.compress.negotiate import (
     CODINGS, AcceptEncoding, Decision, Rules, TypeFilter, cache_directive_names, choose_coding, decide,
@@ -328,6 +328,41 @@ def test_source_error_propagates_and_source_is_closed():
     with pytest.raises(Boom):
         list(encode_stream(Source(), new_encoder("br", Levels())))
     assert closed == [True]
+
+
+def test_zstd_contexts_are_reused_never_shared():
+    enc = Encoders(Levels())
+    a = enc.new("zstd", 5000)
+    b = enc.new("zstd")                                  # a second stream while the first is open
+    assert a._c is not b._c
+    out_a = a.compress(TEXT[:5000]) + a.finish()
+    a.close()                                            # after finish: must not be given back twice
+    assert len(enc._zstd_idle) == 1
+    c = enc.new("zstd")
+    assert c._c is not b._c and enc._zstd_idle == []     # reused, and b still has its own
+    out_b = b.compress(TEXT[:7000]) + b.finish()
+    out_c = c.compress(TEXT[:9000]) + c.finish()
+    assert decode("zstd", out_a) == TEXT[:5000]
+    assert decode("zstd", out_b) == TEXT[:7000]
+    assert decode("zstd", out_c) == TEXT[:9000]
+
+
+def test_abandoned_zstd_stream_gives_its_context_back_and_the_next_one_is_clean():
+    enc = Encoders(Levels())
+    it = encode_stream(iter([TEXT[:65536]] * 4), enc.new("zstd"))
+    next(it)
+    it.close()
+    assert len(enc._zstd_idle) == 1
+    out = b"".join(encode_stream(iter([TEXT[:3000]]), enc.new("zstd", 3000)))
+    assert decode("zstd", out) == TEXT[:3000]
+
+
+def test_idle_zstd_contexts_are_bounded():
+    enc = Encoders(Levels())
+    open_ = [enc.new("zstd") for _ in range(ZSTD_IDLE_MAX + 5)]
+    for e in open_:
+        e.close()
+    assert len(enc._zstd_idle) == ZSTD_IDLE_MAX
 
 
 # --------------------------------------------------------------------------- Compressor (the glue)
