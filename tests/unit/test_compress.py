@@ -8,7 +8,7 @@ import pytest
 import zstandard
 
 from edge.compress.codecs import OUT_MIN_BYTES, ZSTD_IDLE_MAX, Encoders, Levels, encode_bytes, encode_stream, new_encoder
-from edge.compress.compressor import Compressor
+from edge.compress.compressor import Compressor, variant_of
 from edge.compress.negotiate import (
     CODINGS, AcceptEncoding, Decision, Rules, TypeFilter, cache_directive_names, choose_coding, decide,
     encoded_headers, identity_headers, media_type, parse_accept_encoding, parse_qvalue, parse_type_pattern,
@@ -462,3 +462,16 @@ def test_typefilter_parse_roundtrip():
 def test_accept_encoding_dataclass_is_frozen():
     with pytest.raises(Exception):
         AcceptEncoding(True, {}).present = False
+
+
+def test_decide_head_and_variant_for_the_cache():
+    c = Compressor.from_config(parse_config(CONF))
+    head = [("Content-Type", "text/plain"), ("ETag", '"e"')]
+    d = c.decide(_ctx(0, [("Accept-Encoding", "br;q=0.5, gzip;q=0.4")]), 200, head, 4000)
+    assert variant_of(d) == "br"
+    assert c.head(head, d) == [("Content-Type", "text/plain"), ("ETag", 'W/"e"'), ("Content-Encoding", "br"),
+                               ("Vary", "Accept-Encoding")]
+    d = c.decide(_ctx(0, []), 200, head, 4000)
+    assert variant_of(d) == "identity" and c.head(head, d) == head + [("Vary", "Accept-Encoding")]
+    assert c.decide(_ctx(1, [("Accept-Encoding", "br")]), 200, head, 4000) is None
+    assert variant_of(None) == "identity"
