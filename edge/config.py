@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge.compress.negotiate import CODINGS, DEFAULT_EXCLUDE_TYPES, DEFAULT_TYPES, parse_type_pattern
+from edge.compress.negotiate import DEFAULT_EXCLUDE_TYPES, DEFAULT_PREFERENCE, DEFAULT_TYPES, parse_type_pattern
 from edge.errors import ConfigError
 from edge.fields import field_error, is_token
 from edge.http import framing_field_error, parse_host, split_host_port
@@ -532,9 +532,9 @@ class CompressionConfig(Model):
         "secret leaks it to BREACH; an operator opts in knowing the content",
     )
     codecs: tuple[Literal["zstd", "br", "gzip"], ...] = Field(
-        CODINGS, min_length=1,
+        DEFAULT_PREFERENCE, min_length=1,
         description="content codings offered, in the server's order of preference (used when the client's "
-        "`Accept-Encoding` weights tie)",
+        "`Accept-Encoding` weights tie); the default puts the cheapest per byte first (docs/cache.md, Compression)",
     )
     min_size: Size = Field(
         512, ge=0, description="responses whose Content-Length is below this are sent as they are (a body of "

@@ -246,7 +246,8 @@ def test_rules_validation():
         Rules(preference=())
     with pytest.raises(ValueError):
         Rules(preference=("gzip", "gzip"))
-    assert Rules().preference == CODINGS
+    assert Rules().preference == ("zstd", "gzip", "br")
+    assert set(Rules().preference) == set(CODINGS)
 
 
 # --------------------------------------------------------------------------- encoders
