@@ -41,7 +41,7 @@ is right: the client's bytes are not the origin's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 GZIP = "gzip"
@@ -205,6 +205,8 @@ def choose_coding(accept: AcceptEncoding, preference: Sequence[str]) -> str | No
 
 # --------------------------------------------------------------------------- media types
 
+_MEMO_MAX = 1024  # bound of each per-value memo (Content-Type verdicts, Accept-Encoding choices)
+
 
 @dataclass(frozen=True, slots=True)
 class TypePattern:
@@ -250,12 +252,23 @@ class TypeFilter:
 
     allow: tuple[TypePattern, ...]
     exclude: tuple[TypePattern, ...] = ()
+    # Content-Type values recur (a site has a handful): verdicts are remembered, a bounded number
+    _seen: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, allow: Iterable[str], exclude: Iterable[str] = ()) -> "TypeFilter":
         return cls(tuple(map(parse_type_pattern, allow)), tuple(map(parse_type_pattern, exclude)))
 
     def accepts(self, content_type: str | None) -> bool:
+        seen = self._seen.get(content_type)
+        if seen is not None:
+            return seen
+        ok = self._accepts(content_type)
+        if len(self._seen) < _MEMO_MAX:
+            self._seen[content_type] = ok
+        return ok
+
+    def _accepts(self, content_type: str | None) -> bool:
         mt = media_type(content_type)
         if mt is None:
             return False  # no (or a malformed) Content-Type: edge cannot know the body is text
@@ -294,15 +307,44 @@ class Decision:
     weaken_etag: bool = False
 
 
-def _get(headers: Sequence[tuple[str, str]], lname: str) -> str | None:
+_RESPONSE_FIELDS = frozenset({"content-type", "content-encoding", "content-range", "cache-control", "etag"})
+_REQUEST_FIELDS = frozenset({"accept-encoding", "range", "cache-control", "if-none-match"})
+
+
+def _fields(headers: Sequence[tuple[str, str]], wanted: frozenset[str]) -> dict[str, list[str]]:
+    """The values of the ``wanted`` fields, in one pass over the head."""
+    out: dict[str, list[str]] = {}
     for k, v in headers:
-        if k.lower() == lname:
-            return v
-    return None
+        lk = k.lower()
+        if lk in wanted:
+            if lk in out:
+                out[lk].append(v)
+            else:
+                out[lk] = [v]
+    return out
 
 
-def _get_all(headers: Sequence[tuple[str, str]], lname: str) -> list[str]:
-    return [v for k, v in headers if k.lower() == lname]
+def _no_transform(values: list[str] | None) -> bool:
+    # most Cache-Control values do not mention it at all: only those that do are parsed
+    return bool(values) and any("no-transform" in v.lower() for v in values) and \
+        "no-transform" in cache_directive_names(values)
+
+
+_choices: dict[tuple[str, tuple[str, ...]], str | None] = {}
+
+
+def negotiated(accept_encoding: list[str] | None, preference: tuple[str, ...]) -> str | None:
+    """``choose_coding(parse_accept_encoding(values), preference)``, remembered per distinct value:
+    browsers send a handful of Accept-Encoding strings, and the choice is a pure function of them."""
+    key = (", ".join(accept_encoding) if accept_encoding is not None else None, preference)
+    try:
+        return _choices[key]
+    except KeyError:
+        pass
+    coding = choose_coding(parse_accept_encoding(accept_encoding), preference)
+    if len(_choices) < _MEMO_MAX:
+        _choices[key] = coding
+    return coding
 
 
 def cache_directive_names(values: Iterable[str]) -> frozenset[str]:
@@ -332,45 +374,59 @@ def cache_directive_names(values: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+# the frequent decisions, built once
+NOT_ACCEPTED = Decision(None, True, "not accepted")
+NO_CONTENT = Decision(None, False, "no content")
+_ENCODE = {c: Decision(c, True, "") for c in CODINGS}
+
+
 def _has_coding(content_encoding: list[str]) -> bool:
     # 'identity' is not a content coding (RFC 9110 §8.4.1 reserves it for Accept-Encoding); a stray
     # "Content-Encoding: identity" says the body is unencoded, so it does not block compression.
     return any(c.strip(" \t").lower() not in ("", IDENTITY) for v in content_encoding for c in v.split(","))
 
 
-def response_block(status: int, headers: Sequence[tuple[str, str]], length: int | None, rules: Rules) -> str | None:
+def response_block(status: int, headers: Sequence[tuple[str, str]], length: int | None, rules: Rules,
+                   f: dict[str, list[str]] | None = None) -> str | None:
     """Why this response cannot be encoded whatever the request, or None if it can."""
     if status < 200 or status in _NO_CONTENT:
         return "no content"                       # RFC 9110 §6.4.1 (1xx, 204, 304)
     if status == 206:
         return "partial content"                  # RFC 9110 §15.3.7: the ranges are of the identity bytes
-    if _get(headers, "content-range") is not None:
+    if f is None:
+        f = _fields(headers, _RESPONSE_FIELDS)
+    if "content-range" in f:
         return "content-range"                    # RFC 9110 §14.4 (e.g. on a 416)
-    if _has_coding(_get_all(headers, "content-encoding")):
+    ce = f.get("content-encoding")
+    if ce and _has_coding(ce):
         return "already encoded"                  # RFC 9110 §8.4: never a second coding on top
-    if "no-transform" in cache_directive_names(_get_all(headers, "cache-control")):
+    if _no_transform(f.get("cache-control")):
         # RFC 9111 §5.2.2.6 / RFC 9110 §7.7: 'A proxy MUST NOT transform the content ... of a
         # response containing the no-transform cache directive'
         return "no-transform"
     if length is not None and length < rules.min_size:
         return "too small"
-    if not rules.types.accepts(_get(headers, "content-type")):
+    ct = f.get("content-type")
+    if not rules.types.accepts(ct[0] if ct else None):
         return "content type"
     return None
 
 
-def request_block(method: str, request_headers: Sequence[tuple[str, str]]) -> str | None:
+def request_block(method: str, request_headers: Sequence[tuple[str, str]],
+                  f: dict[str, list[str]] | None = None) -> str | None:
     """Why this request gets identity even for an eligible response, or None."""
     if method == "HEAD":
         # The headers must be those a GET would get (RFC 9110 §9.3.2), and a GET is encoded
         # after its length is known; like nginx, HEAD goes through as the origin sent it
         # (with Vary, since the GET's representation varies).
         return "head"
-    if _get(request_headers, "range") is not None:
+    if f is None:
+        f = _fields(request_headers, _REQUEST_FIELDS)
+    if "range" in f:
         # A client asking for a range is resuming or seeking in identity bytes; an encoded
         # 200 would not be what it can splice (RFC 9110 §14.2).
         return "range request"
-    if "no-transform" in cache_directive_names(_get_all(request_headers, "cache-control")):
+    if _no_transform(f.get("cache-control")):
         # RFC 9111 §5.2.1.6: the client 'is asking for intermediaries to avoid transforming the content'
         return "no-transform request"
     return None
@@ -384,14 +440,14 @@ def decide(method: str, request_headers: Sequence[tuple[str, str]], status: int,
     block = response_block(status, response_headers, length, rules)
     if block is not None:
         return Decision(None, False, block)
-    block = request_block(method, request_headers)
+    req = _fields(request_headers, _REQUEST_FIELDS)
+    block = request_block(method, request_headers, req)
     if block is not None:
         return Decision(None, True, block)
-    coding = choose_coding(parse_accept_encoding(_get_all(request_headers, "accept-encoding") or None),
-                           rules.preference)
+    coding = negotiated(req.get("accept-encoding"), rules.preference)
     if coding is None:
-        return Decision(None, True, "not accepted")
-    return Decision(coding, True, "")
+        return NOT_ACCEPTED
+    return _ENCODE[coding]
 
 
 def _decide_304(request_headers: Sequence[tuple[str, str]], response_headers: Sequence[tuple[str, str]],
@@ -399,17 +455,15 @@ def _decide_304(request_headers: Sequence[tuple[str, str]], response_headers: Se
     # RFC 9110 §15.4.5: a 304 carries the ETag and Vary 'that would have been sent in a 200'.
     # Its Content-Type (if any) is not reliable evidence, so the client's own If-None-Match
     # is: naming the weak form of the strong tag means its copy came encoded through edge.
-    etag = _get(response_headers, "etag")
-    if etag is None or etag.startswith("W/"):
-        return Decision(None, False, "no content")
-    weak = "W/" + etag.strip(" \t")
-    inm = _get_all(request_headers, "if-none-match")
-    if not any(t.strip(" \t") == weak for v in inm for t in v.split(",")):
-        return Decision(None, False, "no content")
-    coding = choose_coding(parse_accept_encoding(_get_all(request_headers, "accept-encoding") or None),
-                           rules.preference)
-    if coding is None:
-        return Decision(None, False, "no content")
+    etags = _fields(response_headers, _RESPONSE_FIELDS).get("etag")
+    if not etags or etags[0].startswith("W/"):
+        return NO_CONTENT
+    weak = "W/" + etags[0].strip(" \t")
+    req = _fields(request_headers, _REQUEST_FIELDS)
+    if not any(t.strip(" \t") == weak for v in req.get("if-none-match", ()) for t in v.split(",")):
+        return NO_CONTENT
+    if negotiated(req.get("accept-encoding"), rules.preference) is None:
+        return NO_CONTENT
     return Decision(None, True, "no content", weaken_etag=True)
 
 

@@ -175,6 +175,28 @@ def test_206_untouched(edge):
     assert f["content-range"] == ["bytes 100-199/5000"] and len(body) == 100 and sha(body) == f["x-body-sha256"][0]
 
 
+def test_http10_client_gets_a_close_delimited_encoded_body(edge):
+    import socket
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", edge.port), timeout=30)) as s:
+        s.sendall(b"GET /text/300000 HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        raw = b""
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert lines[0].startswith("HTTP/1.1 200") and fields["content-encoding"] == "gzip"
+    assert "content-length" not in fields and "transfer-encoding" not in fields  # an HTTP/1.0 client: ends with the connection
+    assert sha(gzip.decompress(body)) == fields["x-body-sha256"]
+
+
 def test_304_revalidation_of_an_encoded_copy(edge):
     # the client stored the encoded 200 with W/"v1"; its revalidation still matches at the
     # origin (weak comparison) and the 304 carries the tag and Vary the 200 had (RFC 9110 §15.4.5)

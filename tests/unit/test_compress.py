@@ -296,6 +296,32 @@ def test_levels_refused(kw):
         Levels(**kw)
 
 
+@pytest.mark.parametrize("coding", CODINGS)
+def test_output_starts_before_the_source_ends(coding):
+    # streaming, not buffering: encoded bytes leave while most of a large body is still to come
+    rng = random.Random(3)
+    pieces = [bytes(rng.choice(b"abcdefghij klmnop\n") for _ in range(65536)) for _ in range(40)]
+    consumed = []
+
+    def source():
+        for i, p in enumerate(pieces):
+            consumed.append(i)
+            yield p
+
+    it = encode_stream(source(), new_encoder(coding, Levels()))
+    first = next(it)
+    assert first and len(consumed) < len(pieces) // 2
+    rest = b"".join(it)
+    assert decode(coding, first + rest) == b"".join(pieces)
+
+
+def test_negotiated_choice_is_remembered_and_equals_the_parse():
+    from edge.compress.negotiate import negotiated
+    for values in (["gzip, deflate, br, zstd"], ["br;q=0.9", "gzip;q=0.1"], None, ["*;q=0"]):
+        for _ in range(2):
+            assert negotiated(values, PREF) == choose_coding(parse_accept_encoding(values), PREF)
+
+
 def test_closing_the_stream_closes_the_source():
     closed = []
 
