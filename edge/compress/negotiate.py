@@ -401,8 +401,8 @@ def response_block(status: int, headers: Sequence[tuple[str, str]], length: int 
     if ce and _has_coding(ce):
         return "already encoded"                  # RFC 9110 §8.4: never a second coding on top
     if _no_transform(f.get("cache-control")):
-        # RFC 9111 §5.2.2.6 / RFC 9110 §7.7: 'A proxy MUST NOT transform the content ... of a
-        # response containing the no-transform cache directive'
+        # RFC 9111 §5.2.2.6: 'an intermediary (regardless of whether it implements a cache) MUST
+        # NOT transform the content (as defined in Section 7.7 of [HTTP])'
         return "no-transform"
     if length is not None and length < rules.min_size:
         return "too small"
