@@ -156,6 +156,15 @@ def test_already_encoded_untouched(edge):
     assert vary(f) == ["origin"] and f["content-length"] == ["5000"] and sha(body) == f["x-body-sha256"][0]
 
 
+def test_fields_about_identity_bytes_dropped_when_encoded(edge):
+    path = "/text/5000?h=Accept-Ranges:bytes&h=Content-Digest:sha-256%3D:eA%3D%3D:&h=Cache-Control:max-age%3D60"
+    _, f, body = get(edge, path, [("Accept-Encoding", "gzip")])
+    assert f["content-encoding"] == ["gzip"] and f["cache-control"] == ["max-age=60"]
+    assert "accept-ranges" not in f and "content-digest" not in f           # RFC 9110 §14.3, RFC 9530
+    _, f, body = get(edge, path, [("Accept-Encoding", "deflate")])
+    assert f["accept-ranges"] == ["bytes"] and "content-digest" in f         # identity: kept
+
+
 def test_vary_merged_into_the_origins(edge):
     _, f, body = get(edge, "/text/5000?h=Vary:Origin", [("Accept-Encoding", "gzip")])
     assert vary(f) == ["origin", "accept-encoding"] and f["content-encoding"] == ["gzip"]
