@@ -33,6 +33,7 @@ import zstandard
 
 from edge.compress.negotiate import BR, GZIP, ZSTD
 from edge.context import close_body
+from edge.errors import BodyLengthMismatch
 
 OUT_MIN_BYTES = 16384      # encoded bytes gathered before a chunk is yielded (fewer, larger writes)
 BROTLI_LGWIN = 19          # 512 KiB window: ngx_brotli's default `brotli_window`; bounds memory per stream
@@ -108,17 +109,30 @@ class ZstdEncoder:
         self._z = self._c.compressobj(size=size if size is not None else -1)
 
     def compress(self, data: bytes) -> bytes:
-        return self._z.compress(data)
+        try:
+            return self._z.compress(data)
+        except zstandard.ZstdError as e:
+            raise _size_error(e) from e
 
     def finish(self) -> bytes:
-        out = self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
-        self.close()
+        try:
+            out = self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        except zstandard.ZstdError as e:
+            raise _size_error(e) from e
+        finally:
+            self.close()
         return out
 
     def close(self) -> None:
         c, self._c = self._c, None
         if c is not None:
             self._owner._give_zstd(c)  # once only: two streams on one context would corrupt both
+
+
+def _size_error(e: Exception) -> BodyLengthMismatch:
+    # The only way a zstd stream fails on valid input: the body was not the size it announced
+    # (a caller passed a wrong length). An EdgeError, so the writer cuts the reply cleanly.
+    return BodyLengthMismatch(f"body did not match the length given to the zstd encoder: {e}")
 
 
 class Encoders:

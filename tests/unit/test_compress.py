@@ -522,3 +522,13 @@ def test_accept_encoding_invariants_on_generated_values():
             assert all(ae.weight(c) <= ae.weight(chosen) for c in PREF)
         else:
             assert all(ae.weight(c) == 0 for c in PREF)
+
+
+@pytest.mark.parametrize("actual", [10, 30])
+def test_zstd_wrong_length_hint_is_an_edge_error_and_frees_the_context(actual):
+    from edge.errors import BodyLengthMismatch
+    enc = Encoders(Levels())
+    with pytest.raises(BodyLengthMismatch):
+        list(encode_stream(iter([TEXT[:actual]]), enc.new("zstd", 20)))
+    assert len(enc._zstd_idle) == 1
+    assert decode("zstd", enc.encode(TEXT[:50], "zstd")) == TEXT[:50]   # the reused context is clean
