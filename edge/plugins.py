@@ -894,6 +894,7 @@ def plugin_dirs(cfg: EdgeConfig, shipped_dir: Path = SHIPPED_DIR) -> list[Path]:
 
 def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir: Path = SHIPPED_DIR,
                  *, discovered: tuple[dict[str, type[Plugin]], dict[str, str]] | None = None,
+                 validated: Mapping[tuple[Any, str], PluginConfig] | None = None,
                  defer_init_failures: bool = False) -> PluginRegistry:
     """Import and check all plugins, validate their settings, instantiate the enabled ones
     and build the default chain and one chain per route. Raises ``ConfigError`` (or its
@@ -902,7 +903,12 @@ def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir:
     ``discovered`` is the result of an earlier ``discover`` (the master's): the code is
     then not imported again. With ``defer_init_failures`` (a worker), a plugin whose
     ``__init__`` raises is left in ``registry.pending`` behind stand-in hooks instead
-    of failing the load (see the module docstring)."""
+    of failing the load (see the module docstring). ``validated`` holds settings the
+    master already validated (``PluginCatalog.validated``), keyed ``("plugins", name)``
+    and ``(route index, name)``: a worker uses them as they are, so a plugin whose
+    settings read a file (an htpasswd, a key set, a network list) gets the contents the
+    master read and checked, never a file changed since (or broken by a refused reload)."""
+    known = validated or {}
     if services is None:
         services = Services(logger=log)
     refs = config_refs(cfg)
@@ -935,7 +941,8 @@ def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir:
         return entry
 
     global_configs = {
-        name: validate_settings(classes[name], settings, source, f"plugins.{name}", refs=refs)
+        name: known[("plugins", name)] if ("plugins", name) in known
+        else validate_settings(classes[name], settings, source, f"plugins.{name}", refs=refs)
         for name, settings in cfg.plugins.items()
     }
     registry.default_chain = Chain([entry_for(n, c) for n, c in global_configs.items()], registry._record)
@@ -951,9 +958,9 @@ def load_plugins(cfg: EdgeConfig, services: Services | None = None, shipped_dir:
                 config = global_configs.get(name) or validate_settings(
                     classes[name], {}, source, f"routes[{i}].plugins.{name}", refs=refs)
             else:
-                merged = {**cfg.plugins.get(name, {}), **over}
-                config = validate_settings(classes[name], merged, source, f"plugins.{name}",
-                                           route_keys=over, route_path=f"routes[{i}].plugins.{name}", refs=refs)
+                config = known[(i, name)] if (i, name) in known else validate_settings(
+                    classes[name], {**cfg.plugins.get(name, {}), **over}, source, f"plugins.{name}",
+                    route_keys=over, route_path=f"routes[{i}].plugins.{name}", refs=refs)
             entries.append(entry_for(name, config))
         chains.append(Chain(entries, registry._record))
     registry._route_chains = tuple(chains)
@@ -987,30 +994,30 @@ class PluginCatalog:
         _check_names(cfg, self.classes)
         refs = config_refs(cfg)
         errors: list[ConfigError] = []
+        #: settings validated here, inherited by the workers (see ``load_plugins``)
+        self.validated: dict[tuple[Any, str], PluginConfig] = {}
+
+        def check(key: tuple[Any, str], *args: Any, **kwargs: Any) -> None:
+            try:
+                self.validated[key] = validate_settings(*args, **kwargs)
+            except ConfigError as e:
+                errors.extend(getattr(e, "errors", (e,)))
+
         for name, settings in cfg.plugins.items():
-            errors += _errors_of(validate_settings, self.classes[name], settings, cfg.source, f"plugins.{name}",
-                                 refs=refs)
+            check(("plugins", name), self.classes[name], settings, cfg.source, f"plugins.{name}", refs=refs)
         for i, route in enumerate(cfg.routes):
             for name, over in route.plugins.items():
                 if isinstance(over, dict):
-                    errors += _errors_of(validate_settings, self.classes[name], {**cfg.plugins.get(name, {}), **over},
-                                         cfg.source, f"plugins.{name}", route_keys=over,
-                                         route_path=f"routes[{i}].plugins.{name}", refs=refs)
+                    check((i, name), self.classes[name], {**cfg.plugins.get(name, {}), **over},
+                          cfg.source, f"plugins.{name}", route_keys=over,
+                          route_path=f"routes[{i}].plugins.{name}", refs=refs)
         if errors:
             raise combine_errors(errors)
 
     def instantiate(self, cfg: EdgeConfig, services: Services, *, defer_init_failures: bool = False) -> PluginRegistry:
         """In the worker, after fork: instances and chains from the classes the master checked."""
-        return load_plugins(cfg, services, discovered=(self.classes, self.files),
+        return load_plugins(cfg, services, discovered=(self.classes, self.files), validated=self.validated,
                             defer_init_failures=defer_init_failures)
-
-
-def _errors_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[ConfigError]:
-    try:
-        fn(*args, **kwargs)
-    except ConfigError as e:
-        return list(getattr(e, "errors", (e,)))
-    return []
 
 
 def discover_plugins(cfg: EdgeConfig) -> PluginCatalog:
