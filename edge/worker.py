@@ -40,12 +40,19 @@ DEFAULT_TUNNEL_IDLE_S = 75.0  # when keepalive is 0 and no tunnel_idle_timeout i
 
 
 class ConnectionInfo:
-    """What ``on_connect`` hooks see of a new connection."""
+    """What ``on_connect`` hooks see of a new connection.
 
-    __slots__ = ("peer_ip", "peer_port", "local_port", "tls")
+    ``peer_ip``/``peer_port`` are the PROXY protocol source when the listener reads one
+    (``server.proxy_protocol``), else the TCP peer. ``trusted_proxy``: the peer is in
+    ``server.trusted_proxies``, so the client is only known once its forwarding headers
+    are read (``ctx.client_ip`` in ``on_request``); a per-address decision must wait.
+    """
 
-    def __init__(self, peer_ip: str, peer_port: int, local_port: int, tls: bool) -> None:
+    __slots__ = ("peer_ip", "peer_port", "local_port", "tls", "trusted_proxy")
+
+    def __init__(self, peer_ip: str, peer_port: int, local_port: int, tls: bool, trusted_proxy: bool = False) -> None:
         self.peer_ip, self.peer_port, self.local_port, self.tls = peer_ip, peer_port, local_port, tls
+        self.trusted_proxy = trusted_proxy
 
 
 class EdgeWorker(GeventWorker):
