@@ -37,10 +37,12 @@ route that overrides or disables ``ipfilter``: set ``connect: false`` when a rou
 must admit addresses the global lists refuse.
 
 **Files** hold one network (or address) per line; ``#`` starts a comment; blank
-lines are skipped. They are read when the configuration is validated (so ``edge
-check`` and a reload refuse a bad line, naming file and line) and again when each
-worker builds the plugin. A reload (``kill -HUP``) starts new workers, which read
-the files afresh: edit the file, send HUP.
+lines are skipped. The master reads them when it validates the configuration (so
+``edge check`` and a reload refuse a bad line, naming file and line), and the
+workers it forks build their tables from that reading (``_READ``). A reload
+(``kill -HUP``) imports the plugin afresh and reads the files again: edit the
+file, send HUP. A file broken in between refuses the reload, and the new workers
+keep the lists the running configuration was checked with.
 
 Priority 1000: the cheapest refusal, before ``auth`` (900) and ``ratelimit`` (800),
 so a denied client costs no credential check and no rate-limit token.
@@ -90,6 +92,22 @@ def read_network_file(path: str) -> list[Network]:
             nets.append(parse_network(item))
         except ValueError:
             raise ValueError(f"{path}:{lineno}: not an IP network or address: {item[:60]!r}") from None
+    return nets
+
+
+# Files as the master read them when it validated the configuration (path -> networks).
+# Each load imports this module afresh, so a reload starts empty and reads the files
+# from disk; workers, forked after the master validated, find the master's reading
+# here and build from exactly what was checked. Without it, a file broken after a
+# good load would fail the new workers of a reload the master had refused.
+_READ: dict[str, tuple[Network, ...]] = {}
+
+
+def network_file(path: str) -> tuple[Network, ...]:
+    """The networks of ``path`` as first read by this load (see ``_READ``)."""
+    nets = _READ.get(path)
+    if nets is None:
+        nets = _READ[path] = tuple(read_network_file(path))
     return nets
 
 
@@ -171,7 +189,7 @@ class IpFilter(Plugin):
         @classmethod
         def _files(cls, v: tuple[str, ...]) -> tuple[str, ...]:
             for path in v:
-                read_network_file(path)  # ValueError names file and line
+                network_file(path)  # ValueError names file and line
             return v
 
         @field_validator("message")
@@ -186,7 +204,7 @@ class IpFilter(Plugin):
         for allow, inline, files in ((True, config.allow, config.allow_files), (False, config.deny, config.deny_files)):
             entries += [(parse_network(item), allow) for item in inline]
             for path in files:
-                entries += [(net, allow) for net in read_network_file(path)]
+                entries += [(net, allow) for net in network_file(path)]
         self.table = NetworkTable(entries)
         self._default = not any(allow for _, allow in entries)   # unlisted: admitted unless there is an allow list
         self._status = config.status
