@@ -31,9 +31,10 @@ server refuses first.
   the client gets 413 and a closed connection. The backend has seen at most
   ``max_body_size`` bytes.
 
-Priority 950: after ``ipfilter`` (1000), so a denied address costs nothing more,
-and before ``auth`` (900), so an oversized or malformed request costs no
-credential check.
+Priority 980: after ``ipfilter`` (1000), so a denied address costs nothing more,
+and before ``bot`` (950), ``auth`` (900), ``waf`` (850) and ``ratelimit`` (800):
+checks on the request's shape are the cheapest after the address, and an
+oversized request costs no pattern matching, credential check or token.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Limits(Plugin):
     """Per-route request limits: methods, URI length, header count and size, body size."""
 
     name = "limits"
-    priority = 950
+    priority = 980
 
     class Config(PluginConfig):
         methods: tuple[str, ...] = Field((), description="methods allowed (405 with `Allow` otherwise; `GET` "
