@@ -23,11 +23,13 @@ def edge(tmp_path_factory):
     origin = start_origin("o1", log_dir=str(d))
     (d / "edge").mkdir()
     config = {
-        "server": {"proxy_protocol": {"enabled": True, "trusted": [f"{LB}/32"], "timeout": "2s"}},
+        "server": {"proxy_protocol": {"enabled": True, "trusted": [f"{LB}/32"], "timeout": "2s"},
+                   "accesslog": str(d / "access.log")},
         "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
         "routes": [{"match": {"path": "/"}, "upstream": "app"}],
     }
     e = start_edge(config, workers=2, work_dir=str(d / "edge"))
+    e.access_log = d / "access.log"
     yield e
     e.stop()
     origin.stop()
@@ -49,6 +51,20 @@ def seen_client(reply) -> str:
 ])
 def test_trusted_source_header_sets_the_client(edge, prefix, client):
     assert seen_client(rawhttp.request(edge.port, LB, "/echo", prefix=prefix)) == client
+
+
+def test_access_log_names_the_proxy_source(edge):
+    assert seen_client(rawhttp.request(edge.port, LB, "/echo", prefix=build_v1("192.0.2.21", "127.0.0.1", 9, 80))) \
+        == "192.0.2.21"
+    deadline = time.monotonic() + 10
+    entries = []
+    while time.monotonic() < deadline:
+        text = edge.access_log.read_text() if edge.access_log.exists() else ""
+        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if any(x.get("client") == "192.0.2.21" for x in entries):
+            break
+        time.sleep(0.05)
+    assert any(x.get("client") == "192.0.2.21" for x in entries), entries[-3:]
 
 
 def test_header_trickled_byte_by_byte_and_keep_alive(edge):
@@ -102,3 +118,25 @@ def test_tls_with_proxy_protocol_is_refused_at_load():
     with pytest.raises(ConfigError, match="server.proxy_protocol.enabled: not supported with tls"):
         parse_config({"server": {"proxy_protocol": {"enabled": True, "trusted": [LB]}},
                       "tls": {"certfile": "c.pem", "keyfile": "k.pem"}})
+
+
+def test_not_required_lets_a_trusted_source_speak_http_directly(tmp_path):
+    origin = start_origin("o2", log_dir=str(tmp_path))
+    try:
+        config = {
+            "server": {"proxy_protocol": {"enabled": True, "trusted": [LB], "required": False}},
+            "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
+            "routes": [{"match": {"path": "/"}, "upstream": "app"}],
+        }
+        e = start_edge(config, workers=1, work_dir=str(tmp_path))
+        try:
+            assert seen_client(rawhttp.request(e.port, LB, "/echo")) == LB
+            prefix = build_v1("192.0.2.20", "127.0.0.1", 1, 80)
+            assert seen_client(rawhttp.request(e.port, LB, "/echo", prefix=prefix)) == "192.0.2.20"
+            with rawhttp.connect(e.port, LB) as s:       # still strict about a header that is malformed
+                s.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 x 80\r\n" + rawhttp.head())
+                assert rawhttp.closed_without_answer(s)
+        finally:
+            e.stop()
+    finally:
+        origin.stop()
