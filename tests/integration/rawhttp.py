@@ -57,9 +57,9 @@ def read_reply(s: socket.socket) -> Reply | None:
 
 
 def request(port: int, src: str = "127.0.0.1", path: str = "/", headers: dict[str, str] | None = None,
-            prefix: bytes = b"", method: str = "GET") -> Reply | None:
+            prefix: bytes = b"", method: str = "GET", host: str = "127.0.0.1") -> Reply | None:
     """One request on a new connection from ``src`` (``prefix``: bytes sent before it, e.g. a PROXY header)."""
-    with connect(port, src) as s:
+    with connect(port, src, host) as s:
         s.sendall(prefix + head(method, path, headers, close=True))
         return read_reply(s)
 

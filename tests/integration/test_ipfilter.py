@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge.launch import start_edge, start_origin
+from edge.launch import free_port, start_edge, start_origin
 from edge.proxyproto import build_v1, build_v2
 from tests.integration import rawhttp
 
@@ -18,11 +18,13 @@ def setup(tmp_path_factory):
     origin = start_origin("o1", log_dir=str(d))
     deny_file = d / "deny.txt"
     deny_file.write_text("# reloaded on HUP\n127.0.0.6\n")
+    port, port6 = free_port(), free_port("::1")
     config = {
-        "server": {"trusted_proxies": ["127.0.0.3"],
+        "server": {"bind": [f"127.0.0.1:{port}", f"[::1]:{port6}"], "trusted_proxies": ["127.0.0.3"],
                    "proxy_protocol": {"enabled": True, "trusted": ["127.0.0.4"]}},
         "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
         "routes": [
+            {"match": {"path": "/v6"}, "upstream": "app", "plugins": {"ipfilter": {"allow": ["::1/128"]}}},
             {"match": {"path": "/admin"}, "upstream": "app", "plugins": {"ipfilter": {"allow": ["127.0.0.1"]}}},
             {"match": {"path": "/"}, "upstream": "app"},
         ],
@@ -30,7 +32,8 @@ def setup(tmp_path_factory):
                                  "deny_files": [str(deny_file)], "message": "go away"}},
     }
     (d / "edge").mkdir()
-    edge = start_edge(config, workers=2, work_dir=str(d / "edge"))
+    edge = start_edge(config, workers=2, port=port, work_dir=str(d / "edge"))
+    edge.port6 = port6
     yield edge, origin, deny_file
     edge.stop()
     origin.stop()
@@ -42,6 +45,13 @@ def test_ipv4_denied_at_connect_before_any_request(setup):
         reply = rawhttp.read_reply(s)       # nothing sent: the refusal comes before parsing
     assert reply.status == 403 and reply.body == b"403 go away\n"
     assert rawhttp.request(edge.port, "127.0.0.5").status == 200
+
+
+def test_ipv6_peer(setup):
+    edge, _, _ = setup
+    assert rawhttp.request(edge.port6, "::1", "/v6", host="::1").status == 200
+    assert rawhttp.request(edge.port, "127.0.0.1", "/v6").status == 403
+    assert rawhttp.request(edge.port6, "::1", "/admin", host="::1").status == 403   # allow list of 127.0.0.1 only
 
 
 def test_trusted_proxy_resolution(setup):
