@@ -112,14 +112,6 @@ def test_untrusted_source_cannot_spoof(edge, prefix):
     assert seen_client(rawhttp.request(edge.port, "127.0.0.1", "/echo")) == "127.0.0.1"
 
 
-def test_tls_with_proxy_protocol_is_refused_at_load():
-    from edge.config import parse_config
-    from edge.errors import ConfigError
-    with pytest.raises(ConfigError, match="server.proxy_protocol.enabled: not supported with tls"):
-        parse_config({"server": {"proxy_protocol": {"enabled": True, "trusted": [LB]}},
-                      "tls": {"certfile": "c.pem", "keyfile": "k.pem"}})
-
-
 def test_not_required_lets_a_trusted_source_speak_http_directly(tmp_path):
     origin = start_origin("o2", log_dir=str(tmp_path))
     try:

@@ -120,3 +120,14 @@ def test_store_failure_admits_and_counts_the_slot_later():
     assert w.refresh() is True                    # the uncounted slots are counted now
     assert int(st.inner.get(node_key(int(clock() // EPOCH_S), "192.0.2.1"))) == 2
     assert w.admit("192.0.2.1")[1] is Refusal.PER_IP_NODE
+
+
+def test_config_caps_off_by_default_and_max_connections_below_worker_connections():
+    from edge.config import parse_config
+    from edge.errors import ConfigError
+    s = parse_config({}).server
+    assert (s.max_connections, s.max_connections_per_ip, s.max_connections_per_ip_node) == (None, None, None)
+    with pytest.raises(ConfigError, match=r"x.yaml: server.max_connections: must be below worker_connections \(100\)"):
+        parse_config({"server": {"worker_connections": 100, "max_connections": 100}}, "x.yaml")
+    with pytest.raises(ConfigError, match="server.max_connections_per_ip"):
+        parse_config({"server": {"max_connections_per_ip": 0}}, "x.yaml")

@@ -114,3 +114,26 @@ def test_builders_round_trip(header):
     assert (h.src_ip, h.src_port, h.dst_port, h.length, h.local) == (h.src_ip, 1000, 80, len(header), False)
     assert h.src_ip in ("192.0.2.9", "2001:db8::9")
     assert parse(build_v2(None)).local
+
+
+@pytest.mark.parametrize("server,tls,error", [
+    ({"proxy_protocol": {"enabled": True}}, False, "server.proxy_protocol.trusted: give the CIDRs"),
+    ({"proxy_protocol": {"enabled": True, "trusted": ["10.0.0.0/x"]}}, False,
+     "server.proxy_protocol.trusted: not an IP network"),
+    ({"proxy_protocol": {"enabled": True, "trusted": ["10.0.0.0/8"], "timeout": "0s"}}, False,
+     "server.proxy_protocol.timeout"),
+    ({"proxy_protocol": {"enabled": True, "trusted": ["10.0.0.0/8"]}}, True,
+     "server.proxy_protocol.enabled: not supported with tls"),
+])
+def test_config_errors(server, tls, error):
+    from edge.config import parse_config
+    from edge.errors import ConfigError
+    data = {"server": server, **({"tls": {"certfile": "c.pem", "keyfile": "k.pem"}} if tls else {})}
+    with pytest.raises(ConfigError, match=error):
+        parse_config(data, "x.yaml")
+
+
+def test_config_default_is_off():
+    from edge.config import parse_config
+    pp = parse_config({}).server.proxy_protocol
+    assert (pp.enabled, pp.required, pp.timeout) == (False, True, 5.0)

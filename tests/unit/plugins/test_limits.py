@@ -32,15 +32,13 @@ def test_head_only_with_get():
     assert run_plugin(Limits, {"methods": ["POST"]}, ctx=make_ctx("GET")).headers.get("Allow") == "POST"
 
 
-URI = [("/" + "a" * 19, "", 200), ("/" + "a" * 20, "", 414), ("/abc", "q=" + "x" * 14, 200),   # 4 + 1 + 16 = 21
-       ("/abc", "q=" + "x" * 13, 200), ("/abc", "q=" + "x" * 14 + "y", 414)]
+# a limit of 20 bytes over path + "?" + query
+URI = [("/" + "a" * 19, 200), ("/" + "a" * 20, 414), ("/abc?q=" + "x" * 13, 200), ("/abc?q=" + "x" * 14, 414)]
 
 
-@pytest.mark.parametrize("path,query,expected", URI)
-def test_uri_length_counts_path_and_query(path, query, expected):
-    # a limit of 20 bytes: path + "?" + query
-    expected = 200 if len(path) + (len(query) + 1 if query else 0) <= 20 else 414
-    assert status({"max_uri_length": 20}, path=path + ("?" + query if query else "")) == expected
+@pytest.mark.parametrize("target,expected", URI)
+def test_uri_length_counts_path_and_query(target, expected):
+    assert status({"max_uri_length": 20}, path=target) == expected
 
 
 def test_uri_length_is_the_raw_target():
