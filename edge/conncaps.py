@@ -39,20 +39,19 @@ usually configured; docs/security.md says why not 429.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections import Counter
 from typing import Any, Callable
 
 from edge.errors import StoreUnavailable
 
-log = logging.getLogger("edge.conncaps")
-
 #: node counters live per epoch of this many seconds; a dead worker's counts vanish within one
 EPOCH_S = 10.0
 #: how often the refresher looks for a new epoch (the re-count runs once per epoch)
 REFRESH_S = 0.25
 KEY_PREFIX = "conn:"
+M_REFUSED = "connections.refused."        # + the setting's name
+M_STORE_ERROR = "connections.store_error"
 
 
 class Refusal(enum.Enum):
@@ -177,9 +176,9 @@ class ConnectionCaps:
     def _store_failed(self) -> None:
         self.store_failures += 1
         if self._incr_metric is not None:
-            self._incr_metric("connections.store_error")
+            self._incr_metric(M_STORE_ERROR)
 
     def _refused(self, why: Refusal) -> Refusal:
         if self._incr_metric is not None:
-            self._incr_metric(f"connections.refused.{why.value}")
+            self._incr_metric(M_REFUSED + why.value)
         return why
