@@ -96,6 +96,35 @@ class Model(BaseModel):
 # --------------------------------------------------------------------------- server
 
 
+def _cidr_list(v: tuple[str, ...]) -> tuple[str, ...]:
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP network: {item!r}") from None
+    return v
+
+
+class ProxyProtocolConfig(Model):
+    """The PROXY protocol (v1 and v2) on plain-HTTP listeners (edge.proxyproto, docs/security.md)."""
+
+    enabled: bool = Field(False, description="read a PROXY protocol header (v1 or v2) at the start of connections "
+                                             "from `trusted` sources; their client address replaces the peer's")
+    trusted: Annotated[tuple[str, ...], AfterValidator(_cidr_list)] = Field(
+        (), description="CIDRs of the load balancers allowed to send a PROXY header; from any other peer the "
+                        "header is not read, so a request starting with one is refused as malformed HTTP")
+    required: bool = Field(True, description="a trusted source must send the header (closed otherwise); "
+                                             "false: a connection without one keeps its own peer address")
+    timeout: PositiveDuration = Field(5.0, description="time a trusted source has to send the whole header; closed beyond")
+
+    @model_validator(mode="after")
+    def _sources(self) -> "ProxyProtocolConfig":
+        if self.enabled and not self.trusted:
+            raise _KeyError("server.proxy_protocol.trusted", "give the CIDRs of the load balancers that send PROXY "
+                            "headers (enabled with no trusted source would refuse every connection)")
+        return self
+
+
 class ServerConfig(Model):
     bind: tuple[str, ...] = Field(("127.0.0.1:8080",), description="addresses to listen on, `host:port` or `unix:/path`")
     workers: int = Field(0, ge=0, description="worker processes; 0 means one per core")
@@ -133,6 +162,18 @@ class ServerConfig(Model):
         description="CIDRs of proxies in front of edge; forwarding headers (X-Forwarded-For, Forwarded) "
         "from them are believed when resolving the client address",
     )
+    proxy_protocol: ProxyProtocolConfig = Field(ProxyProtocolConfig(), description="PROXY protocol from load balancers")
+    max_connections: int | None = Field(
+        None, ge=1, description="open client connections per worker; beyond, a new connection gets a short 503 "
+        "and is closed instead of waiting in the accept queue (must be below worker_connections); unset: no cap"
+    )
+    max_connections_per_ip: int | None = Field(
+        None, ge=1, description="open connections per client address per worker (503 and close beyond); unset: no cap"
+    )
+    max_connections_per_ip_node: int | None = Field(
+        None, ge=1, description="open connections per client address across the workers of this node, counted "
+        "in the node-local store (503 and close beyond); unset: no cap"
+    )
     control_socket: str | None = Field(
         None, description="path of gunicorn's control socket; unset disables it (gunicorn shares one default path between instances)"
     )
@@ -168,12 +209,14 @@ class ServerConfig(Model):
     @field_validator("trusted_proxies")
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"not an IP network: {item!r}") from None
-        return v
+        return _cidr_list(v)
+
+    @model_validator(mode="after")
+    def _connection_caps(self) -> "ServerConfig":
+        if self.max_connections is not None and self.max_connections >= self.worker_connections:
+            raise _KeyError("server.max_connections", f"must be below worker_connections ({self.worker_connections}): "
+                            f"the 503 answers need free slots (got {self.max_connections})")
+        return self
 
 
 # --------------------------------------------------------------------------- tls
@@ -598,6 +641,16 @@ class EdgeConfig(Model):
 
     # Where this configuration was read from; set by load_config, used in error messages.
     source: str = Field("<string>", exclude=True, description="(internal) file the configuration came from")
+
+    @model_validator(mode="after")
+    def _proxy_protocol_plain(self) -> "EdgeConfig":
+        if self.tls is not None and self.server.proxy_protocol.enabled:
+            # gevent's server wraps TLS (and reads the ClientHello) before edge sees the socket,
+            # so the PROXY header, which comes first on the wire, cannot be read there.
+            raise _KeyError("server.proxy_protocol.enabled", "not supported with tls: the PROXY header precedes "
+                            "the TLS handshake, which gunicorn performs before edge sees the connection "
+                            "(terminate TLS at the balancer, or send X-Forwarded-For from a trusted proxy)")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> "EdgeConfig":

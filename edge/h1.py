@@ -764,10 +764,13 @@ def _abort(sock) -> None:
         pass  # the client is already gone
 
 
-def serve(worker, sock, addr, listener_port: int, scheme: str) -> None:
-    """Serve HTTP/1 requests on one connection until it closes (see the module docstring)."""
+def serve(worker, sock, addr, listener_port: int, scheme: str, initial: bytes = b"") -> None:
+    """Serve HTTP/1 requests on one connection until it closes (see the module docstring).
+
+    ``initial``: bytes already read off the connection (those after a PROXY header)."""
     peer_ip = addr[0] if isinstance(addr, tuple) else UNKNOWN_CLIENT
     conn = Connection(worker, sock, peer_ip, listener_port, scheme)
+    conn.buf = initial
     try:
         conn.serve()
     finally:

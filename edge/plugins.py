@@ -89,7 +89,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from edge.config import Duration, EdgeConfig, _key_path, _reason, combine_errors
 from edge.context import RequestContext, Response, UpstreamResponse
-from edge.errors import ConfigError, EdgeError, PluginError, PluginLoadError, StoreUnavailable
+from edge.errors import ClientError, ConfigError, EdgeError, PluginError, PluginLoadError, StoreUnavailable
 from edge.logs import RequestLabel, ThrottledLog
 from edge.store.base import DEFAULT_PLUGIN_TIMEOUT_S
 
@@ -280,6 +280,8 @@ class Plugin:
         Return the bytes to send on (``b""`` to hold them back); ``end`` is true on the
         last call, whose ``chunk`` may be ``b""``. Returning ``None`` passes ``chunk`` on
         unchanged. A filter that changes the length makes the upstream request chunked.
+        Raising an ``edge.errors.ClientError`` (``BodyTooLarge``) refuses the request: the
+        client gets its status, the backend request is abandoned (its connection closed).
         """
         return chunk
 
@@ -410,8 +412,11 @@ class Chain:
         reverse = ordered[::-1]
 
         def hooks(order: list[_Entry], hook: str) -> tuple[Hook, ...]:
+            # An instance may opt out of a hook its class defines by setting it to None in
+            # __init__ (limits without a body limit: no per-chunk call, the body keeps its length).
             return tuple((e, getattr(e.instance, hook) if e.instance is not None else _NotBuiltYet(e, hook))
-                         for e in order if _overrides(e.cls, hook))
+                         for e in order if _overrides(e.cls, hook)
+                         and (e.instance is None or getattr(e.instance, hook) is not None))
 
         self.plugin_names: tuple[str, ...] = tuple(e.name for e in ordered)
         self._connect = hooks(ordered, "on_connect")
@@ -539,6 +544,10 @@ class Chain:
                 try:
                     out = call(entry, f, ctx, data, end) if call else f(ctx, data, end)
                 except (Exception, PluginTimeout) as exc:
+                    if budgeted and isinstance(exc, ClientError):
+                        # a request-body filter refusing the request (limits: 413): not a failure;
+                        # the request path answers exc.status and abandons the backend request
+                        raise
                     if self._failed(entry, hook_name, exc, ctx) is not None:
                         raise _plugin_error(entry, hook_name, exc) from exc
                     # fail-open: this chunk passes unchanged; the filter sits out the rest of this body

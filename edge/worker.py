@@ -27,9 +27,13 @@ import gevent
 from gunicorn import sock as gunicorn_sock
 from gunicorn.workers.ggevent import GeventWorker
 
-from edge import h1, h2
+from edge import h1, h2, proxyproto
 from edge.app import Proxy
+from edge.conncaps import REFRESH_S, ConnectionCaps
 from edge.context import UNKNOWN_CLIENT, RequestContext
+from edge.errors import ClientDisconnected, SlowClient
+from edge.http import TrustedProxies
+from edge.netio import send_all
 from edge.runtime import build_worker_state
 
 log = logging.getLogger("edge.worker")
@@ -37,15 +41,29 @@ log = logging.getLogger("edge.worker")
 IDLE_CLOSE_AFTER_S = 1.0  # a stopping worker closes keep-alive connections idle this long
 GC_GEN0_THRESHOLD = 50_000
 DEFAULT_TUNNEL_IDLE_S = 75.0  # when keepalive is 0 and no tunnel_idle_timeout is set
+# Over a connection cap: nginx's limit_conn answers 503 by default (docs/security.md).
+OVER_CAP_BODY = b"503 too many connections\n"
+OVER_CAP_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                  b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                  % (len(OVER_CAP_BODY), OVER_CAP_BODY))
+REFUSE_LINGER_S = 1.0          # after a refusal, read (and drop) what the client sent, for at most this long ...
+REFUSE_LINGER_BYTES = 65536    # ... or this many bytes, so the close does not reset the answer away
 
 
 class ConnectionInfo:
-    """What ``on_connect`` hooks see of a new connection."""
+    """What ``on_connect`` hooks see of a new connection.
 
-    __slots__ = ("peer_ip", "peer_port", "local_port", "tls")
+    ``peer_ip``/``peer_port`` are the PROXY protocol source when the listener reads one
+    (``server.proxy_protocol``), else the TCP peer. ``trusted_proxy``: the peer is in
+    ``server.trusted_proxies``, so the client is only known once its forwarding headers
+    are read (``ctx.client_ip`` in ``on_request``); a per-address decision must wait.
+    """
 
-    def __init__(self, peer_ip: str, peer_port: int, local_port: int, tls: bool) -> None:
+    __slots__ = ("peer_ip", "peer_port", "local_port", "tls", "trusted_proxy")
+
+    def __init__(self, peer_ip: str, peer_port: int, local_port: int, tls: bool, trusted_proxy: bool = False) -> None:
         self.peer_ip, self.peer_port, self.local_port, self.tls = peer_ip, peer_port, local_port, tls
+        self.trusted_proxy = trusted_proxy
 
 
 class EdgeWorker(GeventWorker):
@@ -67,6 +85,14 @@ class EdgeWorker(GeventWorker):
         self.scheme = self.proxy.state.scheme
         self.idle_connections: dict = {}
         gevent.spawn(self._close_idle_when_stopping)
+        pp = server.proxy_protocol
+        self.proxy_protocol = pp if pp.enabled else None
+        self.proxy_sources = TrustedProxies(pp.trusted)
+        state = self.proxy.state
+        self.caps = ConnectionCaps(server.max_connections, server.max_connections_per_ip,
+                                   server.max_connections_per_ip_node, store=state.local_store, metrics=state.metrics)
+        if self.caps.max_per_ip_node is not None:
+            gevent.spawn(self._refresh_node_counts)
         # Every request allocates a few dozen short-lived objects; with a thousand open
         # connections the cyclic collector's default gen0 threshold (700) makes it walk
         # all their greenlets and frames hundreds of times a second. Objects built at
@@ -103,6 +129,15 @@ class EdgeWorker(GeventWorker):
                         pass  # already gone
             gevent.sleep(0.1)
 
+    def _refresh_node_counts(self) -> None:
+        """Re-count this worker's open connections into each new epoch (edge.conncaps: leaks)."""
+        while True:
+            gevent.sleep(REFRESH_S)
+            try:
+                self.caps.refresh()
+            except Exception:
+                log.exception("connection counts: refresh failed")  # a bug; the next epoch tries again
+
     def count_request(self) -> None:
         self.nr += 1
         if self.nr >= self.max_requests and self.alive:
@@ -110,24 +145,36 @@ class EdgeWorker(GeventWorker):
             self.alive = False
 
     def handle(self, listener, client, addr):
+        slot = None
         try:
             is_tls = isinstance(client, ssl.SSLSocket)
+            initial = b""
+            if self.proxy_protocol is not None and isinstance(addr, tuple) and addr[0] in self.proxy_sources:
+                # before anything else: the PROXY header is the connection's first bytes
+                addr, initial = self._read_proxy_header(client, addr)
+                if addr is None:
+                    return
             if is_tls and not self.cfg.do_handshake_on_connect:
                 client.do_handshake()
+            if self.caps.enabled:
+                slot, refusal = self.caps.admit(addr[0] if isinstance(addr, tuple) else UNKNOWN_CLIENT)
+                if refusal is not None:
+                    self._refuse_over_cap(client, addr, refusal, is_tls)
+                    return
             if is_tls and gunicorn_sock.is_http2_negotiated(client):
                 super().handle(listener, client, addr)  # gunicorn's HTTP/2 connection -> handle_http2_request
                 return
             local_port = listener.getsockname()[1] if listener.family != socket.AF_UNIX else 0
             chain = self.proxy.plugins.default_chain
             if chain.has_connect_hooks:
-                info = ConnectionInfo(addr[0], addr[1], local_port, is_tls) if isinstance(addr, tuple) else \
-                    ConnectionInfo(UNKNOWN_CLIENT, 0, 0, is_tls)
+                info = ConnectionInfo(addr[0], addr[1], local_port, is_tls, addr[0] in self.proxy.trusted) \
+                    if isinstance(addr, tuple) else ConnectionInfo(UNKNOWN_CLIENT, 0, 0, is_tls)
                 answer = chain.run_connect(info)
                 if answer is not None:
                     ctx = RequestContext("GET", "/", client_ip=info.peer_ip, start=time.monotonic())
                     h1.answer_and_close(self, client, info.peer_ip, self.proxy.answer(ctx, answer), ctx)
                     return
-            h1.serve(self, client, addr, local_port, self.scheme)
+            h1.serve(self, client, addr, local_port, self.scheme, initial)
         except ssl.SSLError as e:
             log.debug("TLS error from %s: %s", addr, e)
         except OSError as e:
@@ -136,10 +183,70 @@ class EdgeWorker(GeventWorker):
         except Exception:
             log.exception("error serving connection from %s", addr)
         finally:
+            if slot is not None:
+                self.caps.release(slot)
             try:
                 client.close()
             except OSError:
                 pass  # already closed by the peer
+
+    def _read_proxy_header(self, client, addr):
+        """``(addr, bytes after the header)`` from a trusted source's PROXY header; ``(None, b"")``
+        when the connection was refused (malformed, missing while required, too slow)."""
+        pp = self.proxy_protocol
+        deadline = time.monotonic() + pp.timeout
+        buf = b""
+        try:
+            while True:
+                try:
+                    header = proxyproto.parse(buf)
+                except proxyproto.MissingHeader:
+                    if pp.required:
+                        raise
+                    return addr, buf  # a trusted source speaking HTTP directly: its own address stands
+                if header is not None:
+                    if not header.local:
+                        addr = (header.src_ip, header.src_port)
+                    return addr, buf[header.length:]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SlowClient(f"PROXY header not complete within {pp.timeout:g}s")
+                client.settimeout(left)
+                try:
+                    data = client.recv(proxyproto.MAX_HEADER_BYTES - len(buf))
+                except socket.timeout:
+                    raise SlowClient(f"PROXY header not complete within {pp.timeout:g}s") from None
+                if not data:
+                    raise ClientDisconnected("closed before the PROXY header ended")
+                buf += data
+        except (proxyproto.ProxyProtocolError, SlowClient, ClientDisconnected) as e:
+            # closed without an answer: whatever is on the other side does not speak HTTP yet
+            self.proxy.metrics.incr(e.metric)
+            self.proxy.client_errors.log(addr[0], e.status, e)
+            return None, b""
+
+    def _refuse_over_cap(self, client, addr, refusal, is_tls: bool) -> None:
+        """A short 503 written directly, then a lingering close (the reply must not be reset away)."""
+        ip = addr[0] if isinstance(addr, tuple) else UNKNOWN_CLIENT
+        self.proxy.client_errors.log(ip, 503, f"over {refusal.value}")
+        if is_tls and gunicorn_sock.is_http2_negotiated(client):
+            return  # an HTTP/2 client cannot read an HTTP/1.1 answer: just close
+        client.settimeout(REFUSE_LINGER_S)
+        send_all(client, OVER_CAP_REPLY)
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + REFUSE_LINGER_S
+        drained = 0
+        while drained < REFUSE_LINGER_BYTES and time.monotonic() < deadline:
+            try:
+                data = client.recv(16384)
+            except (socket.timeout, OSError):
+                return
+            if not data:
+                return
+            drained += len(data)
 
     def handle_http2_request(self, listener_name, req, sock, addr, h2_conn):
         """One HTTP/2 stream: edge's own adapter instead of gunicorn's WSGI one (``edge.h2``)."""
