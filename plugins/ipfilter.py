@@ -179,9 +179,12 @@ class IpFilter(Plugin):
         @model_validator(mode="after")
         def _read_files(self) -> "IpFilter.Config":
             entries = []
-            for allow, files in ((True, self.allow_files), (False, self.deny_files)):
+            for allow, key, files in ((True, "allow_files", self.allow_files), (False, "deny_files", self.deny_files)):
                 for path in files:
-                    entries += [(net, allow) for net in read_network_file(path)]  # ValueError names file and line
+                    try:
+                        entries += [(net, allow) for net in read_network_file(path)]
+                    except ValueError as e:  # it names the file and the line; say which setting named the file
+                        raise ValueError(f"{key}: {e}") from None
             self._file_entries = tuple(entries)
             return self
 
