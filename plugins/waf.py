@@ -55,8 +55,8 @@ logged with the score and each match (``args:q libinjection-sqli``) and counted 
 ``WafVerdict`` for later plugins and the log.
 
 **Cost.** The hot path is a GET with a short query. A value made only of letters,
-digits and ``_.-/`` cannot carry an injection any rule here looks for and is skipped
-at once; the verdict of every other value is kept in a bounded memo (user agents and
+digits and ``_.-/`` cannot carry an injection any shipped rule looks for and is skipped
+at once (not when the operator adds rules: those may look for plain text); the verdict of every other value is kept in a bounded memo (user agents and
 common query values repeat), so libinjection (about 2 µs for SQLi) and the one
 combined RE2 search over all enabled expressions run once per distinct value.
 """
@@ -78,6 +78,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edge.config import Size
 from edge.context import RequestContext, Response
 from edge.cookies import request_cookies
+from edge.fields import is_token
 from edge.pattern import compile_client_pattern
 from edge.plugins import BodyBuffer, Plugin, PluginConfig, Services
 
@@ -194,6 +195,10 @@ _SQL_COMMENT = re.compile(r"/\*.*?\*/", re.S)   # non-greedy with a fixed end: l
 
 
 # --------------------------------------------------------------------------- pure helpers
+
+
+def _never(value: str) -> bool:
+    return False
 
 
 def _overlong(m: re.Match[str]) -> str:
@@ -361,7 +366,6 @@ class Waf(Plugin):
         @field_validator("headers")
         @classmethod
         def _headers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-            from edge.fields import is_token
             for name in v:
                 if not is_token(name):
                     raise ValueError(f"not a header name: {name!r}")
@@ -410,7 +414,9 @@ class Waf(Plugin):
                 regex.append((r, compile_client_pattern(s.pattern), _LocationSet(s.locations) if s.locations else None))
         self._regex = tuple(regex)
         self._any = compile_client_pattern("|".join(f"(?:{r.pattern})" for r, _, _ in regex)) if regex else None
-        self._scoped = any(scope is not None for _, _, scope in regex)
+        # the plain-value shortcut holds for the shipped rules only: an operator's rule may
+        # look for plain text (``/etc/passwd``), so with custom rules every value is checked
+        self._plain: Callable[[str], Any] = _PLAIN if not config.rules else _never
         excl = [(_LocationSet((e.location,)), frozenset(e.rules)) for e in config.exclude]
         self._exclude = tuple(excl)
         self._mode = config.mode
@@ -464,7 +470,7 @@ class Waf(Plugin):
         return result
 
     def _inspect(self, location: str, value: str, out: list[Match]) -> None:
-        if not value or _PLAIN(value):
+        if not value or self._plain(value):
             return
         found, scoped = self._value_rules(value)
         if not found and not scoped:
@@ -487,11 +493,12 @@ class Waf(Plugin):
         out: list[Match] = []
         if self._path:
             raw = ctx.raw_path
-            if not _PLAIN(raw):
+            plain = self._plain
+            if not plain(raw):
                 # segment by segment: an injection sits in one segment (an id, a slug), and
                 # libinjection reads a value from its start
                 for segment in raw.split("/"):
-                    if segment and not _PLAIN(segment):
+                    if segment and not plain(segment):
                         self._inspect("path", unquote(segment, errors="replace"), out)
         q = ctx.query
         if q and self._query:
