@@ -289,6 +289,13 @@ def test_json_strings_walk_names_every_leaf():
 # --------------------------------------------------------------------------- hot path
 
 
+@pytest.mark.parametrize("query", ["a=1&b=2", "q=red+shoes&page=2", "x=%27%20or&&=&k", "a=%zz&b=%E2%82%AC+%2B",
+                                   "n%61me=v%3Dw=x", ""])
+def test_query_pairs_reads_like_parse_qsl(query):
+    from urllib.parse import parse_qsl
+    assert waf_module.query_pairs(query) == parse_qsl(query, keep_blank_values=True, errors="replace")
+
+
 def test_plain_values_skip_detection_and_verdicts_are_memoised(monkeypatch):
     calls = Counter()
     real = waf_module.libinjection.is_sql_injection
