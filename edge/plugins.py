@@ -20,8 +20,8 @@ For the default (global) plugins and for each route, a :class:`Chain` is built a
 load. It holds, per phase, a tuple of ``(entry, bound_method)`` for only the
 plugins that override that hook, so a hook nobody defines costs one empty-tuple
 test per request. Request-side phases (``on_connect``, ``on_request``,
-``on_request_body_complete``, ``on_request_body``) run by priority, highest first; ``on_response``, ``on_body``,
-``on_error`` and ``on_log`` run in the reverse order (the plugin that saw the
+``on_request_body_complete``, ``on_request_body``) run by priority, highest first;
+``on_response``, ``on_body``, ``on_error`` and ``on_log`` run in the reverse order (the plugin that saw the
 request first sees the response last, like nested middleware).
 
 Whole request bodies: bodies stream, unless a plugin on the route declares, from
@@ -467,7 +467,7 @@ class Chain:
 
     __slots__ = (
         "plugin_names", "has_body_filters", "has_request_body_filters", "has_connect_hooks", "has_response_hooks",
-        "request_body_buffer", "_connect", "_request", "_request_body", "_body_complete", "_response", "_body",
+        "request_body_buffer", "_connect", "_request", "_request_body", "_request_body_complete", "_response", "_body",
         "_error", "_log", "_fail",
     )
 
@@ -485,13 +485,14 @@ class Chain:
         self._request = hooks(ordered, "on_request")
         self._request_body = hooks(ordered, "on_request_body")
         # whole-body hooks: only the plugins whose settings on this route ask for the body
-        needs = [(e, e.cls.request_body_buffer(e.config)) for e in ordered if _overrides(e.cls, "on_request_body_complete")]
-        self._body_complete = tuple(
+        needs = [(e, e.cls.request_body_buffer(e.config))
+                 for e in ordered if _overrides(e.cls, "on_request_body_complete")]
+        self._request_body_complete = tuple(
             (e, e.instance.on_request_body_complete if e.instance is not None
              else _NotBuiltYet(e, "on_request_body_complete"), buf)
             for e, buf in needs if buf is not None)
         #: the route's need of a whole request body (None: bodies stream untouched)
-        self.request_body_buffer: BodyBuffer | None = BodyBuffer.combine(b for _, _, b in self._body_complete)
+        self.request_body_buffer: BodyBuffer | None = BodyBuffer.combine(b for _, _, b in self._request_body_complete)
         self._response = hooks(reverse, "on_response")
         self._body = hooks(reverse, "on_body")
         self._error = hooks(reverse, "on_error")
@@ -507,7 +508,7 @@ class Chain:
 
     def hooks(self, phase: str) -> tuple[str, ...]:
         """Names of the plugins that run in ``phase`` (e.g. ``"on_response"``), in call order."""
-        return tuple(e.name for e, _ in getattr(self, "_" + phase[3:]))
+        return tuple(h[0].name for h in getattr(self, "_" + phase[3:]))
 
     # -- request side (budgeted) ------------------------------------------------
 
@@ -604,7 +605,7 @@ class Chain:
         return None, ((body,) if body else ()), len(body)
 
     def _run_body_complete(self, ctx: RequestContext, body: bytes, over: bool) -> Response | None:
-        for entry, hook, buf in self._body_complete:
+        for entry, hook, buf in self._request_body_complete:
             cap = buf.max_bytes
             truncated = over or len(body) > cap
             if truncated and buf.oversize == "reject":
@@ -948,10 +949,11 @@ def check_plugin_class(cls: type[Plugin], display: str) -> None:
             raise PluginLoadError(display, cname,
                                   f"{attr}{inspect.signature(raw)} does not accept the hook's arguments: {expected}") from None
     declared = inspect.getattr_static(cls, "request_body_buffer")
-    if declared is not inspect.getattr_static(Plugin, "request_body_buffer") and not isinstance(declared, classmethod):
+    default = inspect.getattr_static(Plugin, "request_body_buffer")
+    if declared is not default and not isinstance(declared, classmethod):
         raise PluginLoadError(display, cname, "request_body_buffer must be a classmethod: "
                                               "def request_body_buffer(cls, config) -> BodyBuffer | None")
-    if _overrides(cls, "on_request_body_complete") and declared is inspect.getattr_static(Plugin, "request_body_buffer"):
+    if _overrides(cls, "on_request_body_complete") and declared is default:
         raise PluginLoadError(display, cname, "on_request_body_complete needs a request_body_buffer(cls, config) "
                                               "classmethod returning a BodyBuffer (the cap on what edge reads)")
 

@@ -124,14 +124,7 @@ def test_inspect_replays_body_with_its_length(tmp_path, shipped):
 
 def test_inspect_answers_before_anything_is_sent(tmp_path, shipped):
     chain = registry(tmp_path, shipped, plugins={"big": {"max_bytes": 100}}).default_chain
-    sent = []
-
-    def stream():
-        for c in (b"a bad", b" body"):
-            sent.append(c)
-            yield c
-
-    answer, chunks, length = chain.inspect_request_body(make_ctx(method="POST"), stream(), None)
+    answer, chunks, length = chain.inspect_request_body(make_ctx(method="POST"), iter([b"a bad", b" body"]), None)
     assert isinstance(answer, Response) and answer.status == 403
     assert tuple(chunks) == () and length is None
 
@@ -167,6 +160,7 @@ def test_each_plugin_sees_its_own_cap(tmp_path, shipped):
     answer, chunks, length = chain.inspect_request_body(ctx, iter([b"abcdef"]), 6)
     assert answer is None and length == 6
     # request order: small (20) before big (10)
+    assert chain.hooks("on_request_body_complete") == ("small", "big")
     assert ctx.facts["seen"] == [("small", b"abc", True), ("big", b"abcdef", False)]
 
 
