@@ -248,9 +248,13 @@ def query_pairs(query: str) -> list[tuple[str, str]]:
     return out
 
 
+class JsonLimit(ValueError):
+    """A JSON document deeper or larger than the walk inspects."""
+
+
 def json_strings(doc: Any, max_depth: int) -> Iterator[tuple[str, str]]:
     """``(location suffix, string)`` for every string leaf and object key of ``doc``,
-    depth-first; raises ``ValueError`` past ``max_depth`` nested containers or
+    depth-first; raises ``JsonLimit`` past ``max_depth`` nested containers or
     ``MAX_JSON_STRINGS`` strings (a body built to hide past the walk is an anomaly)."""
     count = 0
     stack: list[tuple[str, Any, int]] = [("$", doc, 0)]
@@ -259,15 +263,17 @@ def json_strings(doc: Any, max_depth: int) -> Iterator[tuple[str, str]]:
         if isinstance(node, str):
             count += 1
             if count > MAX_JSON_STRINGS:
-                raise ValueError(f"more than {MAX_JSON_STRINGS} strings")
+                raise JsonLimit(f"more than {MAX_JSON_STRINGS} strings")
             yield "json:" + path, node
         elif isinstance(node, (dict, list)):
             if depth >= max_depth:
-                raise ValueError(f"nested deeper than {max_depth}")
+                raise JsonLimit(f"nested deeper than {max_depth}")
             if isinstance(node, dict):
                 items = list(node.items())
                 for k, v in reversed(items):
                     count += 1
+                    if count > MAX_JSON_STRINGS:
+                        raise JsonLimit(f"more than {MAX_JSON_STRINGS} strings")
                     yield "json_keys:" + path + "." + k, k
                     stack.append((f"{path}.{k}", v, depth + 1))
             else:
@@ -588,7 +594,7 @@ class Waf(Plugin):
             except (ValueError, RecursionError) as e:
                 # not JSON after all, or built to outlast the walk: inspect it as text, and
                 # count the structure itself when it was valid but too deep or too large
-                if isinstance(e, RecursionError) or "deeper" in str(e) or "strings" in str(e):
+                if isinstance(e, (RecursionError, JsonLimit)):
                     if not self._excluded("body:json", _LIMITS_RULE):
                         out.append(Match("body:json", _LIMITS_RULE.id, _LIMITS_RULE.cls, _LIMITS_RULE.score))
                 self._inspect("body:raw", body[:MAX_VALUE_CHARS].decode("utf-8", "replace"), out)
