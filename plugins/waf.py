@@ -125,10 +125,13 @@ RULES: tuple[Rule, ...] = (
     Rule("sqli-stacked", "sqli", "critical", 1,
          r"(?i);\s*(?:drop\s+(?:table|database)|shutdown\b|exec(?:ute)?\s*(?:\(|xp_|sp_|@)|declare\s+@"
          r"|truncate\s+table|insert\s+into|delete\s+from|update\s+\w+\s+set\b|alter\s+table|create\s+(?:table|user)"
-         r"|select\s+pg_sleep)"),
+         r"|select\s+(?:pg_sleep|\d|@@|\*|[a-z_]+\s*\())"),
     Rule("sqli-meta-functions", "sqli", "critical", 1,
          r"(?i)information_schema|xp_cmdshell|load_file\s*\(|into\s+(?:out|dump)file|@@version|extractvalue\s*\("
-         r"|updatexml\s*\(|group_concat\s*\(|pg_catalog|sysobjects|utl_http|dbms_\w+\."),
+         r"|updatexml\s*\(|group_concat\s*\(|pg_catalog|sysobjects|utl_http|dbms_\w+\.|procedure\s+analyse\s*\("
+         r"|gtid_subset\s*\(|name_const\s*\(|exp\s*\(\s*~|floor\s*\(\s*rand\s*\("),
+    Rule("sqli-subselect", "sqli", "critical", 1,
+         r"(?i)\(\s*select\s+(?:\d|@@|\*|[a-z_]+\s*\(|[a-z_.]+\s+from\b)"),
     Rule("sqli-blind-compare", "sqli", "critical", 1,
          r"(?i)\b(?:and|or|rlike|xor)\b\s*\(?\s*(?:select|ascii|substr(?:ing)?|mid|ord|length)\s*\("),
     Rule("xss-script-tag", "xss", "critical", 1, r"(?i)<\s*/?\s*script\b"),
@@ -139,6 +142,8 @@ RULES: tuple[Rule, ...] = (
          r"|copy|paste|cut|show|play|ended|resize|unload|beforeunload|hashchange|message|pageshow)\s*="),
     Rule("xss-script-url", "xss", "critical", 1,
          r"(?i)(?:j\s*a\s*v\s*a|v\s*b|l\s*i\s*v\s*e)\s*s\s*c\s*r\s*i\s*p\s*t\s*(?::|&colon;)\S"),
+    Rule("xss-data-url", "xss", "critical", 1,
+         r"(?i)data\s*:\s*(?:text/html|text/javascript|application/(?:x-)?javascript)\s*[;,]"),
     Rule("xss-dangerous-tag", "xss", "critical", 1,
          r"(?i)<\s*(?:iframe|frame|frameset|object|embed|applet|meta|base|svg|math|isindex|xss|link|style|form)\b"),
     Rule("xss-template-expression", "xss", "critical", 1,
@@ -157,6 +162,7 @@ RULES: tuple[Rule, ...] = (
     Rule("xss-js-sink", "xss", "critical", 2,
          r"(?i)\b(?:alert|prompt|confirm|eval)\s*[(`]|document\s*\.\s*(?:cookie|domain|write)|\.innerhtml\b"
          r"|window\s*\.\s*location"),
+    Rule("xss-svg-data-url", "xss", "error", 2, r"(?i)data\s*:\s*image/svg\+xml"),
     Rule("xss-css-expression", "xss", "critical", 2, r"(?i)expression\s*\(|-moz-binding|behavior\s*:"),
     # -- paranoia 3: SQL words and markup in general
     Rule("sqli-keyword-after-quote", "sqli", "warning", 3,
@@ -209,11 +215,15 @@ def decoded_forms(value: str) -> tuple[str, ...]:
     """``value`` (already decoded once) and the further forms an evasion may rely on:
     decoded again (with ``%uXXXX`` and overlong UTF-8), and with HTML references resolved."""
     forms = [value]
+    if "\x00" in value:
+        forms.append(value.replace("\x00", ""))   # NULs inside keywords: <scr\0ipt>
     if "%" in value:
         again = _OVERLONG.sub(_overlong, _PCT_U.sub(lambda m: chr(int(m.group(1), 16)), value))
         again = unquote(again, errors="replace")
         if again != value:
             forms.append(again)
+            if "\x00" in again:
+                forms.append(again.replace("\x00", ""))
     for v in tuple(forms):
         if "/*" in v:
             bare = _SQL_COMMENT.sub(" ", v)   # comments as separators: UNION/**/SELECT

@@ -151,6 +151,105 @@ HAND_BENIGN = [
     "ratio 3:2", "print('hello world')", "<<< back", ">>> next", "is 'null' a value?",
 ]
 
+# A second hand-written round, probing classes the first rounds had few of (sub-selects,
+# error-based functions, data: URLs, entity-encoded handlers); five of these were missed and
+# led to rules by class (sqli-subselect, more error-based functions, xss-data-url, NUL removal).
+HAND_SQLI_2 = [
+    ('query', "1' AND 1=1 AND '1'='1"),
+    ('form', "1 AND 1=2 UNION SELECT 1"),
+    ('json', "'||(SELECT version())||'"),
+    ('cookie', "1' waitfor delay '0:0:5'--"),
+    ('query', "1 procedure analyse()"),
+    ('user_agent', "1' AND extractvalue(rand(),concat(0x3a,(SELECT user())))#"),
+    ('path', "' OR 1 -- "),
+    ('referer', "admin\")-- "),
+    ('query', "1)) or ((1=1"),
+    ('form', "%' and 1=1 and '%'='"),
+    ('json', "1 AND 'a'='a"),
+    ('cookie', "\" or 1=1--"),
+    ('query', "1' || 1#"),
+    ('user_agent', "-1 OR 17-7=10"),
+    ('path', "1'='1"),
+    ('referer', "' or ''='"),
+    ('query', "1 and (select 1)=1"),
+    ('form', ";select 1"),
+    ('json', "' AND 1=1 INTO OUTFILE '/tmp/x'--"),
+    ('cookie', "1' AND (SELECT * FROM (SELECT(SLEEP(5)))bAKL) AND 'x'='x"),
+    ('query', "1 RLIKE (SELECT (CASE WHEN (1=1) THEN 1 ELSE 0x28 END))"),
+    ('user_agent', "1' AND GTID_SUBSET(CONCAT(0x71,(SELECT version()),0x71),1)--"),
+    ('path', "1 AND 3<4"),
+    ('referer', "x' AND email IS NULL; --"),
+]
+HAND_XSS_2 = [
+    ('query', "<img/src/onerror=alert(1)>"),
+    ('form', "<svg><g/onload=alert(1)></svg>"),
+    ('json', "<iframe/src=\"data:text/html,<svg onload=alert(1)>\">"),
+    ('cookie', "<a href=\"&#106;avascript:alert(1)\">x</a>"),
+    ('query', "<img src=x onerror=&#97;lert(1)>"),
+    ('user_agent', "<video src=x onerror=alert(1)>"),
+    ('path', "<body background=\"javascript:alert(1)\">"),
+    ('referer', "<table background=javascript:alert(1)>"),
+    ('query', "<form><button formaction=javascript:alert(1)>x"),
+    ('form', "\"onerror=\"alert(1)"),
+    ('json', "<<script>alert(1);//<</script>"),
+    ('cookie', "<script/x>alert(1)</script>"),
+    ('query', "<svg/onload=&#97;&#108;&#101;&#114;&#116;(1)>"),
+    ('user_agent', "\"-alert(1)-\""),
+    ('path', "<img src=`x`onerror=alert(1)>"),
+    ('referer', "<div style=\"background-image:url(javascript:alert(1))\">"),
+    ('query', "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg=="),
+    ('form', "<x onclick=alert(1)>click"),
+    ('json', "<noscript><p title=\"</noscript><img src=x onerror=alert(1)>\">"),
+    ('cookie', "<a href=# onclick=\"alert(1)\">x</a>"),
+    ('query', "';alert(String.fromCharCode(88,83,83))//"),
+    ('user_agent', "<IMG SRC=\"jav&#x0D;ascript:alert('XSS');\">"),
+    ('path', "<object type=\"text/x-scriptlet\" data=\"http://e.example/x.html\"></object>"),
+    ('referer', "<svg><animatetransform onbegin=alert(1)>"),
+    ('query', "<audio src onloadstart=alert(1)>"),
+]
+HAND_BENIGN_2 = [
+    "What's the difference between SELECT and SELECT DISTINCT?",
+    "Let's grab lunch at Mike's; 12:30 works?",
+    "(select one) option A or option B",
+    "Patrick O'Malley & Sons Ltd.",
+    "\"Where\" clause explained simply",
+    "I'll update the doc and drop you a line",
+    "she said 'hi' or 'hello', I forget",
+    "price >= 100 and <= 200",
+    "ORDER BY date DESC is what I need",
+    "the union of sets A and B",
+    "Data: 10, 20, 30",
+    "data:image/png;base64,iVBORw0KGgo=",
+    "sleep mode not working on laptop",
+    "how to benchmark python code",
+    "Dear Sir/Madam, -- Regards",
+    "<p>Hi</p>",
+    "x = y && z || w",
+    "#include <stdio.h>",
+    "a => b",
+    "let's meet @ 5pm",
+    "on click handler react",
+    "onerror attribute meaning",
+    "javascript array methods",
+    "script: Hamlet act 1",
+    "The expression (1+2)*3 equals 9",
+    "Harry's \"best\" friend",
+    "don't drop the ball",
+    "select from the menu below",
+    "it's 100% \"organic\"",
+    "Rene Descartes; 1596-1650",
+    "AT&T customer service",
+    "1' long board",
+    "5'11\" tall",
+    "the 'null' hypothesis",
+    "IF you can read this, THEN great",
+    "Please choose: Yes / No",
+    "C:\\Program Files\\App",
+    "https://example.com/a?b=c&d=e#frag",
+    "{\"nested\": {\"key\": \"value\"}}",
+    "SELECT-ing the right candidate",
+]
+
 TABLES = ["users", "accounts", "admin", "orders"]
 COLUMNS = ["password", "username", "email", "secret"]
 
@@ -331,7 +430,7 @@ def attacks(rng: random.Random) -> list[dict]:
                     if context == "query":
                         context = "form"
                     out.append(request(kind, cls, context, variants[k], rng))
-    for kind, hand in (("sqli", HAND_SQLI), ("xss", HAND_XSS)):
+    for kind, hand in (("sqli", HAND_SQLI + HAND_SQLI_2), ("xss", HAND_XSS + HAND_XSS_2)):
         for context, payload in hand:
             out.append(request(kind, "hand_written", context, payload, rng))
     return out
@@ -360,6 +459,8 @@ def benign(rng: random.Random) -> list[dict]:
     for text in HAND_BENIGN:
         out.append(request("benign", "hand_written", "query", text, rng))
         out.append(request("benign", "hand_written", "json", text, rng))
+    for i, text in enumerate(HAND_BENIGN_2):
+        out.append(request("benign", "hand_written", ("query", "form", "json", "cookie")[i % 4], text, rng))
     for slug in ("o-brien-interview", "2024/05/01/news", "a_b-c.html", "caf%C3%A9", "100%25-cotton"):
         r = request("benign", "path", "path", "", rng)
         r["path"] = "/blog/" + slug
