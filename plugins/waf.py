@@ -625,8 +625,11 @@ class Waf(Plugin):
         mode = self._mode
         for cls in sorted({m.cls for m in matches}):
             self._incr(f"{M_PREFIX}{mode}.{cls}")
+        # locations hold decoded client text (an argument name may carry a newline): escaped,
+        # so a request cannot write a line of its own into the log
+        shown = "; ".join(str(m)[:160] for m in matches[:20]).encode("unicode_escape").decode("ascii")
         self._log.warning("waf %s: %s %s from %s score=%d ref=%s matches=%s", mode, ctx.method, ctx.path[:200],
-                          ctx.client_ip, score, reference, "; ".join(str(m)[:160] for m in matches[:20]))
+                          ctx.client_ip, score, reference, shown)
         if not self._block:
             self.detected += 1
             return None

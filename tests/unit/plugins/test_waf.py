@@ -210,6 +210,13 @@ def test_block_answers_403_with_reference_and_counts(caplog):
     assert "waf block" in line and "args:q xss-script-tag" in line and "ref=req-123" in line
 
 
+def test_log_line_escapes_decoded_client_text(caplog):
+    with caplog.at_level(logging.WARNING):
+        waf().on_request(make_ctx(query="x%0Awaf+block%3A+forged=%3Cscript%3E"))
+    line = caplog.records[-1].getMessage()
+    assert "\n" not in line and "args:x\\nwaf block: forged" in line
+
+
 def test_block_without_request_id_makes_a_random_reference():
     run = run_plugin(Waf, {}, ctx=make_ctx(query="q=" + "%3Cscript%3E"))
     ref = run.ctx.facts["waf"].reference
