@@ -41,6 +41,7 @@ at most ``dns_timeout``. With a store that is down, ``ratelimit`` admits (counte
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import socket
@@ -207,6 +208,7 @@ class Bot(Plugin):
         return BotVerdict(reason, detail, self._actions.get(reason, self._action))  # type: ignore[arg-type]
 
     def _genuine(self, ip: str, claimed: str) -> bool:
+        ip = _canonical_ip(ip)
         now = self._clock()
         hit = self._verified.get(ip)
         if hit is not None and hit[1] > now:
@@ -219,7 +221,7 @@ class Bot(Plugin):
         except (OSError, gevent.Timeout, UnicodeError):
             pass   # no PTR, NXDOMAIN, a resolver timeout: not verified, for a short while (see above)
         else:
-            ok = name.endswith(CRAWLERS[claimed]) and ip in addresses
+            ok = name.endswith(CRAWLERS[claimed]) and ip in {_canonical_ip(a) for a in addresses}
             ttl = self._cache_s
         if len(self._verified) >= CRAWLER_CACHE_SIZE:
             self._verified.clear()
@@ -262,6 +264,17 @@ class Bot(Plugin):
     def _closing_line(self, reason: Any, count: int) -> None:
         self._log.info("bot %s: %d more requests flagged in the last %gs (not logged one by one)",
                        reason, count, LOG_INTERVAL_S)
+
+
+def _canonical_ip(ip: str) -> str:
+    """One spelling per address: IPv4-mapped IPv6 as IPv4, IPv6 compressed; other text as is."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
 
 
 def _literal(token: str) -> str:

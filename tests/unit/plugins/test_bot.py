@@ -160,6 +160,8 @@ def test_claimed_crawler_verified_by_reverse_and_forward_dns_and_cached():
         answer = plugin.on_request(make_ctx(headers=GOOGLEBOT, client_ip=ip))
         assert answer is not None and answer.status == 403, ip
     plugin.on_request(make_ctx(headers=GOOGLEBOT, client_ip="66.249.66.1"))
+    # the same address seen as IPv4-mapped IPv6 (a dual-stack listener) is the same crawler, from the cache
+    assert plugin.on_request(make_ctx(headers=GOOGLEBOT, client_ip="::ffff:66.249.66.1")) is None
     assert lookups["66.249.66.1"] == 1   # cached
 
 
