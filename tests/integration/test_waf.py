@@ -169,3 +169,16 @@ def test_http2_body_attack_refused_and_benign_body_replayed(env):
     assert r.status == 200, r
     echo = json.loads(r.data)
     assert echo["body_length"] == len(good) and echo["body_sha256"] == hashlib.sha256(good).hexdigest()
+
+
+def test_http2_body_over_the_cap_is_413_and_edge_serves_on(env):
+    edge, origin = env
+    origin_requests(origin)
+    r = h2_exchange(edge.port, "/echo", method="POST", body=b"a=" + b"x" * (BODY_CAP * 2),
+                    headers=[("content-type", "application/x-www-form-urlencoded")])
+    assert r.status == 413, r
+    assert origin_requests(origin) == 0
+    assert "internal error" not in edge.log().lower()
+    r = h2_exchange(edge.port, "/echo", method="POST", body=b"a=1",
+                    headers=[("content-type", "application/x-www-form-urlencoded")])
+    assert r.status == 200
