@@ -159,6 +159,11 @@ class Proxy:
         if body is not None:
             body_iter = body.chunks()
             body_length = body.length
+            if chain.request_body_buffer is not None:
+                # a plugin here needs the whole body (a WAF): read it before the backend is contacted
+                early, body_iter, body_length = chain.inspect_request_body(ctx, body_iter, body_length)
+                if early is not None:
+                    return self.answer(ctx, early, chain)
             if chain.has_request_body_filters:
                 body_iter = chain.filter_request_body(ctx, body_iter)
                 body_length = None

@@ -20,9 +20,20 @@ For the default (global) plugins and for each route, a :class:`Chain` is built a
 load. It holds, per phase, a tuple of ``(entry, bound_method)`` for only the
 plugins that override that hook, so a hook nobody defines costs one empty-tuple
 test per request. Request-side phases (``on_connect``, ``on_request``,
-``on_request_body``) run by priority, highest first; ``on_response``, ``on_body``,
-``on_error`` and ``on_log`` run in the reverse order (the plugin that saw the
+``on_request_body_complete``, ``on_request_body``) run by priority, highest first;
+``on_response``, ``on_body``, ``on_error`` and ``on_log`` run in the reverse order (the plugin that saw the
 request first sees the response last, like nested middleware).
+
+Whole request bodies: bodies stream, unless a plugin on the route declares, from
+its settings on that route, that it needs the whole body (``request_body_buffer(config)``
+returns a ``BodyBuffer``: a byte cap and what to do past it). The chain combines
+those at load (largest cap; ``reject`` if any plugin rejects), so the request path
+knows per route, without a per-request lookup, whether to read the body first.
+``Chain.inspect_request_body`` then reads up to the cap before the backend is
+contacted, runs ``on_request_body_complete`` (a ``Response`` answers: no byte
+reaches the backend) and hands back the body to replay with its length. A body
+over a ``reject`` cap is a 413 (``BodyTooLarge``), refused from its
+``Content-Length`` before any byte is read when it has one.
 
 Isolation: every hook call is wrapped. An exception (or, for request-side hooks,
 an overrun of the plugin's ``timeout``) is counted in ``PluginRegistry.errors``
@@ -89,13 +100,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from edge.config import Duration, EdgeConfig, _key_path, _reason, combine_errors
 from edge.context import RequestContext, Response, UpstreamResponse
-from edge.errors import ClientError, ConfigError, EdgeError, PluginError, PluginLoadError, StoreUnavailable
+from edge.errors import BodyTooLarge, ClientError, ConfigError, EdgeError, PluginError, PluginLoadError, StoreUnavailable
 from edge.logs import RequestLabel, ThrottledLog
 from edge.store.base import DEFAULT_PLUGIN_TIMEOUT_S
 
 __all__ = [
     "HOOKS", "Plugin", "PluginConfig", "Services", "Chain", "PluginRegistry", "PluginTimeout",
-    "PluginUnavailable", "UpstreamName", "RouteName", "TRANSIENT_INIT_ERRORS", "UPSTREAM_SET_BY",
+    "PluginUnavailable", "UpstreamName", "RouteName", "TRANSIENT_INIT_ERRORS", "UPSTREAM_SET_BY", "BodyBuffer",
     "load_plugins", "load_plugin_file", "validate_settings", "SHIPPED_DIR",
 ]
 
@@ -109,6 +120,7 @@ HOOKS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "on_connect": ("conn",),
     "on_request": ("ctx",),
     "on_request_body": ("ctx", "chunk", "end"),
+    "on_request_body_complete": ("ctx", "body", "truncated"),
     "on_response": ("ctx", "response"),
     "on_body": ("ctx", "chunk", "end"),
     "on_error": ("ctx", "error"),
@@ -201,6 +213,36 @@ def config_refs(cfg: EdgeConfig) -> dict[str, frozenset[str]]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class BodyBuffer:
+    """What a plugin needs of the request body on a route: the whole of it, up to ``max_bytes``.
+
+    Returned by ``Plugin.request_body_buffer(config)``. ``oversize`` says what happens to a
+    longer body: ``reject`` (the safe default) answers 413 before a byte reaches the backend
+    (at once when ``Content-Length`` says so, else as soon as ``max_bytes`` is crossed);
+    ``truncate`` gives the hook the first ``max_bytes`` with ``truncated=True`` and then
+    streams the whole body to the backend (what the hook did not see is not inspected).
+    """
+
+    max_bytes: int
+    oversize: Literal["reject", "truncate"] = "reject"
+
+    def __post_init__(self) -> None:
+        if type(self.max_bytes) is not int or self.max_bytes < 1:
+            raise ValueError(f"max_bytes: a positive integer (got {self.max_bytes!r})")
+        if self.oversize not in ("reject", "truncate"):
+            raise ValueError(f"oversize: reject or truncate (got {self.oversize!r})")
+
+    @staticmethod
+    def combine(buffers: Iterable["BodyBuffer"]) -> "BodyBuffer | None":
+        """One route's need from its plugins': the largest cap, ``reject`` if any plugin rejects."""
+        bs = tuple(buffers)
+        if not bs:
+            return None
+        reject = any(b.oversize == "reject" for b in bs)
+        return BodyBuffer(max(b.max_bytes for b in bs), "reject" if reject else "truncate")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Services:
     """What a plugin may use to reach the world, built once per worker.
 
@@ -284,6 +326,29 @@ class Plugin:
         client gets its status, the backend request is abandoned (its connection closed).
         """
         return chunk
+
+    @classmethod
+    def request_body_buffer(cls, config: PluginConfig) -> BodyBuffer | None:
+        """How much of the request body this plugin needs whole on a route with ``config``.
+
+        ``None`` (the default): none, the body streams. A plugin that defines
+        ``on_request_body_complete`` overrides this; a ``BodyBuffer`` makes edge read the
+        body (up to its cap) before anything is sent to the backend, on the routes whose
+        settings ask for it. Called once per route at load, never per request.
+        """
+        return None
+
+    def on_request_body_complete(self, ctx: RequestContext, body: bytes, truncated: bool) -> Response | None:
+        """The request body, read whole before the backend is contacted (budgeted).
+
+        Runs only on routes where ``request_body_buffer(config)`` gave a ``BodyBuffer``,
+        after every ``on_request`` passed. ``body`` is at most that buffer's ``max_bytes``;
+        ``truncated`` is true when the body was longer (``oversize: truncate`` only; with
+        ``reject`` edge answered 413 already). Return a ``Response`` to answer now (a WAF's
+        403): no byte of the body reaches the backend. ``None``: the body is sent on,
+        replayed with its length.
+        """
+        return None
 
     def on_response(self, ctx: RequestContext, response: UpstreamResponse) -> None:
         """The response head from the backend (or the cache) is known, no body byte sent yet.
@@ -394,6 +459,7 @@ class Chain:
 
         run_connect(conn)            # default chain only, per connection
         run_request(ctx)             # -> Response to answer now, or None
+        inspect_request_body(ctx, chunks, length)   if request_body_buffer: -> (Response | None, chunks, length)
         filter_request_body(ctx, chunks)   if has_request_body_filters
         run_response(ctx, upstream_response)   # then send upstream_response.replacement if set
         filter_body(ctx, chunks)     if has_body_filters (drop Content-Length then)
@@ -403,7 +469,8 @@ class Chain:
 
     __slots__ = (
         "plugin_names", "has_body_filters", "has_request_body_filters", "has_connect_hooks", "has_response_hooks",
-        "_connect", "_request", "_request_body", "_response", "_body", "_error", "_log", "_fail",
+        "request_body_buffer", "_connect", "_request", "_request_body", "_request_body_complete", "_response", "_body",
+        "_error", "_log", "_fail",
     )
 
     def __init__(self, entries: Iterable[_Entry], fail: "Callable[[_Entry, str, BaseException, Any, bool], None]") -> None:
@@ -422,6 +489,15 @@ class Chain:
         self._connect = hooks(ordered, "on_connect")
         self._request = hooks(ordered, "on_request")
         self._request_body = hooks(ordered, "on_request_body")
+        # whole-body hooks: only the plugins whose settings on this route ask for the body
+        needs = [(e, e.cls.request_body_buffer(e.config))
+                 for e in ordered if _overrides(e.cls, "on_request_body_complete")]
+        self._request_body_complete = tuple(
+            (e, e.instance.on_request_body_complete if e.instance is not None
+             else _NotBuiltYet(e, "on_request_body_complete"), buf)
+            for e, buf in needs if buf is not None)
+        #: the route's need of a whole request body (None: bodies stream untouched)
+        self.request_body_buffer: BodyBuffer | None = BodyBuffer.combine(b for _, _, b in self._request_body_complete)
         self._response = hooks(reverse, "on_response")
         self._body = hooks(reverse, "on_body")
         self._error = hooks(reverse, "on_error")
@@ -437,7 +513,7 @@ class Chain:
 
     def hooks(self, phase: str) -> tuple[str, ...]:
         """Names of the plugins that run in ``phase`` (e.g. ``"on_response"``), in call order."""
-        return tuple(e.name for e, _ in getattr(self, "_" + phase[3:]))
+        return tuple(h[0].name for h in getattr(self, "_" + phase[3:]))
 
     # -- request side (budgeted) ------------------------------------------------
 
@@ -495,6 +571,65 @@ class Chain:
         finally:
             if timer is not None:
                 timer.close()
+
+    def inspect_request_body(self, ctx: RequestContext, chunks: Iterable[bytes],
+                             length: int | None) -> tuple[Response | None, Iterable[bytes], int | None]:
+        """Read the request body up to ``request_body_buffer`` and run ``on_request_body_complete``.
+
+        ``chunks`` is the body as the front end delivers it, ``length`` its Content-Length
+        (None: chunked or unsized). Returns ``(answer, chunks, length)``: a ``Response``
+        when a plugin answered (nothing was sent upstream), else the body to send on: the
+        bytes read, replayed with their length, or (``truncate`` past the cap) the bytes
+        read followed by the rest of the stream. Raises ``BodyTooLarge`` (413) for a body
+        over a ``reject`` cap, before reading it when ``length`` says so.
+        """
+        buf = self.request_body_buffer
+        if buf is None:
+            return None, chunks, length
+        cap = buf.max_bytes
+        reject = buf.oversize == "reject"
+        if reject and length is not None and length > cap:
+            raise BodyTooLarge(f"request body of {length} bytes over the {cap}-byte inspection limit")
+        it = iter(chunks)
+        held: list[bytes] = []
+        n = 0
+        for chunk in it:
+            held.append(chunk)
+            n += len(chunk)
+            if n > cap:
+                break
+        over = n > cap
+        if over and reject:
+            raise BodyTooLarge(f"request body over the {cap}-byte inspection limit")
+        body = b"".join(held)
+        answer = self._run_body_complete(ctx, body, over)
+        if answer is not None:
+            return answer, (), None
+        if over:
+            return None, itertools.chain((body,), it), length
+        return None, ((body,) if body else ()), len(body)
+
+    def _run_body_complete(self, ctx: RequestContext, body: bytes, over: bool) -> Response | None:
+        for entry, hook, buf in self._request_body_complete:
+            cap = buf.max_bytes
+            truncated = over or len(body) > cap
+            if truncated and buf.oversize == "reject":
+                raise BodyTooLarge(f"request body over the {cap}-byte inspection limit of plugin {entry.name}")
+            try:
+                r = self._call_budgeted(entry, hook, ctx, body[:cap] if len(body) > cap else body, truncated)
+            except (Exception, PluginTimeout) as exc:
+                answer = self._failed(entry, "on_request_body_complete", exc, ctx)
+                if answer is not None:
+                    return answer
+                continue
+            if r is not None:
+                if isinstance(r, Response):
+                    return r
+                answer = self._failed(entry, "on_request_body_complete", TypeError(
+                    f"on_request_body_complete returned {type(r).__name__}; expected a Response or None"), ctx)
+                if answer is not None:
+                    return answer
+        return None
 
     def filter_request_body(self, ctx: RequestContext, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """The request body through every ``on_request_body`` filter, in request order."""
@@ -822,6 +957,14 @@ def check_plugin_class(cls: type[Plugin], display: str) -> None:
         except TypeError:
             raise PluginLoadError(display, cname,
                                   f"{attr}{inspect.signature(raw)} does not accept the hook's arguments: {expected}") from None
+    declared = inspect.getattr_static(cls, "request_body_buffer")
+    default = inspect.getattr_static(Plugin, "request_body_buffer")
+    if declared is not default and not isinstance(declared, classmethod):
+        raise PluginLoadError(display, cname, "request_body_buffer must be a classmethod: "
+                                              "def request_body_buffer(cls, config) -> BodyBuffer | None")
+    if _overrides(cls, "on_request_body_complete") and declared is default:
+        raise PluginLoadError(display, cname, "on_request_body_complete needs a request_body_buffer(cls, config) "
+                                              "classmethod returning a BodyBuffer (the cap on what edge reads)")
 
 
 def load_plugin_file(path: str | os.PathLike[str]) -> type[Plugin]:

@@ -30,6 +30,7 @@ from http import HTTPStatus
 from typing import Any, Iterable, Mapping
 
 from edge.context import Headers, RequestContext, Response, UpstreamResponse
+from edge.errors import EdgeError
 from edge.plugins import (
     Chain,
     Plugin,
@@ -199,7 +200,9 @@ def run_plugin(
 ) -> PluginRun:
     """Pass one exchange through ``plugin_cls`` as the proxy would.
 
-    on_request; unless it answered: on_request_body (when ``request_body`` is given),
+    on_request; unless it answered: on_request_body_complete (when ``request_body`` is
+    given and the plugin's ``request_body_buffer`` asks for it; a body over a ``reject``
+    cap gives the proxy's 413) and on_request_body (when ``request_body`` is given),
     on_response on ``response`` (default: an empty 200), on_body over ``body`` (default:
     the response's own body); then on_log in every case. ``settings`` are validated by
     the plugin's ``Config`` (a ``ConfigError`` names the key). With ``isolate=True``
@@ -214,11 +217,21 @@ def run_plugin(
     answered = chain.run_request(ctx)
     upstream = None
     filtered_request: bytes | None = None
+    chunks: Iterable[bytes] = ()
+    if answered is None and request_body is not None:
+        chunks = [bytes(request_body)] if isinstance(request_body, (bytes, bytearray)) else list(request_body)
+        if chain.request_body_buffer is not None:
+            # as the request path does: the whole body (up to the cap) before the backend is asked
+            length = sum(len(c) for c in chunks) if isinstance(request_body, (bytes, bytearray)) else None
+            try:
+                answered, chunks, _ = chain.inspect_request_body(ctx, chunks, length)
+            except EdgeError as e:
+                ctx.error = e
+                answered = Response.error(e.status, e.public, ctx.request_id)
     if answered is not None:
         status, headers, out = answered.status, answered.headers, answered.body
     else:
         if request_body is not None:
-            chunks = [request_body] if isinstance(request_body, (bytes, bytearray)) else request_body
             filtered_request = b"".join(chain.filter_request_body(ctx, chunks))
         upstream = response if response is not None else make_upstream_response()
         if body is not _UNSET:
