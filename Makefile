@@ -9,6 +9,9 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# the geo plugin's default country database; --no-deps because the package pins an old
+	# maxminddb without the C reader (edge needs maxminddb >= 2.6, declared in pyproject.toml)
+	$(VENV)/bin/pip install -q --no-deps 'python-geoacumen==2024.6.23'
 	touch $(STAMP)
 
 install: $(STAMP)

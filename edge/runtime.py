@@ -22,6 +22,7 @@ from typing import Any
 from edge import boot
 from edge.accesslog import AccessLog
 from edge.config import EdgeConfig
+from edge.http import TrustedProxies
 from edge.logs import ClientErrorLog, RequestLabel
 from edge.metrics import Metrics
 from edge.routing import RouteTable, compile_routes
@@ -61,6 +62,19 @@ class WorkerState:
             self.local_store.close()
 
 
+class UpstreamAvailability:
+    """``available(pool name) -> bool``: whether the pool has a server to take a new request now."""
+
+    __slots__ = ("_pools",)
+
+    def __init__(self, pools: dict[str, UpstreamPool]) -> None:
+        self._pools = pools
+
+    def __call__(self, name: str) -> bool:
+        pool = self._pools.get(name)
+        return pool is not None and pool.has_available_server()
+
+
 def build_services(cfg: EdgeConfig) -> Any:
     """The ``Services`` given to plugins: store, node-local store, metrics, logger, names."""
     from edge.plugins import Services, config_refs
@@ -73,7 +87,8 @@ def build_services(cfg: EdgeConfig) -> Any:
     local_store = build_local_fallback(cfg.store, store)
     refs = config_refs(cfg)
     return Services(store=store, metrics=metrics, logger=logging.getLogger("edge.plugin"),
-                    extras={"local_store": local_store}, upstreams=refs["upstreams"], routes=refs["routes"])
+                    extras={"local_store": local_store, "trusted_proxies": TrustedProxies(cfg.server.trusted_proxies)},
+                    upstreams=refs["upstreams"], routes=refs["routes"])
 
 
 def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = True) -> WorkerState:
@@ -81,11 +96,13 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
     cfg = loaded.config
     services = build_services(cfg)
     store, metrics, local_store = services.store, services.metrics, services.extras["local_store"]
+    pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
+    # plugins that choose a pool (geo) ask whether it has a server to take the request
+    services = dataclasses.replace(services, extras={**services.extras, "upstream_available": UpstreamAvailability(pools)})
     plugins = loaded.plugins.instantiate(cfg, services, defer_init_failures=True)
     plugins.request_id_header = cfg.headers.request_id_header  # plugin failure lines carry the request id
     if start_retries:
         plugins.start_init_retries()
-    pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
     routes = compile_routes(cfg)
     route_timeouts = {
         (route.index, name): Timeouts.from_config(t)

@@ -316,6 +316,10 @@ class UpstreamPool:
         for s in self.servers:
             s.pool.close_all()
 
+    def has_available_server(self) -> bool:
+        """Whether a new request could be sent to one of the servers now (geo fallbacks ask)."""
+        return bool(self.servers)
+
     def exchange(
         self,
         method: str,
