@@ -282,7 +282,7 @@ Fallback = Literal["round_robin", "least_conn", "p2c_ewma", "random"]
 class HashConfig(Model):
     """Consistent hashing (`balance: hash`): what the key is (issue 9, docs/upstreams.md)."""
 
-    on: Literal["client_ip", "header", "cookie", "path"] = Field(
+    key: Literal["client_ip", "header", "cookie", "path"] = Field(
         description="the key: the client address (after trusted proxies), a request header, a cookie, or the normalised path"
     )
     name: str | None = Field(None, description="the header or cookie name (required for `header` and `cookie`)")
@@ -290,13 +290,13 @@ class HashConfig(Model):
 
     @model_validator(mode="after")
     def _name(self) -> "HashConfig":
-        if self.on in ("header", "cookie"):
+        if self.key in ("header", "cookie"):
             if not self.name:
-                raise ValueError(f"name: required when on is {self.on!r}")
+                raise ValueError(f"name: required when key is {self.key!r}")
             if not is_token(self.name):
                 raise ValueError(f"name: {self.name!r} must be a token (RFC 9110 §5.1, RFC 6265 §4.1.1)")
         elif self.name is not None:
-            raise ValueError(f"name: only for on 'header' or 'cookie' (got on {self.on!r})")
+            raise ValueError(f"name: only for key 'header' or 'cookie' (got key {self.key!r})")
         return self
 
 
@@ -355,7 +355,7 @@ class UpstreamConfig(Model):
     @model_validator(mode="after")
     def _balancing(self) -> "UpstreamConfig":
         if self.balance == "hash" and self.hash is None:
-            raise ValueError("hash: required with balance 'hash' (e.g. {on: client_ip})")
+            raise ValueError("hash: required with balance 'hash' (e.g. {key: client_ip})")
         if self.hash is not None and self.balance != "hash":
             raise ValueError("hash: only with balance 'hash'")
         if self.sticky is not None and self.balance != "sticky":

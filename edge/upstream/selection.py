@@ -271,7 +271,7 @@ def selector_from_config(pool_name: str, cfg, rand: Rand = random.random) -> Sel
     fallback = "p2c_ewma"
     if algorithm == "hash":
         h = cfg.hash
-        affinity = (Affinity(h.on), h.name)
+        affinity = (Affinity(h.key), h.name)
         fallback = h.fallback
     elif algorithm == "sticky":
         sc = cfg.sticky or StickyConfig()
