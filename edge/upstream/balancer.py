@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import random
+from math import exp as _exp
 from bisect import bisect_right
 from hashlib import blake2b
 from itertools import accumulate
@@ -200,7 +201,8 @@ class LeastConn:
 class PeakEwmaP2C:
     """Power of two choices over peak-EWMA latency x (in-flight + 1) / weight."""
 
-    __slots__ = ("_members", "_weights", "_inv_w", "_cum", "_total", "_uniform", "_rand", "_load")
+    __slots__ = ("_members", "_weights", "_inv_w", "_cum", "_total", "_uniform", "_rand", "_load",
+                 "_estimate", "_stamp", "_in_flight", "_decay")
 
     def __init__(self, weights: Sequence[int], members: Sequence[int], load: Load, rand: Rand = random.random) -> None:
         _check(members, weights)
@@ -216,17 +218,19 @@ class PeakEwmaP2C:
         self._total = self._cum[-1]
         self._rand = rand
         self._load = load
+        # The load's lists (updated in place, never replaced), bound here: a pick reads them directly.
+        self._estimate, self._stamp, self._in_flight = load.estimate, load.stamp, load.in_flight
+        self._decay = load.decay
 
     def cost(self, i: int, now: float) -> float:
-        load = self._load
-        est = load.estimate[i]
-        pending = load.in_flight[i]
+        est = self._estimate[i]
+        pending = self._in_flight[i]
         if est < 0.0:
             # Never measured: free while idle (probe it now), expensive while its probe runs.
             return 0.0 if pending == 0 else UNMEASURED_BUSY_COST * pending
-        dt = now - load.stamp[i]
+        dt = now - self._stamp[i]
         if dt > 0.0:
-            est *= math.exp(-dt / load.decay)
+            est *= _exp(-dt / self._decay)
         return est * (pending + 1) * self._inv_w[i]
 
     def _draw(self) -> int:
@@ -249,6 +253,14 @@ class PeakEwmaP2C:
             if b >= a:
                 b += 1
             a, b = members[a], members[b]
+            # cost(a) and cost(b), inlined: this is the per-request path of the default balancer.
+            est, stamp, in_flight, decay = self._estimate, self._stamp, self._in_flight, self._decay
+            ea, eb = est[a], est[b]
+            if ea >= 0.0 and eb >= 0.0:
+                da, db = now - stamp[a], now - stamp[b]
+                ca = ea * (in_flight[a] + 1) * (_exp(-da / decay) if da > 0.0 else 1.0)
+                cb = eb * (in_flight[b] + 1) * (_exp(-db / decay) if db > 0.0 else 1.0)
+                return a if ca <= cb else b
         else:
             a = b = -1
             for _ in range(4):  # a few draws find two eligible members unless most are excluded
