@@ -318,6 +318,8 @@ class StickyConfig(Model):
 
     @model_validator(mode="after")
     def _cookie(self) -> "StickyConfig":
+        if self.ttl is not None and self.ttl < 1:
+            raise ValueError(f"ttl: must be at least 1s (got {self.ttl:g}s); Max-Age=0 would delete the cookie")
         max_age = None if self.ttl is None else int(self.ttl)
         problem = cookie_error(self.cookie, "x", max_age=max_age, path=self.path, domain=self.domain,
                                secure=self.secure, samesite=self.samesite)

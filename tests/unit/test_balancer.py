@@ -414,6 +414,8 @@ def test_config_builds_each_algorithm():
     ("    sticky: {cookie: s}\n", "only with balance 'sticky'"),
     ("    balance: sticky\n    sticky: {cookie: 'a b'}\n", "token"),
     ("    queue: {size: 2, timeout: 1s}\n", "max_conns"),
+    ("    balance: sticky\n    sticky: {ttl: 500ms}\n", "at least 1s"),
+    ("    balance: sticky\n    sticky: {samesite: None}\n", "secure"),
 ])
 def test_config_refuses_inconsistent_balancing(extra, message):
     with pytest.raises(ConfigError) as e:
