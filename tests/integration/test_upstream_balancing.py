@@ -9,6 +9,7 @@ that kill origins start their own.
 from __future__ import annotations
 
 import gc
+import socket
 import threading
 from collections import Counter
 
@@ -253,6 +254,28 @@ def test_sticky_cookie_of_a_dead_origin_falls_back_and_is_set_again(tmp_path_fac
             e.stop()
         k1.stop()
         k2.stop()
+
+
+def test_client_aborts_and_timeouts_release_the_server_slot(origins, tmp_path_factory):
+    # One worker, one slot on the server, a long queue: a slot leaked by an aborted or failed request
+    # would leave every later request waiting 10 s and then answered 503.
+    f1 = origins["f1"]
+    cfg = {"upstreams": {"one": {"servers": [{"host": "127.0.0.1", "port": f1.port, "max_conns": 1}],
+                                 "queue": {"size": 4, "timeout": "10s"}, "timeouts": {"read": "300ms"}}},
+           "routes": [{"match": {"path": "/"}, "upstream": "one"}]}
+    e = start_edge(cfg, workers=1, work_dir=str(tmp_path_factory.mktemp("edge-abort")))
+    try:
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", e.port), timeout=10) as c:
+                c.sendall(b"GET /bytes/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert c.recv(65536).startswith(b"HTTP/1.1 200")
+            # closed mid-body: edge's write fails and the reply is closed
+        assert get(e, "/delay/2").status_code == 504        # read timeout: the attempt fails
+        for _ in range(4):
+            r = get(e, "/bytes/10", new_connection=False)
+            assert r.status_code == 200 and r.content == bytes(range(10))
+    finally:
+        e.stop()
 
 
 # ---------------------------------------------------------------------------- in-flight accounting (in process)
