@@ -69,10 +69,10 @@ from edge.errors import (
     ConnectTimeout,
     NoHealthyServer,
     ProtocolError,
-    ServersBusy,
     ReadTimeout,
     ResponseTooLarge,
     SendTimeout,
+    ServersBusy,
     TotalTimeout,
     UnsendableRequest,
     UpstreamError,
@@ -80,8 +80,8 @@ from edge.errors import (
 from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
 from edge.upstream.pool import ConnectionPool, PooledConnection
 from edge.upstream.queue import WaitQueue
-from edge.upstream.selection import selector_from_config
 from edge.upstream.retry import IDEMPOTENT_METHODS, Action, BodyState, Cause, ReplayBody, RetryPolicy
+from edge.upstream.selection import selector_from_config
 
 log = logging.getLogger("edge.upstream")
 
