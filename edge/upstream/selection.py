@@ -131,6 +131,17 @@ class StickyCookie:
         return cls(name, values, tuple(fields))
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLoad:
+    """One server as the selector sees it, for status output (``Selector.state``)."""
+
+    authority: str
+    role: str                  # "primary", "backup", or "off" (weight 0 or drain)
+    in_flight: int
+    latency_s: float | None    # decayed peak-EWMA estimate; None: never measured
+    full: bool                 # at its max_conns
+
+
 def _balancer(algorithm: str, members: list[int], specs: Sequence[ServerSpec], load: Load, rand: Rand):
     weights = [specs[i].weight for i in members]
     if algorithm == "round_robin":
@@ -252,6 +263,14 @@ class Selector:
 
     def in_flight(self, i: int) -> int:
         return self.load.in_flight[i]
+
+    def state(self, now: float) -> tuple[ServerLoad, ...]:
+        """Every server's role, in-flight count, latency estimate and fullness (this worker's view)."""
+        out = []
+        for i, s in enumerate(self.specs):
+            role = "off" if s.weight == 0 or s.drain else ("backup" if s.backup else "primary")
+            out.append(ServerLoad(s.authority, role, self.load.in_flight[i], self.load.latency(i, now), i in self._full))
+        return tuple(out)
 
 
 def sticky_secret(pool_name: str, identities: Sequence[str], configured: str | None) -> str:

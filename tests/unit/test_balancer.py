@@ -24,9 +24,12 @@ from edge.upstream.balancer import (
     server_identities,
 )
 from edge.upstream.queue import WaitQueue
+from edge.app import _affinity_key
+from edge.context import RequestContext
 from edge.upstream.selection import (
     Affinity,
     Selector,
+    ServerLoad,
     ServerSpec,
     StickyCookie,
     default_algorithm,
@@ -321,6 +324,19 @@ def test_backup_takes_overflow_when_primaries_are_full():
     assert sel.pick(frozenset(), None, 0.1) == 0
 
 
+def test_state_reports_roles_load_and_latency():
+    sel = Selector(specs(1, 1, 0, 1, over={1: {"backup": True, "max_conns": 1}, 3: {"drain": True}}), "least_conn")
+    sel.started(1)
+    sel.started(0)
+    sel.finished(0, 0.02, True, 5.0)
+    assert sel.state(5.0) == (
+        ServerLoad("10.0.0.0:80", "primary", 0, 0.02, False),
+        ServerLoad("10.0.0.1:80", "backup", 1, None, True),
+        ServerLoad("10.0.0.2:80", "off", 0, None, False),
+        ServerLoad("10.0.0.3:80", "off", 0, None, False),
+    )
+
+
 def test_in_flight_never_goes_negative():
     sel = Selector(specs(1), "least_conn")
     sel.finished(0, 0.01, True, 0.0)
@@ -380,6 +396,21 @@ def test_sticky_cookie_refuses_bad_attributes():
         StickyCookie.build("bad name", ["a:1"], "k")
     with pytest.raises(ValueError):
         StickyCookie.build("s", ["a:1"], "k", samesite="None", secure=False)
+
+
+@pytest.mark.parametrize("affinity, expected", [
+    ((Affinity.CLIENT_IP, None), "203.0.113.9"),
+    ((Affinity.PATH, None), "/a/b"),
+    ((Affinity.HEADER, "x-tenant"), "acme"),
+    ((Affinity.HEADER, "X-Missing"), None),
+    ((Affinity.COOKIE, "sid"), "42"),
+    ((Affinity.STICKY, "edge_server"), "abc"),
+    ((Affinity.COOKIE, "none"), None),
+])
+def test_affinity_key_comes_from_the_request(affinity, expected):
+    ctx = RequestContext("GET", "/a/b", "q=1", [("X-Tenant", "acme"), ("Cookie", "sid=42; edge_server=abc")],
+                         client_ip="203.0.113.9", peer_ip="10.0.0.1")
+    assert _affinity_key(ctx, affinity) == expected
 
 
 # ---------------------------------------------------------------------------- config
