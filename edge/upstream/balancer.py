@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import math
 import random
-from math import exp as _exp
 from bisect import bisect_right
 from hashlib import blake2b
 from itertools import accumulate
+from math import exp as _exp
 from typing import Callable, Sequence
 
 #: points on the ring per unit of weight (ketama uses 160 per server of weight 1)
