@@ -20,10 +20,12 @@ import time
 from edge import http as rules
 from edge.compress.compressor import Compressor
 from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse
+from edge.cookies import get_cookie
 from edge.errors import BadRequest, EdgeError, UnsendableRequest, UpstreamError
 from edge.logs import request_label
 from edge.plugins import UPSTREAM_SET_BY
 from edge.routing import Action
+from edge.upstream.selection import Affinity
 from edge.urlpath import normalize_path
 
 log = logging.getLogger("edge.app")
@@ -38,6 +40,18 @@ def reply_from_response(resp: Response) -> Reply:
 
 # The answer to "OPTIONS *" (shared, like a fixed route's response): the usual methods; CONNECT is refused by admission.
 SERVER_OPTIONS = Response(204, [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
+
+
+def _affinity_key(ctx: RequestContext, affinity: tuple[Affinity, str | None]) -> str | None:
+    """The value a hash or sticky pool balances this request on (None: the request has none)."""
+    kind, name = affinity
+    if kind is Affinity.CLIENT_IP:
+        return ctx.client_ip
+    if kind is Affinity.PATH:
+        return ctx.path
+    if kind is Affinity.HEADER:
+        return ctx.headers.get(name)
+    return get_cookie(ctx.headers, name)  # COOKIE, STICKY
 
 
 class Proxy:
@@ -167,9 +181,12 @@ class Proxy:
             if chain.has_request_body_filters:
                 body_iter = chain.filter_request_body(ctx, body_iter)
                 body_length = None
+        # Hash and sticky pools balance on a request attribute; the others cost one attribute read here.
+        affinity = None if pool.affinity is None else _affinity_key(ctx, pool.affinity)
         started = time.monotonic()
         try:
-            up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)))
+            up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)),
+                               affinity=affinity)
         except UpstreamError as e:
             ctx.error = e
             log.warning("%s %s (request id %s) -> upstream %s: %s", ctx.method, ctx.raw_path, self.request_id_of(ctx) or "-",
@@ -190,6 +207,13 @@ class Proxy:
         out = resp.headers.items()
         if chain.has_response_hooks and up.status != 101:
             out = rules.without_framing(out)  # a plugin may have added framing fields: the writer owns them
+        if pool.sticky is not None and up.status != 101:
+            # Pin the client to the server that answered, unless its cookie already names it (a new
+            # client, or one whose server is gone, excluded or unknown). The field was checked when the
+            # pool was built, and the writer checks every field again (edge/h1.py reply_head).
+            cookie = pool.sticky.set_cookie_for(up.server.index, affinity)
+            if cookie is not None:
+                out.append(("Set-Cookie", cookie))
         reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), out, up.body, up.length)
         if up.status == 101:
             reply.upgrade = (up.upgrade_sock, up.upgrade_data)

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from edge.compress.negotiate import DEFAULT_EXCLUDE_TYPES, DEFAULT_PREFERENCE, DEFAULT_TYPES, parse_type_pattern
+from edge.cookies import cookie_error
 from edge.errors import ConfigError
 from edge.fields import field_error, is_token
 from edge.http import framing_field_error, parse_host, split_host_port
@@ -248,7 +249,13 @@ class TimeoutsConfig(Model):
 class ServerAddress(Model):
     host: str = Field(description="backend host name or IP address")
     port: int = Field(description="backend port")
-    weight: int = Field(1, ge=1, le=1000, description="relative share of requests")
+    weight: int = Field(1, ge=0, le=1000, description="relative share of requests; 0 sends it no new requests (like `drain`)")
+    backup: bool = Field(False, description="used only when every primary server is down, already tried or at its `max_conns`")
+    drain: bool = Field(False, description="send no new requests; requests in flight finish (docs/upstreams.md)")
+    max_conns: int = Field(
+        0, ge=0, description="most requests in flight to this server per worker (0: no limit); beyond it the server counts "
+        "as unavailable and a request waits in the pool's `queue` or gets 503",
+    )
 
     @field_validator("port")
     @classmethod
@@ -313,15 +320,95 @@ class UpstreamLimitsConfig(Model):
     )
 
 
+Fallback = Literal["round_robin", "least_conn", "p2c_ewma", "random"]
+
+
+class HashConfig(Model):
+    """Consistent hashing (`balance: hash`): what the key is (issue 9, docs/upstreams.md)."""
+
+    key: Literal["client_ip", "header", "cookie", "path"] = Field(
+        description="the key: the client address (after trusted proxies), a request header, a cookie, or the normalised path"
+    )
+    name: str | None = Field(None, description="the header or cookie name (required for `header` and `cookie`)")
+    fallback: Fallback = Field("p2c_ewma", description="balancer for requests without the key (header or cookie absent)")
+
+    @model_validator(mode="after")
+    def _name(self) -> "HashConfig":
+        if self.key in ("header", "cookie"):
+            if not self.name:
+                raise ValueError(f"name: required when key is {self.key!r}")
+            if not is_token(self.name):
+                raise ValueError(f"name: {self.name!r} must be a token (RFC 9110 §5.1, RFC 6265 §4.1.1)")
+        elif self.name is not None:
+            raise ValueError(f"name: only for key 'header' or 'cookie' (got key {self.key!r})")
+        return self
+
+
+class StickyConfig(Model):
+    """Sticky sessions (`balance: sticky`): the cookie edge sets to pin a client to a server (issue 9)."""
+
+    cookie: str = Field("edge_server", description="cookie name")
+    ttl: Duration | None = Field(None, description="cookie lifetime (Max-Age); unset: a session cookie")
+    path: str = Field("/", description="cookie Path")
+    domain: str | None = Field(None, description="cookie Domain; unset: this host only")
+    secure: bool = Field(False, description="send the cookie over HTTPS only")
+    httponly: bool = Field(True, description="hide the cookie from scripts")
+    samesite: Literal["Strict", "Lax", "None"] | None = Field("Lax", description="cookie SameSite")
+    secret: str | None = Field(
+        None, description="key of the hash that names a server in the cookie; unset: derived from the pool's name and "
+        "servers (pins then move when the server list changes). Same value on every node of a fleet",
+    )
+    fallback: Fallback = Field("p2c_ewma", description="balancer for clients without a valid cookie")
+
+    @model_validator(mode="after")
+    def _cookie(self) -> "StickyConfig":
+        if self.ttl is not None and self.ttl < 1:
+            raise ValueError(f"ttl: must be at least 1s (got {self.ttl:g}s); Max-Age=0 would delete the cookie")
+        max_age = None if self.ttl is None else int(self.ttl)
+        problem = cookie_error(self.cookie, "x", max_age=max_age, path=self.path, domain=self.domain,
+                               secure=self.secure, samesite=self.samesite)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+class QueueConfig(Model):
+    """Waiting for a slot when every eligible server is at its `max_conns` (per worker)."""
+
+    size: int = Field(ge=1, le=100000, description="most requests waiting per worker; beyond it 503 at once")
+    timeout: PositiveDuration = Field(description="longest a request waits for a slot before 503")
+
+
 class UpstreamConfig(Model):
     servers: tuple[Annotated[ServerAddress, BeforeValidator(ServerAddress.parse)], ...] = Field(
-        min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight}"
+        min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight, backup, drain, max_conns}"
     )
-    balance: Literal["round_robin"] = Field("round_robin", description="how a server is picked")
+    balance: Literal["round_robin", "least_conn", "p2c_ewma", "random", "hash", "sticky"] | None = Field(
+        None, description="how a server is picked (docs/upstreams.md, Balancing); unset: `p2c_ewma` when all weights are "
+        "equal, `round_robin` when they differ",
+    )
+    hash: HashConfig | None = Field(None, description="the key of `balance: hash` (required with it)")
+    sticky: StickyConfig | None = Field(None, description="the cookie of `balance: sticky` (defaults apply when unset)")
+    ewma_decay: PositiveDuration = Field(
+        10.0, description="time constant of the peak-EWMA latency of `p2c_ewma`: how fast a past peak is forgotten"
+    )
+    queue: QueueConfig | None = Field(None, description="requests may wait for a server under `max_conns`; unset: 503 at once")
     keepalive: KeepaliveConfig = Field(KeepaliveConfig(), description="pooled connections to the servers")
     timeouts: TimeoutsConfig = Field(TimeoutsConfig(), description="timeouts towards these servers")
     retries: int = Field(1, ge=0, le=10, description="further servers tried when connecting fails (never after the request was sent)")
     limits: UpstreamLimitsConfig = Field(UpstreamLimitsConfig(), description="bounds on backend response heads and trailers, and on retried bodies")
+
+    @model_validator(mode="after")
+    def _balancing(self) -> "UpstreamConfig":
+        if self.balance == "hash" and self.hash is None:
+            raise ValueError("hash: required with balance 'hash' (e.g. {key: client_ip})")
+        if self.hash is not None and self.balance != "hash":
+            raise ValueError("hash: only with balance 'hash'")
+        if self.sticky is not None and self.balance != "sticky":
+            raise ValueError("sticky: only with balance 'sticky'")
+        if self.queue is not None and not any(s.max_conns for s in self.servers):
+            raise ValueError("queue: only useful when a server has max_conns")
+        return self
 
 
 # --------------------------------------------------------------------------- routes

@@ -136,6 +136,12 @@ class NoHealthyServer(UpstreamError):
     public = "service unavailable"
 
 
+class ServersBusy(NoHealthyServer):
+    """Every eligible server is at its ``max_conns`` and the pool's queue is full or the wait timed out (issue 9)."""
+
+    metric = "servers_busy"
+
+
 # ---- towards backends (edge/upstream/client.py, issue 7) -------------------------------
 
 

@@ -3,7 +3,10 @@
 
 Usage::
 
-    python scripts/origin.py --port N [--host 127.0.0.1] [--name NAME] [--idle-timeout 75]
+    python scripts/origin.py --port N [--host 127.0.0.1] [--name NAME] [--idle-timeout 75] [--delay SECONDS]
+
+``--delay SECONDS`` makes every request wait that long before it is answered (``/stats``
+too): a uniformly slow backend, for balancing tests (issue 9).
 
 When it is ready it prints exactly one line, ``origin NAME listening on HOST:PORT``, to
 stdout and flushes (``--port 0`` picks a free port; read it from that line).
@@ -192,9 +195,10 @@ class Request:
 class Origin:
     """Process-wide state: name and counters."""
 
-    def __init__(self, name: str, idle_timeout_s: float):
+    def __init__(self, name: str, idle_timeout_s: float, delay_s: float = 0.0):
         self.name = name
         self.idle_timeout_s = idle_timeout_s
+        self.delay_s = delay_s
         self.connections = 0
         self.requests = 0
         self._ids = itertools.count(1)
@@ -384,6 +388,8 @@ class Connection:
             has_body = bool(req.get_all("transfer-encoding")) or req.get("content-length") not in (None, "0")
             if has_body and "100-continue" in req.tokens("expect"):
                 self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self.origin.delay_s:
+                gevent.sleep(self.origin.delay_s)
             try:
                 done = self.dispatch(req)
             except BadRequest as exc:
@@ -691,13 +697,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="origin")
     parser.add_argument("--idle-timeout", type=float, default=75.0,
                         help="seconds a connection may stay silent before it is closed")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds every request waits before its answer")
     opts = parser.parse_args(argv)
 
     listener = socket.socket(_stdlib_socket.AF_INET6 if ":" in opts.host else _stdlib_socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((opts.host, opts.port))
     listener.listen(4096)
-    origin = Origin(opts.name, opts.idle_timeout)
+    origin = Origin(opts.name, opts.idle_timeout, opts.delay)
     server = StreamServer(listener, origin.handle)
     server.start()
     host, port = listener.getsockname()[:2]

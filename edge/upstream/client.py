@@ -2,7 +2,9 @@
 
 Theory of operation. ``UpstreamPool.exchange`` checks the request it is asked to send
 (method a token, target in origin-form, every field name a token and every value free
-of CR/LF/NUL: ``edge.fields``), picks a server (balancer), takes an idle connection
+of CR/LF/NUL: ``edge.fields``), picks a server (``selection.Selector``: balancer, backup
+servers, ``max_conns``; waiting in the pool's ``queue.WaitQueue`` when every server is
+full), takes an idle connection
 from that server's pool or opens one, takes the first body chunk from the client,
 checks (one non-blocking peek) that the backend did not close a pooled connection
 meanwhile, writes the request head with that first chunk in the same send, streams
@@ -36,10 +38,18 @@ Failure mapping (STYLE §7): refused/reset connect -> ConnectError (502), connec
 timeout -> ConnectTimeout (504), silence between reads -> ReadTimeout (504), a
 blocked write -> SendTimeout (504), the whole exchange over ``timeouts.total`` ->
 TotalTimeout (504), invalid HTTP -> ProtocolError (502), no server left ->
-NoHealthyServer (503). Which failures are retried, and when a request body allows
+NoHealthyServer (503), every server full and no room or time in the queue ->
+ServersBusy (503). Which failures are retried, and when a request body allows
 it, is decided by ``retry.RetryPolicy`` (pure): connect failures on the next server;
 a reused connection the backend had already closed on a fresh connection, once,
 and only while every body byte pulled so far is still held (``retry.ReplayBody``).
+
+In-flight accounting (issue 9). Each server a request is assigned to is counted in
+flight from the pick (``Selector.started``) until exactly one ``Selector.finished``:
+at once when the attempt fails, else when the reply is over: its body generator's
+``finally`` (read to the end, failed, or closed by a client abort: the generator is
+primed so ``close()`` always runs it), or at the head for replies without a body.
+``finished`` carries the time to the response head, the latency sample of P2C-EWMA.
 """
 
 from __future__ import annotations
@@ -62,14 +72,16 @@ from edge.errors import (
     ReadTimeout,
     ResponseTooLarge,
     SendTimeout,
+    ServersBusy,
     TotalTimeout,
     UnsendableRequest,
     UpstreamError,
 )
 from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
-from edge.upstream.balancer import RoundRobin
 from edge.upstream.pool import ConnectionPool, PooledConnection
+from edge.upstream.queue import WaitQueue
 from edge.upstream.retry import IDEMPOTENT_METHODS, Action, BodyState, Cause, ReplayBody, RetryPolicy
+from edge.upstream.selection import selector_from_config
 
 log = logging.getLogger("edge.upstream")
 
@@ -264,7 +276,8 @@ class _Parse:
 class UpstreamReply:
     """A backend's answer: the head now, the body as a generator to stream."""
 
-    __slots__ = ("status", "reason", "headers", "body", "length", "server", "upgrade_sock", "upgrade_data", "trailers", "_conn")
+    __slots__ = ("status", "reason", "headers", "body", "length", "server", "upgrade_sock", "upgrade_data", "trailers", "_conn",
+                 "_pool", "_latency")
 
     def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], server: Server) -> None:
         self.status = status
@@ -277,6 +290,8 @@ class UpstreamReply:
         self.upgrade_data = b""                 # bytes the backend sent after its 101 head
         self.trailers: list[tuple[str, str]] = []
         self._conn: PooledConnection | None = None
+        self._pool: UpstreamPool | None = None  # set while this reply holds an in-flight count on its server
+        self._latency = 0.0                      # time to the response head (s)
 
     def close(self) -> None:
         """Release the backend connection when the body will not be read (e.g. an error page replaces it)."""
@@ -285,6 +300,14 @@ class UpstreamReply:
         elif self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._done()
+
+    def _done(self) -> None:
+        """The exchange is over: release the server's in-flight count, once."""
+        pool = self._pool
+        if pool is not None:
+            self._pool = None
+            pool._finished(self.server.index, self._latency, True)
 
 
 class _Stale(Exception):
@@ -297,7 +320,7 @@ class _Stale(Exception):
 class UpstreamPool:
     """A named pool of servers with a balancer; ``exchange`` performs one request."""
 
-    __slots__ = ("name", "servers", "balancer", "timeouts", "retries", "retry", "limits")
+    __slots__ = ("name", "servers", "selector", "queue", "affinity", "sticky", "timeouts", "retries", "retry", "limits")
 
     def __init__(self, name: str, cfg) -> None:
         self.name = name
@@ -306,7 +329,12 @@ class UpstreamPool:
             Server(i, s.host, s.port, ConnectionPool(ka.max_idle, ka.idle_timeout, ka.max_requests))
             for i, s in enumerate(cfg.servers)
         )
-        self.balancer = RoundRobin([s.weight for s in cfg.servers])
+        # Balancing (issue 9): what the request path must compute for this pool (affinity: None,
+        # or (kind, name)), and the sticky cookie to set, are read off the selector once here.
+        self.selector = selector_from_config(name, cfg)
+        self.affinity = self.selector.affinity
+        self.sticky = self.selector.sticky
+        self.queue = WaitQueue(cfg.queue.size, cfg.queue.timeout) if cfg.queue is not None else None
         self.timeouts = Timeouts.from_config(cfg.timeouts)
         self.retries = cfg.retries
         self.retry = RetryPolicy(servers=cfg.retries)
@@ -329,12 +357,15 @@ class UpstreamPool:
         body: Iterable[bytes] | None,
         body_length: int | None,
         timeouts: Timeouts | None = None,
+        affinity: str | None = None,
     ) -> UpstreamReply:
         """Send one request and return the response head; see the module docstring.
 
         ``host`` is the Host field to send, None for the picked server's address.
         ``body`` is None for no body; otherwise an iterable of chunks, framed with
         ``Content-Length: body_length`` or, when that is None, chunked.
+        ``affinity`` is the request's key for hash or sticky balancing (``self.affinity``
+        says which), None otherwise.
         """
         try:
             check_request(method, target, host, headers)
@@ -355,56 +386,105 @@ class UpstreamPool:
         server = None
         fresh = False
         last_error: UpstreamError | None = None
-        while True:
-            if fresh:
-                conn = None
-                fresh = False
-            else:
-                idx = self.balancer.pick(tried)
-                if idx is None:
-                    if last_error is not None:
-                        raise last_error  # every server refused: say why, not "none available"
-                    raise NoHealthyServer(f"upstream {self.name}: no server available")
-                server = self.servers[idx]
-                tried.add(idx)
-                conn = server.pool.get(time.monotonic())
-            if conn is None:
-                conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
-                if isinstance(conn, UpstreamError):
-                    last_error, first = conn, None
-                    continue
-            if replay is not None and first is None:
-                # Pulled only once a backend is reachable (a client that sent "Expect: 100-continue"
-                # is not invited to send a body that cannot be delivered); a later attempt gets the
-                # kept chunks first (ReplayBody).
-                chunks = replay.attempt()
-                try:
-                    first = next(chunks, b"")
-                except BaseException:
+        selector = self.selector
+        active = -1        # the server this exchange holds an in-flight count on
+        started_at = 0.0
+        try:
+            while True:
+                if fresh:
+                    conn = None
+                    fresh = False
+                else:
+                    now = time.monotonic()
+                    # excluded = tried | health's excluded set once health checks are wired in (issue 9)
+                    idx = selector.pick(tried, affinity, now)
+                    if idx is None:
+                        if last_error is not None:
+                            raise last_error  # every server refused: say why, not "none available"
+                        idx = self._wait_for_slot(tried, affinity, deadline)
+                    selector.started(idx)
+                    active, started_at = idx, now
+                    server = self.servers[idx]
+                    tried.add(idx)
+                    conn = server.pool.get(now)
+                if conn is None:
+                    conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
+                    if isinstance(conn, UpstreamError):
+                        last_error, first = conn, None
+                        active = self._finished(active, time.monotonic() - started_at, False)
+                        continue
+                if replay is not None and first is None:
+                    # Pulled only once a backend is reachable (a client that sent "Expect: 100-continue"
+                    # is not invited to send a body that cannot be delivered); a later attempt gets the
+                    # kept chunks first (ReplayBody).
+                    chunks = replay.attempt()
+                    try:
+                        first = next(chunks, b"")
+                    except BaseException:
+                        conn.close()
+                        raise
+                if conn.reused and peek and _peer_closed(conn):
+                    # The backend closed it, possibly while we waited for the client's body: nothing
+                    # was sent, so the same attempt (first chunk in hand) goes to a fresh connection.
                     conn.close()
-                    raise
-            if conn.reused and peek and _peer_closed(conn):
-                # The backend closed it, possibly while we waited for the client's body: nothing
-                # was sent, so the same attempt (first chunk in hand) goes to a fresh connection.
-                conn.close()
-                conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
-                if isinstance(conn, UpstreamError):
-                    last_error, first = conn, None
-                    continue
-            head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
-            try:
-                return self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay)
-            except _Stale as stale:
-                # The backend closed an idle connection just as we reused it.
-                state = replay.state() if replay is not None else _NOTHING_PULLED
-                if self.retry.decide(stale.cause, method, state, len(tried), fresh_tried) is not Action.FRESH_CONNECTION:
-                    why = "" if state.resendable else f"; the request body ({state.pulled_bytes} bytes sent) cannot be sent again"
-                    raise ProtocolError(f"backend {server.authority} closed a reused connection before answering{why}") from None
-                log.debug("upstream %s: %s closed a pooled connection (%s); retrying on a fresh one",
-                          self.name, server.authority, stale.cause.value)
-                fresh_tried += 1
-                fresh = True
-                first = None
+                    conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
+                    if isinstance(conn, UpstreamError):
+                        last_error, first = conn, None
+                        active = self._finished(active, time.monotonic() - started_at, False)
+                        continue
+                head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
+                try:
+                    reply = self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay,
+                                                started_at)
+                    active = -1  # the reply holds the in-flight count now (UpstreamReply._done)
+                    return reply
+                except _Stale as stale:
+                    # The backend closed an idle connection just as we reused it.
+                    state = replay.state() if replay is not None else _NOTHING_PULLED
+                    if self.retry.decide(stale.cause, method, state, len(tried), fresh_tried) is not Action.FRESH_CONNECTION:
+                        why = "" if state.resendable else f"; the request body ({state.pulled_bytes} bytes sent) cannot be sent again"
+                        raise ProtocolError(f"backend {server.authority} closed a reused connection before answering{why}") from None
+                    log.debug("upstream %s: %s closed a pooled connection (%s); retrying on a fresh one",
+                              self.name, server.authority, stale.cause.value)
+                    fresh_tried += 1
+                    fresh = True
+                    first = None
+        finally:
+            if active >= 0:  # failed or interrupted before a reply took over the count
+                self._finished(active, time.monotonic() - started_at, False)
+
+    def _finished(self, index: int, latency_s: float, ok: bool) -> int:
+        """Release the in-flight count of ``index``; wake a queued request when that opened a slot. Returns -1."""
+        if self.selector.finished(index, latency_s, ok, time.monotonic()) and self.queue is not None:
+            self.queue.wake_one()
+        return -1
+
+    def _wait_for_slot(self, tried: set[int], affinity: str | None, deadline: float | None) -> int:
+        """No server can be picked: wait in the queue while that is only because servers are full.
+
+        Raises NoHealthyServer when no server is eligible at all, ServersBusy when every eligible
+        one is full and the queue is full or the wait ran out (503 either way)."""
+        selector = self.selector
+        if not selector.blocked(tried):
+            raise NoHealthyServer(f"upstream {self.name}: no server available")
+        queue = self.queue
+        if queue is None:
+            raise ServersBusy(f"upstream {self.name}: every server is at its max_conns")
+        until = time.monotonic() + queue.timeout
+        if deadline is not None:
+            until = min(until, deadline)
+        while True:
+            left = until - time.monotonic()
+            woken = queue.wait(left) if left > 0 else False
+            if woken is None:
+                raise ServersBusy(f"upstream {self.name}: every server is at its max_conns and the queue is full")
+            idx = selector.pick(tried, affinity, time.monotonic())
+            if idx is not None:
+                return idx
+            if not selector.blocked(tried):
+                raise NoHealthyServer(f"upstream {self.name}: no server available")
+            if not woken:
+                raise ServersBusy(f"upstream {self.name}: no server slot within the queue timeout")
 
     def _connect(self, server: Server, t: Timeouts, deadline, method: str, replay: ReplayBody | None,
                  servers_tried: int, fresh_tried: int):
@@ -419,7 +499,8 @@ class UpstreamPool:
                 return e
             raise
 
-    def _send_and_read(self, server, conn, method, head, first, chunks, body_length, t, deadline, replay) -> UpstreamReply:
+    def _send_and_read(self, server, conn, method, head, first, chunks, body_length, t, deadline, replay,
+                       started_at: float) -> UpstreamReply:
         conn.requests += 1
         ok = False
         try:
@@ -435,6 +516,8 @@ class UpstreamPool:
         finally:
             if not ok:
                 conn.close()
+        reply._latency = time.monotonic() - started_at
+        reply._pool = self
         return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
 
 
@@ -645,10 +728,12 @@ def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection
         conn.release_timers()
         reply.upgrade_sock = conn.sock
         reply._conn = None  # the socket now belongs to the tunnel
+        reply._done()       # the exchange is over; the tunnel is not counted as a request in flight
         return reply
     if method == "HEAD" or status in _NO_BODY_STATUS:
         # No body whatever the framing headers say (RFC 9112 §6.3 rule 1).
         _finish(conn, keep_alive and not p.chunks)
+        reply._done()
         reply.body = None
         # HEAD and 304 keep the backend's Content-Length (RFC 9110 §8.6: the length a GET / a
         # 200 would have had), or its absence; a 204 has none (RFC 9110 §8.6: MUST NOT).
@@ -657,8 +742,10 @@ def _attach_body(reply: UpstreamReply, p: _Parse, parser, conn: PooledConnection
     if not chunked and length is None:
         keep_alive = False  # read until close: the connection cannot be reused
     reply.length = None if chunked else length
-    reply.body = _body(reply, conn, p, parser, keep_alive, until_close=(not chunked and length is None), t=t,
-                       deadline=deadline, max_framing=limits.max_trailer_bytes)
+    body = _body(reply, conn, p, parser, keep_alive, until_close=(not chunked and length is None), t=t,
+                 deadline=deadline, max_framing=limits.max_trailer_bytes)
+    next(body)  # primed: from here on close() runs its finally even if nobody read a byte
+    reply.body = body
     return reply
 
 
@@ -687,6 +774,7 @@ def _body(reply, conn, p: _Parse, parser, keep_alive: bool, until_close: bool, t
     clean = False
     framing = 0
     try:
+        yield b""  # taken by _attach_body (priming), never seen by the caller
         if p.chunks:
             pending = p.chunks
             p.chunks = []
@@ -725,3 +813,4 @@ def _body(reply, conn, p: _Parse, parser, keep_alive: bool, until_close: bool, t
             _finish(conn, True)
         else:
             conn.close()
+        reply._done()
