@@ -68,6 +68,7 @@ from edge.errors import (
 )
 from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
 from edge.upstream.balancer import RoundRobin
+from edge.upstream.health import OutlierPolicy, Outcome, PoolHealth
 from edge.upstream.pool import ConnectionPool, PooledConnection
 from edge.upstream.retry import IDEMPOTENT_METHODS, Action, BodyState, Cause, ReplayBody, RetryPolicy
 
@@ -297,7 +298,7 @@ class _Stale(Exception):
 class UpstreamPool:
     """A named pool of servers with a balancer; ``exchange`` performs one request."""
 
-    __slots__ = ("name", "servers", "balancer", "timeouts", "retries", "retry", "limits")
+    __slots__ = ("name", "servers", "balancer", "timeouts", "retries", "retry", "limits", "health")
 
     def __init__(self, name: str, cfg) -> None:
         self.name = name
@@ -311,6 +312,10 @@ class UpstreamPool:
         self.retries = cfg.retries
         self.retry = RetryPolicy(servers=cfg.retries)
         self.limits = Limits.from_config(cfg.limits)
+        passive = cfg.health.passive
+        t = cfg.timeouts
+        self.health = PoolHealth(name, [s.authority for s in self.servers], OutlierPolicy.from_config(passive),
+                                 passive.on_5xx, trial_patience_s=t.total or (t.connect + t.send + t.read))
 
     def close(self) -> None:
         for s in self.servers:
@@ -328,6 +333,9 @@ class UpstreamPool:
     ) -> UpstreamReply:
         """Send one request and return the response head; see the module docstring.
 
+        Every server picked gets one verdict in ``self.health`` (``_Verdicts``), whatever
+        way the attempt ends.
+
         ``host`` is the Host field to send, None for the picked server's address.
         ``body`` is None for no body; otherwise an iterable of chunks, framed with
         ``Content-Length: body_length`` or, when that is None, chunked.
@@ -337,6 +345,14 @@ class UpstreamPool:
         except UnsendableRequest as e:
             log.error("upstream %s: request not sent: %s", self.name, e)
             raise
+        verdicts = _Verdicts(self.health)
+        try:
+            return self._exchange(verdicts, method, target, host, headers, body, body_length, timeouts)
+        except BaseException as e:
+            verdicts.failed(e)
+            raise
+
+    def _exchange(self, verdicts, method, target, host, headers, body, body_length, timeouts) -> UpstreamReply:
         t = timeouts or self.timeouts
         deadline = time.monotonic() + t.total if t.total else None
         rest = _request_head_rest(headers, method, body, body_length)
@@ -356,17 +372,21 @@ class UpstreamPool:
                 conn = None
                 fresh = False
             else:
-                idx = self.balancer.pick(tried)
+                now = time.monotonic()
+                excluded = self.health.excluded(now)
+                idx = self.balancer.pick(excluded.union(tried) if excluded else tried)
                 if idx is None:
                     if last_error is not None:
                         raise last_error  # every server refused: say why, not "none available"
                     raise NoHealthyServer(f"upstream {self.name}: no server available")
                 server = self.servers[idx]
                 tried.add(idx)
-                conn = server.pool.get(time.monotonic())
+                verdicts.picked(idx, now)
+                conn = server.pool.get(now)
             if conn is None:
                 conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
                 if isinstance(conn, UpstreamError):
+                    verdicts.failed(conn)
                     last_error, first = conn, None
                     continue
             if replay is not None and first is None:
@@ -385,11 +405,14 @@ class UpstreamPool:
                 conn.close()
                 conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
                 if isinstance(conn, UpstreamError):
+                    verdicts.failed(conn)
                     last_error, first = conn, None
                     continue
             head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
             try:
-                return self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay)
+                reply = self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay)
+                verdicts.done(self.health.outcome_of(reply.status))
+                return reply
             except _Stale as stale:
                 # The backend closed an idle connection just as we reused it.
                 state = replay.state() if replay is not None else _NOTHING_PULLED
@@ -432,6 +455,42 @@ class UpstreamPool:
             if not ok:
                 conn.close()
         return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+
+
+class _Verdicts:
+    """The health verdict of each server one exchange picks: ``picked``, then exactly one
+    ``done``/``failed`` (an attempt that ends in any other way counts as NO_VERDICT)."""
+
+    __slots__ = ("health", "index", "start")
+
+    def __init__(self, health: PoolHealth) -> None:
+        self.health = health
+        self.index: int | None = None
+        self.start = 0.0
+
+    def picked(self, index: int, now: float) -> None:
+        self.done(Outcome.NO_VERDICT)
+        self.index, self.start = index, now
+        self.health.picked(index, now)
+
+    def done(self, outcome: Outcome, error: str = "") -> None:
+        if self.index is not None:
+            now = time.monotonic()
+            index, self.index = self.index, None
+            self.health.observe(index, outcome, now, now - self.start, error)
+
+    def failed(self, exc: BaseException) -> None:
+        self.done(_OUTCOME_OF_ERROR.get(type(exc), Outcome.NO_VERDICT), str(exc) if isinstance(exc, UpstreamError) else "")
+
+
+# What an attempt's failure says about the server (outlier detection, health.py). An invalid
+# or oversized response, or the exchange's own total budget, is not held against it.
+_OUTCOME_OF_ERROR = {
+    ConnectError: Outcome.CONNECT_FAILURE,
+    ConnectTimeout: Outcome.TIMEOUT,
+    ReadTimeout: Outcome.TIMEOUT,
+    SendTimeout: Outcome.TIMEOUT,
+}
 
 
 def _remaining(timeout: float, deadline: float | None) -> float:
