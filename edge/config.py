@@ -295,7 +295,7 @@ class ActiveHealthConfig(Model):
     method: str = Field("GET", description="probe method (a token)")
     host: str | None = Field(None, description="Host field of the probe; default: the server's `host:port`")
     expect_status: StatusSet = Field(
-        ("2xx", "3xx"), description="statuses that pass, as numbers or classes (`[200, \"3xx\"]`)"
+        ("2xx", "3xx"), validate_default=True, description="statuses that pass, as numbers or classes (`[200, \"3xx\"]`)"
     )
     expect_body: str | None = Field(None, description="text the body must contain (within `max_body_bytes`); unset: the body is not read")
     max_body_bytes: PositiveSize = Field(65536, description="most body bytes read to look for `expect_body`")

@@ -460,3 +460,8 @@ def test_a_store_that_fails_keeps_the_last_state_and_the_queued_changes():
     store.down = False
     a.sync_once()
     assert shared.decode(store.get(shared.eject_key("api", "127.0.0.1:8003")), {})["count"] == 1
+
+
+def test_default_expected_statuses_are_2xx_and_3xx():
+    c = UpstreamConfig(servers=["127.0.0.1:80"], health={"active": {}})
+    assert c.health.active.expect_status == tuple(range(200, 400))
