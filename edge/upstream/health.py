@@ -25,7 +25,9 @@ server gets nothing else meanwhile) decides: success -> ``HEALTHY``, failure ->
 the client went away, or the attempt ended without a verdict) reopens ``HALF_OPEN``.
 ``hold`` (a 503 with ``Retry-After``) ejects for the time the server asked for
 without counting as an ejection. Ejections decided by another worker of the node
-arrive as ``TRIP`` or ``RECOVERED`` (``adopt``).
+arrive as ``TRIP`` or ``RECOVERED`` (``apply_shared``), and so does the prober's verdict
+that a server is back up: it ends an ejection (as Envoy's
+``successful_active_health_check_uneject_host``).
 
 ``PoolHealth`` joins, per pool and per worker, the active verdicts, the runtime drain
 flags (both read from the store by the checker) and the outlier machines into
@@ -396,6 +398,13 @@ class PoolHealth:
         ejections ``{index: (until, count, at)}`` (``until`` in our clock, 0 = recovered)."""
         down, drained = frozenset(down), frozenset(drained)
         dirty = down != self.down or drained != self.drained
+        for index in self.down - down:
+            # the prober saw it come back (``rise`` passing probes): that ends an ejection too
+            # (Envoy's successful_active_health_check_uneject_host)
+            s = self.servers[index]
+            if s.state is not Outlier.HEALTHY:
+                s.fire(Event.RECOVERED, now)
+                self._half_open.discard(index)
         self.down, self.drained = down, drained
         for index, (until, count, at) in ejections.items():
             if self._adopt(index, until, count, at, now):

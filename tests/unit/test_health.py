@@ -465,3 +465,12 @@ def test_a_store_that_fails_keeps_the_last_state_and_the_queued_changes():
 def test_default_expected_statuses_are_2xx_and_3xx():
     c = UpstreamConfig(servers=["127.0.0.1:80"], health={"active": {}})
     assert c.health.active.expect_status == tuple(range(200, 400))
+
+
+def test_an_active_verdict_up_ends_an_ejection():
+    h = pool()
+    h.apply_shared(down=[1], drained=[], ejections={}, now=0.0)
+    fail(h, 1, 3, now=0.0)
+    assert h.state_of(1) is Outlier.EJECTED
+    h.apply_shared(down=[], drained=[], ejections={}, now=1.0)
+    assert h.state_of(1) is Outlier.HEALTHY and h.excluded(1.0) == frozenset()
