@@ -309,3 +309,47 @@ def test_the_prober_lease_moves_to_another_worker_when_its_holder_dies(edge_fact
         assert min(gaps) >= INTERVAL * 0.9 - 0.02, gaps
     finally:
         stop_all(origins)
+
+
+def test_on_redis_one_prober_serves_the_fleet_and_a_store_outage_keeps_the_last_state(edge_factory, tmp_path, make_redis_server):
+    redis = make_redis_server()
+    origins = start_origins(tmp_path)
+    a, b, c = origins
+    try:
+        cfg = config(origins, active=dict(ACTIVE, interval="100ms"))
+        cfg["store"] = {"backend": "redis", "url": redis.url, "key_prefix": f"edge-health-{redis.port}:", "timeout": "100ms"}
+        node1 = edge_factory(cfg)
+        node2 = edge_factory(cfg)
+        until(lambda: all(len(probes(o)) >= 3 for o in origins))
+        # two nodes, four workers, one lease: about one probe per interval per origin
+        t0 = time.time()
+        time.sleep(2.0)
+        t1 = time.time()
+        rate = max(len(probes(o, t0, t1)) for o in origins) / ((t1 - t0) / 0.1)
+        assert rate <= 1.0 / 0.9 + 0.15, rate
+        assert (node1.log() + node2.log()).count("probes the backends") == 1
+        # a drain through one node's configuration reaches the other node
+        out = cli("drain", "app", label(b), "--config", str(node1.config_path))
+        assert out.returncode == 0, out
+        time.sleep(0.6)
+        t_drained = time.time()
+        s = requests.Session()
+        for port in (node1.port, node2.port):
+            for _ in range(30):
+                assert s.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        assert traffic(b, t_drained) == []
+        # redis goes away: the workers keep the last state (b stays drained), requests keep flowing
+        redis.stop()
+        status = cli("status", "--config", str(node1.config_path))
+        assert status.returncode == 1 and "unavailable" in status.stderr, status
+        until(lambda: node1.log().count("store unavailable, keeping the last known state") >= 2)
+        t_down = time.time()
+        for port in (node1.port, node2.port):
+            for _ in range(30):
+                assert s.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        assert traffic(b, t_down) == [] and traffic(a, t_down) and traffic(c, t_down)
+        time.sleep(0.5)
+        # logged once per change of availability, not once per attempt
+        assert node1.log().count("store unavailable, keeping the last known state") == 2
+    finally:
+        stop_all(origins)
