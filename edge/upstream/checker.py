@@ -24,7 +24,7 @@ the number of workers; if the holder dies, its lease expires and another worker
 takes over within one TTL (``lease_ttl_s``). On a fleet store (redis, memcached) the
 lease is shared by every node with the same ``key_prefix``: one prober for the fleet.
 The prober writes a server's verdict (``upstream:<pool>:active``) when its state
-changes, emits ``upstream.<pool>.<server>.up`` / ``.down`` and
+changes (and every ``REWRITE_EVERY`` probes, in case the store lost it), emits ``upstream.<pool>.<server>.up`` / ``.down`` and
 ``upstream.<pool>.<server>.probe_failed``, and logs each transition.
 
 A probe is one HTTP/1.1 request on a fresh connection (``Connection: close``): the
@@ -58,6 +58,8 @@ log = logging.getLogger("edge.upstream.health")
 ROW_PERIODS = 4
 #: the worker list is re-checked every this many refresh periods
 REGISTER_EVERY = 10
+#: the prober rewrites a server's verdict every this many probes even without a change
+REWRITE_EVERY = 10
 
 
 def lease_ttl_s(intervals: list[float]) -> float:
@@ -307,6 +309,7 @@ class HealthService:
         label = server.authority
         names = {s: f"upstream.{pool}.{metric_label(label)}.{s}" for s in ("up", "down", "probe_failed")}
         written = status.state
+        probes = 0
         rnd = random.Random()
         gevent.sleep(rnd.uniform(0, check.interval))   # spread the servers' probes over the interval
         while True:
@@ -321,7 +324,10 @@ class HealthService:
                 else:
                     log.warning("upstream %s: %s is down (%d probes failed, last: %s)", pool, label, check.fall, error)
             status = new
-            if status.state is not written:
+            probes += 1
+            # written on a change, and again now and then: a store that lost its data (a Redis
+            # restarted without persistence) must not keep a down server in rotation for good
+            if status.state is not written or probes % REWRITE_EVERY == 0:
                 written = self._write_active(pool, label, status, written)
             gevent.sleep(check.interval * (1.0 + rnd.uniform(-check.jitter, check.jitter)))
 

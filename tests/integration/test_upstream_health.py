@@ -353,3 +353,35 @@ def test_on_redis_one_prober_serves_the_fleet_and_a_store_outage_keeps_the_last_
         assert node1.log().count("store unavailable, keeping the last known state") == 2
     finally:
         stop_all(origins)
+
+
+def test_probe_settings_host_status_body_and_timeout(edge_factory, tmp_path):
+    origins = start_origins(tmp_path, "a")
+    (o,) = origins
+    try:
+        base = dict(ACTIVE, interval="100ms", fall=1, rise=1)
+        checks = {
+            "good": dict(base, host="probe.example", expect_body="ok", expect_status=[200]),
+            "body": dict(base, expect_body="missing"),
+            "status": dict(base, expect_status=[204, "3xx"]),
+            "slow": dict(base, path="/slow?s=1", timeout="100ms"),
+        }
+        cfg = {"upstreams": {name: {"servers": [label(o)], "health": {"active": check}} for name, check in checks.items()},
+               "routes": [{"match": {"path": "/"}, "upstream": "good"}]}
+        edge = edge_factory(cfg, workers=1)
+        store = open_store(edge)
+
+        def verdicts():
+            snaps = shared.read_pools(store, {name: (label(o),) for name in checks})
+            return {name: snaps[name].active.get(label(o), {}) for name in checks}
+        until(lambda: all(v.get("state") == "unhealthy" for n, v in verdicts().items() if n != "good")
+              and len([r for r in records(o) if r["host"] == "probe.example"]) >= 3)
+        v = verdicts()
+        assert v["good"].get("state", "healthy") == "healthy", v
+        assert v["body"]["error"] == "expected body text not found"
+        assert v["status"]["error"] == "status 200"
+        assert v["slow"]["error"] == "no answer within 0.1s"
+        assert all(r["method"] == "GET" for r in records(o) if r["path"] == "/health")
+        store.close()
+    finally:
+        stop_all(origins)
