@@ -411,7 +411,8 @@ class UpstreamPool:
             head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
             try:
                 reply = self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay)
-                verdicts.done(self.health.outcome_of(reply.status))
+                outcome = self.health.outcome_of(reply.status)
+                verdicts.done(outcome, "" if outcome is Outcome.SUCCESS else f"status {reply.status} (on_5xx)")
                 return reply
             except _Stale as stale:
                 # The backend closed an idle connection just as we reused it.
