@@ -240,7 +240,7 @@ def test_origin_answering_5xx_is_ejected_then_recovers_through_a_half_open_trial
         stop_all(origins)
 
 
-def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones(edge_factory, tmp_path):
+def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones_and_undrain_restores(edge_factory, tmp_path):
     origins = start_origins(tmp_path)
     a, b, c = origins
     try:
@@ -281,24 +281,16 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_ones(edge_factory
         assert traffic(b, t_check) == []
         assert traffic(a, t_check) and traffic(c, t_check)
         assert all(r["t"] < t_drain + 0.5 or not r["path"] == "/" for r in traffic(b, t_drain))
+        bad_pool = cli("drain", "nope", label(b), "--config", str(edge.config_path))
+        assert bad_pool.returncode == 2 and "unknown pool 'nope'" in bad_pool.stderr
+        bad_server = cli("undrain", "app", "127.0.0.1:1", "--config", str(edge.config_path))
+        assert bad_server.returncode == 2 and "no server '127.0.0.1:1'" in bad_server.stderr
         out = cli("undrain", "app", label(b), "--config", str(edge.config_path))
         assert out.returncode == 0 and "in rotation" in out.stdout, out
         t_undrain = time.time()
         until(lambda: s.get(f"http://127.0.0.1:{edge.port}/", timeout=10).status_code == 200 and bool(traffic(b, t_undrain)),
               interval_s=0.02)
         store.close()
-    finally:
-        stop_all(origins)
-
-
-def test_drain_refuses_an_unknown_pool_or_server(edge_factory, tmp_path):
-    origins = start_origins(tmp_path, "a")
-    try:
-        edge = edge_factory(config(origins), workers=1)
-        bad_pool = cli("drain", "nope", label(origins[0]), "--config", str(edge.config_path))
-        assert bad_pool.returncode == 2 and "unknown pool 'nope'" in bad_pool.stderr
-        bad_server = cli("drain", "app", "127.0.0.1:1", "--config", str(edge.config_path))
-        assert bad_server.returncode == 2 and "no server '127.0.0.1:1'" in bad_server.stderr
     finally:
         stop_all(origins)
 
