@@ -77,6 +77,11 @@ def _open_store(config_file: str | None):
     except ConfigError as e:
         print(e, file=sys.stderr)
         return None, 1
+    if cfg.store.backend == "memory":
+        # each worker has its own memory store: nothing outside the worker can read or change it
+        print("edge: store.backend is memory (private to each worker): status, drain and undrain need "
+              "local, redis or memcached", file=sys.stderr)
+        return None, 1
     try:
         return cfg, build_store(cfg.store)
     except (StoreUnavailable, OSError) as e:

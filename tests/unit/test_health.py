@@ -474,3 +474,55 @@ def test_an_active_verdict_up_ends_an_ejection():
     assert h.state_of(1) is Outlier.EJECTED
     h.apply_shared(down=[], drained=[], ejections={}, now=1.0)
     assert h.state_of(1) is Outlier.HEALTHY and h.excluded(1.0) == frozenset()
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def write_config(tmp_path, backend="local"):
+    store = {"backend": backend, **({"path": str(tmp_path / "store")} if backend == "local" else {})}
+    import yaml
+
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({
+        "upstreams": {"api": {"servers": ["127.0.0.1:8001", "127.0.0.1:8002"]}},
+        "routes": [{"upstream": "api"}],
+        "store": store,
+    }))
+    return str(path)
+
+
+def test_drain_undrain_and_status_commands(tmp_path, capsys):
+    from edge.__main__ import main
+
+    cfg = write_config(tmp_path)
+    assert main(["drain", "api", "1", "--config", cfg]) == 0
+    assert capsys.readouterr().out == "api 127.0.0.1:8002: drained\n"
+    assert main(["drain", "api", "127.0.0.1:8002", "--config", cfg]) == 0
+    assert "(already)" in capsys.readouterr().out
+    assert main(["status", "--config", cfg]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["POOL", "SERVER", "STATE", "IN-FLIGHT", "LATENCY", "LAST", "ERROR", "LAST", "CHANGE"]
+    assert out[1].split()[:5] == ["api", "127.0.0.1:8001", "healthy", "0", "-"]
+    assert out[2].split()[:3] == ["api", "127.0.0.1:8002", "healthy+drain"] and out[2].endswith("ago")
+    assert main(["undrain", "api", "127.0.0.1:8002", "--config", cfg]) == 0
+    assert capsys.readouterr().out == "api 127.0.0.1:8002: in rotation\n"
+
+
+@pytest.mark.parametrize(("argv", "status", "message"), [
+    (["drain", "web", "0"], 2, "unknown pool 'web' (pools: api)"),
+    (["undrain", "api", "127.0.0.1:9"], 2, "pool api has no server '127.0.0.1:9' (servers: 127.0.0.1:8001, 127.0.0.1:8002)"),
+    (["drain", "api", "5"], 2, "has no server '5'"),
+])
+def test_drain_refuses_unknown_names(tmp_path, capsys, argv, status, message):
+    from edge.__main__ import main
+
+    assert main([*argv, "--config", write_config(tmp_path)]) == status
+    assert message in capsys.readouterr().err
+
+
+def test_runtime_commands_refuse_the_per_worker_memory_store(tmp_path, capsys):
+    from edge.__main__ import main
+
+    assert main(["status", "--config", write_config(tmp_path, "memory")]) == 1
+    assert "private to each worker" in capsys.readouterr().err
