@@ -470,7 +470,8 @@ class _Verdicts:
         self.start = 0.0
 
     def picked(self, index: int, now: float) -> None:
-        self.done(Outcome.NO_VERDICT)
+        if self.index is not None:
+            self.done(Outcome.NO_VERDICT)
         self.index, self.start = index, now
         self.health.picked(index, now)
 

@@ -189,6 +189,9 @@ del O, E
 
 #: states in which a server gets no new request
 OUT = frozenset({Outlier.EJECTED, Outlier.TRIAL})
+#: weight of the newest attempt in a server's latency average (status only)
+EWMA_WEIGHT = 0.2
+_SUCCESS, _HEALTHY = Outcome.SUCCESS, Outlier.HEALTHY
 
 
 def outlier_next(state: Outlier, event: Event) -> Outlier:
@@ -347,13 +350,15 @@ class PoolHealth:
 
     def observe(self, index: int, outcome: Outcome, now: float, latency_s: float | None = None, error: str = "") -> None:
         """The verdict of one attempt on ``index`` (each ``picked`` is followed by one ``observe``)."""
-        if self.inflight[index] > 0:
-            self.inflight[index] -= 1
+        inflight = self.inflight
+        if inflight[index] > 0:
+            inflight[index] -= 1
         if latency_s is not None:
-            prev = self.ewma_s[index]
-            self.ewma_s[index] = latency_s if prev == 0.0 else prev + 0.2 * (latency_s - prev)
+            ewma = self.ewma_s
+            prev = ewma[index]
+            ewma[index] = prev + EWMA_WEIGHT * (latency_s - prev) if prev else latency_s
         s = self.servers[index]
-        if outcome is Outcome.SUCCESS and s.state is Outlier.HEALTHY:
+        if outcome is _SUCCESS and s.state is _HEALTHY:
             s.failures = 0
             return  # the common case: nothing changes, nothing to share
         if outcome in FAILURES:
