@@ -5,6 +5,13 @@ arguments and returns the exit status. To add one (``certs``, ``purge``, ``statu
 ...), write ``def cmd_name(argv: list[str]) -> int`` with a one-line docstring (shown
 by ``python -m edge --help``) and register it in ``COMMANDS``.
 
+``status [--config FILE]`` prints every upstream server's state from the store
+(``edge.upstream.shared_state``); ``drain POOL SERVER`` / ``undrain POOL SERVER``
+set or clear a server's runtime drain flag there. They open the store the
+configuration names (``edge.store.build_store``), so they must see the same file,
+and for the default ``local`` store without ``store.path``, the same working
+directory as the running edge.
+
 ``check [FILE]`` validates a configuration without serving: it loads it with
 ``edge.config.load_config`` (the same code a starting worker runs) and then calls
 ``validate(cfg)``, which builds what a worker would build from it and so catches
@@ -60,8 +67,121 @@ def cmd_check(argv: list[str]) -> int:
     return 0
 
 
+def _open_store(config_file: str | None):
+    """(config, store) for the runtime commands, or an exit status after a message on stderr."""
+    from edge.errors import StoreUnavailable
+    from edge.store import build_store
+
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return None, 1
+    if cfg.store.backend == "memory":
+        # each worker has its own memory store: nothing outside the worker can read or change it
+        print("edge: store.backend is memory (private to each worker): status, drain and undrain need "
+              "local, redis or memcached", file=sys.stderr)
+        return None, 1
+    try:
+        return cfg, build_store(cfg.store)
+    except (StoreUnavailable, OSError) as e:
+        print(f"edge: cannot open the {cfg.store.backend} store: {e}", file=sys.stderr)
+        return None, 1
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", dest="config",
+                        help=f"configuration file (default: $EDGE_CONFIG or {DEFAULT_CONFIG_PATH})")
+
+
+def cmd_status(argv: list[str]) -> int:
+    """Show every upstream server's state as the node's store holds it (health, drain, in-flight, latency)."""
+    import time
+
+    from edge.errors import StoreUnavailable
+    from edge.upstream.shared_state import server_statuses
+
+    parser = argparse.ArgumentParser(prog="edge status", description=cmd_status.__doc__)
+    _config_arg(parser)
+    args = parser.parse_args(argv)
+    cfg, store = _open_store(args.config)
+    if cfg is None:
+        return store
+    pools = {name: tuple(s.authority for s in u.servers) for name, u in cfg.upstreams.items()}
+    now = time.time()
+    try:
+        rows = server_statuses(store, pools, now)
+    except StoreUnavailable as e:
+        print(f"edge: the {cfg.store.backend} store is unavailable: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    table = [("POOL", "SERVER", "STATE", "IN-FLIGHT", "LATENCY", "LAST ERROR", "LAST CHANGE")]
+    for r in rows:
+        latency = f"{r.latency_ms:.1f}ms" if r.latency_ms is not None else "-"
+        change = f"{now - r.last_change:.1f}s ago" if r.last_change else "-"
+        table.append((r.pool, r.server, r.state, str(r.inflight), latency, r.last_error[:60] or "-", change))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _drain(argv: list[str], drained: bool, fn) -> int:
+    import time
+
+    from edge.errors import StoreUnavailable
+    from edge.upstream.shared_state import set_drain
+
+    name = "drain" if drained else "undrain"
+    parser = argparse.ArgumentParser(prog=f"edge {name}", description=fn.__doc__)
+    parser.add_argument("pool", help="upstream pool name")
+    parser.add_argument("server", help="server as `host:port` (as in the configuration) or its position from 0")
+    _config_arg(parser)
+    args = parser.parse_args(argv)
+    cfg, store = _open_store(args.config)
+    if cfg is None:
+        return store
+    try:
+        pool = cfg.upstreams.get(args.pool)
+        if pool is None:
+            known = ", ".join(sorted(cfg.upstreams)) or "none"
+            print(f"edge {name}: unknown pool {args.pool!r} (pools: {known})", file=sys.stderr)
+            return 2
+        labels = [s.authority for s in pool.servers]
+        server = args.server
+        if server.isdigit() and int(server) < len(labels):
+            server = labels[int(server)]
+        if server not in labels:
+            print(f"edge {name}: pool {args.pool} has no server {args.server!r} (servers: {', '.join(labels)})", file=sys.stderr)
+            return 2
+        try:
+            changed = set_drain(store, args.pool, server, drained, time.time())
+        except StoreUnavailable as e:
+            print(f"edge {name}: the {cfg.store.backend} store is unavailable: {e}", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    state = "drained" if drained else "in rotation"
+    print(f"{args.pool} {server}: {state}" + ("" if changed else " (already)"))
+    return 0
+
+
+def cmd_drain(argv: list[str]) -> int:
+    """Stop sending new requests to a server (POOL SERVER); in-flight ones finish. Every worker follows within one refresh period."""
+    return _drain(argv, True, cmd_drain)
+
+
+def cmd_undrain(argv: list[str]) -> int:
+    """Put a drained server (POOL SERVER) back in rotation."""
+    return _drain(argv, False, cmd_undrain)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check": cmd_check,
+    "status": cmd_status,
+    "drain": cmd_drain,
+    "undrain": cmd_undrain,
 }
 
 

@@ -379,6 +379,95 @@ class QueueConfig(Model):
     timeout: PositiveDuration = Field(description="longest a request waits for a slot before 503")
 
 
+def _status_set(v: Any) -> Any:
+    """``[200, "3xx"]`` -> the statuses as a sorted tuple of ints (a class ``Nxx`` is 100 statuses)."""
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"expected a list of statuses or classes like 2xx (got {v!r})")
+    out: set[int] = set()
+    for item in v:
+        if isinstance(item, str) and len(item) == 3 and item[0] in "12345" and item[1:].lower() == "xx":
+            base = int(item[0]) * 100
+            out.update(range(base, base + 100))
+        elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            out.add(item)
+        else:
+            raise ValueError(f"a status must be 100-599 or a class like 2xx (got {item!r})")
+    return tuple(sorted(out))
+
+
+StatusSet = Annotated[tuple[int, ...], BeforeValidator(_status_set)]
+
+
+class ActiveHealthConfig(Model):
+    """HTTP probes of every server of a pool; one prober per node (per fleet on redis), see docs/upstreams.md."""
+
+    path: str = Field("/", description="request target of the probe (origin-form: starts with `/`)")
+    method: str = Field("GET", description="probe method (a token)")
+    host: str | None = Field(None, description="Host field of the probe; default: the server's `host:port`")
+    expect_status: StatusSet = Field(
+        ("2xx", "3xx"), validate_default=True, description="statuses that pass, as numbers or classes (`[200, \"3xx\"]`)"
+    )
+    expect_body: str | None = Field(None, description="text the body must contain (within `max_body_bytes`); unset: the body is not read")
+    max_body_bytes: PositiveSize = Field(65536, description="most body bytes read to look for `expect_body`")
+    interval: PositiveDuration = Field(5.0, description="time between two probes of one server")
+    timeout: PositiveDuration = Field(2.0, description="a probe without a full answer within this fails")
+    rise: int = Field(2, ge=1, le=100, description="consecutive passing probes that bring a down server back")
+    fall: int = Field(3, ge=1, le=100, description="consecutive failing probes that mark a server down")
+    jitter: float = Field(0.1, ge=0, le=0.5, description="each interval is varied by up to this share, so probes of many servers spread out")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if not is_token(v):
+            raise ValueError(f"must be a token (RFC 9110 §9.1) (got {v!r})")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        # RFC 9112 §3.2.1 origin-form; SP/CTL would split the request line.
+        if not v.startswith("/") or any(c <= " " or c == "\x7f" or c == "#" for c in v):
+            raise ValueError(f"must be an origin-form target: starts with '/', no space, control character or '#' (got {v!r})")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and (not v or field_error("Host", v) is not None):
+            raise ValueError(f"not a valid Host field value (got {v!r})")
+        return v
+
+
+class PassiveHealthConfig(Model):
+    """Outlier detection from real traffic: ejection, then a half-open trial (docs/upstreams.md)."""
+
+    consecutive_failures: int = Field(
+        5, ge=0, le=1000,
+        description="consecutive failed attempts (connect failure, timeout, a status in `on_5xx`) that eject a server; 0 disables",
+    )
+    on_5xx: StatusSet = Field((), description="statuses counted as failures (e.g. `[502, 503, 504]` or `[\"5xx\"]`); empty: none")
+    base_ejection: PositiveDuration = Field(30.0, description="first ejection time; doubled at each repeated ejection")
+    max_ejection: PositiveDuration = Field(300.0, description="longest ejection; also the healthy time that forgives one past ejection")
+    max_ejected_percent: int = Field(
+        50, ge=0, le=100, description="most servers of the pool ejected at once, in percent (rounded down); an ejection beyond it does not happen"
+    )
+
+    @field_validator("on_5xx")
+    @classmethod
+    def _only_5xx(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 500 <= s <= 599 for s in v):
+            raise ValueError("only 5xx statuses can count as server failures")
+        return v
+
+
+class HealthConfig(Model):
+    active: ActiveHealthConfig | None = Field(None, description="active HTTP probes; unset: none")
+    passive: PassiveHealthConfig = Field(PassiveHealthConfig(), description="outlier detection on real requests")
+    refresh: PositiveDuration = Field(
+        1.0, description="how often each worker reads the shared health, drain and ejection state (at most the probe interval)"
+    )
+
+
 class UpstreamConfig(Model):
     servers: tuple[Annotated[ServerAddress, BeforeValidator(ServerAddress.parse)], ...] = Field(
         min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight, backup, drain, max_conns}"
@@ -397,6 +486,7 @@ class UpstreamConfig(Model):
     timeouts: TimeoutsConfig = Field(TimeoutsConfig(), description="timeouts towards these servers")
     retries: int = Field(1, ge=0, le=10, description="further servers tried when connecting fails (never after the request was sent)")
     limits: UpstreamLimitsConfig = Field(UpstreamLimitsConfig(), description="bounds on backend response heads and trailers, and on retried bodies")
+    health: HealthConfig = Field(HealthConfig(), description="active probes, outlier detection and shared health state (docs/upstreams.md)")
 
     @model_validator(mode="after")
     def _balancing(self) -> "UpstreamConfig":

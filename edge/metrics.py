@@ -4,6 +4,10 @@ Names (after the configured prefix, default ``edge``):
   ``route.<route>.requests.<1xx..5xx>``   counter, per response
   ``route.<route>.latency``               timer (ms), request start to last byte
   ``upstream.<pool>.<cause>``              counter, per upstream failure (connect_error, read_timeout, ...)
+  ``upstream.<pool>.<server>.up``         counter, the prober marked the server up (docs/upstreams.md)
+  ``upstream.<pool>.<server>.down``       counter, the prober marked the server down
+  ``upstream.<pool>.<server>.probe_failed``  counter, per failing health probe
+  ``upstream.<pool>.<server>.ejected``     counter, per outlier ejection or Retry-After hold
   ``plugin.<name>.<hook>.error``           counter, per isolated plugin failure
   ``plugin.<name>.<hook>.timeout``         counter, per overrun of the plugin's time budget
   ``plugin.<name>.<hook>.unavailable``     counter, per hook call while the plugin is not built (below)

@@ -26,6 +26,7 @@ from edge.http import TrustedProxies
 from edge.logs import ClientErrorLog, RequestLabel
 from edge.metrics import Metrics
 from edge.routing import RouteTable, compile_routes
+from edge.upstream.checker import start_health
 from edge.upstream.client import Timeouts, UpstreamPool
 
 log = logging.getLogger("edge.runtime")
@@ -43,6 +44,7 @@ class WorkerState:
     scheme: str
     access_log: AccessLog | None = None
     local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
+    health: Any = None  # edge.upstream.checker.HealthService: prober lease and shared health (its greenlets)
     # client errors (400, 408, 413, 414, 431...) at INFO, rate-limited: client_errors.log(ip, status, reason, label)
     client_errors: ClientErrorLog = dataclasses.field(default_factory=ClientErrorLog)
 
@@ -52,6 +54,8 @@ class WorkerState:
 
     def close(self) -> None:
         self.plugins.stop_init_retries()
+        if self.health is not None:
+            self.health.close()
         for pool in self.pools.values():
             pool.close()
         if self.store is not None:
@@ -104,6 +108,8 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
     if start_retries:
         plugins.start_init_retries()
     routes = compile_routes(cfg)
+    # greenlets of the worker, never of the master or of a boot check (start_retries=False)
+    health = start_health(cfg, pools, store, metrics) if start_retries else None
     route_timeouts = {
         (route.index, name): Timeouts.from_config(t)
         for route in routes.routes
@@ -120,5 +126,6 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
         metrics=metrics,
         scheme="https" if cfg.tls is not None else "http",
         local_store=local_store,
+        health=health,
         access_log=AccessLog(cfg.server.accesslog) if cfg.server.accesslog else None,
     )

@@ -78,6 +78,7 @@ from edge.errors import (
     UpstreamError,
 )
 from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
+from edge.upstream.health import OutlierPolicy, Outcome, PoolHealth
 from edge.upstream.pool import ConnectionPool, PooledConnection
 from edge.upstream.queue import WaitQueue
 from edge.upstream.retry import IDEMPOTENT_METHODS, Action, BodyState, Cause, ReplayBody, RetryPolicy
@@ -320,7 +321,8 @@ class _Stale(Exception):
 class UpstreamPool:
     """A named pool of servers with a balancer; ``exchange`` performs one request."""
 
-    __slots__ = ("name", "servers", "selector", "queue", "affinity", "sticky", "timeouts", "retries", "retry", "limits")
+    __slots__ = ("name", "servers", "selector", "queue", "affinity", "sticky", "timeouts", "retries", "retry", "limits",
+                 "health")
 
     def __init__(self, name: str, cfg) -> None:
         self.name = name
@@ -339,14 +341,19 @@ class UpstreamPool:
         self.retries = cfg.retries
         self.retry = RetryPolicy(servers=cfg.retries)
         self.limits = Limits.from_config(cfg.limits)
+        passive = cfg.health.passive
+        t = cfg.timeouts
+        self.health = PoolHealth(name, [s.authority for s in self.servers], OutlierPolicy.from_config(passive),
+                                 passive.on_5xx, trial_patience_s=t.total or (t.connect + t.send + t.read))
 
     def close(self) -> None:
         for s in self.servers:
             s.pool.close_all()
 
     def has_available_server(self) -> bool:
-        """Whether a new request could be sent to one of the servers now (geo fallbacks ask)."""
-        return bool(self.servers)
+        """Whether a new request could be sent to one of the servers now: not down by the health
+        checks, ejected, held or drained, nor drained or full by configuration (geo fallbacks ask)."""
+        return self.selector.can_take(self.health.excluded(time.monotonic()))
 
     def exchange(
         self,
@@ -361,6 +368,9 @@ class UpstreamPool:
     ) -> UpstreamReply:
         """Send one request and return the response head; see the module docstring.
 
+        Every server picked gets one verdict in ``self.health`` (``_Verdicts``), whatever
+        way the attempt ends.
+
         ``host`` is the Host field to send, None for the picked server's address.
         ``body`` is None for no body; otherwise an iterable of chunks, framed with
         ``Content-Length: body_length`` or, when that is None, chunked.
@@ -372,6 +382,14 @@ class UpstreamPool:
         except UnsendableRequest as e:
             log.error("upstream %s: request not sent: %s", self.name, e)
             raise
+        verdicts = _Verdicts(self.health)
+        try:
+            return self._exchange(verdicts, method, target, host, headers, body, body_length, timeouts, affinity)
+        except BaseException as e:
+            verdicts.failed(e)
+            raise
+
+    def _exchange(self, verdicts, method, target, host, headers, body, body_length, timeouts, affinity) -> UpstreamReply:
         t = timeouts or self.timeouts
         deadline = time.monotonic() + t.total if t.total else None
         rest = _request_head_rest(headers, method, body, body_length)
@@ -396,13 +414,15 @@ class UpstreamPool:
                     fresh = False
                 else:
                     now = time.monotonic()
-                    # excluded = tried | health's excluded set once health checks are wired in (issue 9)
-                    idx = selector.pick(tried, affinity, now)
+                    excluded = self.health.excluded(now)  # down, ejected, held or drained at runtime
+                    skip = excluded.union(tried) if excluded else tried
+                    idx = selector.pick(skip, affinity, now)
                     if idx is None:
                         if last_error is not None:
                             raise last_error  # every server refused: say why, not "none available"
-                        idx = self._wait_for_slot(tried, affinity, deadline)
+                        idx = self._wait_for_slot(skip, affinity, deadline)
                     selector.started(idx)
+                    verdicts.picked(idx, now)
                     active, started_at = idx, now
                     server = self.servers[idx]
                     tried.add(idx)
@@ -410,6 +430,7 @@ class UpstreamPool:
                 if conn is None:
                     conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
                     if isinstance(conn, UpstreamError):
+                        verdicts.failed(conn)
                         last_error, first = conn, None
                         active = self._finished(active, time.monotonic() - started_at, False)
                         continue
@@ -429,6 +450,7 @@ class UpstreamPool:
                     conn.close()
                     conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
                     if isinstance(conn, UpstreamError):
+                        verdicts.failed(conn)
                         last_error, first = conn, None
                         active = self._finished(active, time.monotonic() - started_at, False)
                         continue
@@ -437,6 +459,8 @@ class UpstreamPool:
                     reply = self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay,
                                                 started_at)
                     active = -1  # the reply holds the in-flight count now (UpstreamReply._done)
+                    outcome = self.health.outcome_of(reply.status)
+                    verdicts.done(outcome, "" if outcome is Outcome.SUCCESS else f"status {reply.status} (on_5xx)")
                     return reply
                 except _Stale as stale:
                     # The backend closed an idle connection just as we reused it.
@@ -519,6 +543,43 @@ class UpstreamPool:
         reply._latency = time.monotonic() - started_at
         reply._pool = self
         return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+
+
+class _Verdicts:
+    """The health verdict of each server one exchange picks: ``picked``, then exactly one
+    ``done``/``failed`` (an attempt that ends in any other way counts as NO_VERDICT)."""
+
+    __slots__ = ("health", "index", "start")
+
+    def __init__(self, health: PoolHealth) -> None:
+        self.health = health
+        self.index: int | None = None
+        self.start = 0.0
+
+    def picked(self, index: int, now: float) -> None:
+        if self.index is not None:
+            self.done(Outcome.NO_VERDICT)
+        self.index, self.start = index, now
+        self.health.picked(index, now)
+
+    def done(self, outcome: Outcome, error: str = "") -> None:
+        if self.index is not None:
+            now = time.monotonic()
+            index, self.index = self.index, None
+            self.health.observe(index, outcome, now, now - self.start, error)
+
+    def failed(self, exc: BaseException) -> None:
+        self.done(_OUTCOME_OF_ERROR.get(type(exc), Outcome.NO_VERDICT), str(exc) if isinstance(exc, UpstreamError) else "")
+
+
+# What an attempt's failure says about the server (outlier detection, health.py). An invalid
+# or oversized response, or the exchange's own total budget, is not held against it.
+_OUTCOME_OF_ERROR = {
+    ConnectError: Outcome.CONNECT_FAILURE,
+    ConnectTimeout: Outcome.TIMEOUT,
+    ReadTimeout: Outcome.TIMEOUT,
+    SendTimeout: Outcome.TIMEOUT,
+}
 
 
 def _remaining(timeout: float, deadline: float | None) -> float:

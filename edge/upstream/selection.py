@@ -159,7 +159,7 @@ class Selector:
     """Picks a server of one pool for a request; see the module docstring."""
 
     __slots__ = ("algorithm", "specs", "load", "affinity", "sticky", "_sticky_index", "_primary", "_backup",
-                 "_primaries", "_is_backup", "_max_conns", "_full", "_limited")
+                 "_primaries", "_usable", "_is_backup", "_max_conns", "_full", "_limited")
 
     def __init__(self, specs: Sequence[ServerSpec], algorithm: str = "p2c_ewma", *, fallback: str = "p2c_ewma",
                  affinity: tuple[Affinity, str | None] | None = None, sticky: StickyCookie | None = None,
@@ -181,6 +181,7 @@ class Selector:
         identities = server_identities([s.authority for s in specs])
         usable = [i for i, s in enumerate(specs) if s.weight > 0 and not s.drain]
         self._primaries = tuple(i for i in usable if not specs[i].backup)
+        self._usable = tuple(usable)
         backups = [i for i in usable if specs[i].backup]
         base = fallback if algorithm in ("hash", "sticky") else algorithm
 
@@ -233,6 +234,15 @@ class Selector:
             if i not in excluded:
                 return False
         return True
+
+    def can_take(self, excluded: frozenset[int] | set[int]) -> bool:
+        """Whether some server (primary or backup) could take a new request now: not drained or of
+        weight 0 by configuration, not in ``excluded``, not at its ``max_conns``. No side effects."""
+        full = self._full
+        for i in self._usable:
+            if i not in excluded and i not in full:
+                return True
+        return False
 
     def blocked(self, excluded: frozenset[int] | set[int]) -> bool:
         """True when ``pick`` found nothing only because some eligible server is at its ``max_conns``:
