@@ -85,7 +85,7 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
     plugins.request_id_header = cfg.headers.request_id_header  # plugin failure lines carry the request id
     if start_retries:
         plugins.start_init_retries()
-    pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
+    pools = {name: UpstreamPool(name, ucfg, metrics) for name, ucfg in cfg.upstreams.items()}
     routes = compile_routes(cfg)
     route_timeouts = {
         (route.index, name): Timeouts.from_config(t)
