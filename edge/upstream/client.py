@@ -36,10 +36,21 @@ Failure mapping (STYLE §7): refused/reset connect -> ConnectError (502), connec
 timeout -> ConnectTimeout (504), silence between reads -> ReadTimeout (504), a
 blocked write -> SendTimeout (504), the whole exchange over ``timeouts.total`` ->
 TotalTimeout (504), invalid HTTP -> ProtocolError (502), no server left ->
-NoHealthyServer (503). Which failures are retried, and when a request body allows
-it, is decided by ``retry.RetryPolicy`` (pure): connect failures on the next server;
-a reused connection the backend had already closed on a fresh connection, once,
-and only while every body byte pulled so far is still held (``retry.ReplayBody``).
+NoHealthyServer (503).
+
+Retries (issue 9; rules in retry.py, docs/upstreams.md "Retries"). ``exchange`` is a loop
+of attempts. Each failure before a response head is a ``_Failed`` carrying its
+``retry.Cause`` and the error the client gets otherwise; a 502/503/504 head is a cause
+too. ``RetryPolicy.decide`` (pure) answers: a fresh connection to the same server (a
+pooled connection the backend had closed), another server (picked among those not
+tried and not in ``health.excluded(now)``, paid from the ``RetryBudget`` unless the
+cause cost the backend nothing), or give up; any retry needs every body byte pulled so far
+to be still held (``retry.ReplayBody``). A 5xx that is retried is discarded without
+waiting: read out of the buffer when it arrived whole (the connection is reused),
+otherwise its connection is closed. One that is not retried reaches the client as the
+backend sent it. A 503's ``Retry-After`` holds that server out of rotation
+(``health.hold``). ``retry.per_try_timeout`` bounds each attempt's wait for its head;
+``timeouts.total`` bounds the whole loop.
 """
 
 from __future__ import annotations
@@ -365,8 +376,9 @@ class UpstreamPool:
         if idx is None:
             return None
         if cause not in FREE_CAUSES and not self.retry_budget.try_retry(now):
+            # Counted, logged at debug only: in a storm this would be one line per request.
             self.metrics.incr(self._m_exhausted)
-            log.warning("upstream %s: retry budget exhausted: not retrying after %s", self.name, cause.value)
+            log.debug("upstream %s: retry budget exhausted: not retrying after %s", self.name, cause.value)
             return None
         self.metrics.incr(self._m_retry)
         self.metrics.incr(self._m_retry_cause[cause])

@@ -301,3 +301,15 @@ def test_replay_body_released_after_the_answer():
     assert list(body.attempt()) == [b"x"]
     body.release()
     assert not body.state().resendable
+
+
+def test_the_retries_example_in_docs_upstreams_md_is_valid():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "upstreams.md").read_text()
+    section = text[text.index("## Retries"):]
+    block = section[section.index("```yaml") + len("```yaml"):]
+    block = block[:block.index("```")]
+    api = UpstreamConfig.model_validate(yaml.safe_load(block)["upstreams"]["api"])
+    assert RetryPolicy.from_config(api) == RetryPolicy(attempts=3, on=ALL_ON, per_try_timeout=2.0)
+    assert api.limits.retry_body_bytes == 65536
