@@ -191,7 +191,7 @@ class RetryBudget:
     """
 
     __slots__ = ("ratio", "min_per_s", "window_s", "_slot_s", "_requests", "_retries", "_total_requests",
-                 "_total_retries", "_slot", "exhausted")
+                 "_total_retries", "_slot", "_i", "_slot_end", "exhausted")
 
     def __init__(self, ratio: float, min_per_s: float, window_s: float = 10.0, slots: int = 10) -> None:
         if ratio < 0:
@@ -209,15 +209,17 @@ class RetryBudget:
         self._total_requests = 0
         self._total_retries = 0
         self._slot: int | None = None   # absolute slot number of the newest counters
+        self._i = 0                     # its index in the ring
+        self._slot_end = float("-inf")  # when it ends: before that, counting needs no clearing
         self.exhausted = 0              # retries refused, for tests and status
 
-    def _advance(self, now: float) -> int:
+    def _advance(self, now: float) -> None:
+        if now < self._slot_end:
+            return  # the hot path; a clock that went backwards (a test's may) counts in the newest slot
         slot = int(now // self._slot_s)
         last = self._slot
         n = len(self._requests)
-        if last is None:
-            self._slot = slot
-        elif slot > last:
+        if last is not None:
             # Clear the slots that left the window (at most all of them).
             for s in range(last + 1, min(slot, last + n) + 1):
                 i = s % n
@@ -225,14 +227,15 @@ class RetryBudget:
                 self._total_retries -= self._retries[i]
                 self._requests[i] = 0
                 self._retries[i] = 0
-            self._slot = slot
-        # A clock that went backwards (it is monotonic; a test may) counts in the newest slot.
-        return self._slot % n
+        self._slot = slot
+        self._i = slot % n
+        self._slot_end = (slot + 1) * self._slot_s
 
     def request(self, now: float) -> None:
         """One request started (first attempts only: retries are counted by ``try_retry``)."""
-        i = self._advance(now)
-        self._requests[i] += 1
+        if now >= self._slot_end:
+            self._advance(now)
+        self._requests[self._i] += 1
         self._total_requests += 1
 
     def allowed(self, now: float) -> bool:
@@ -244,8 +247,7 @@ class RetryBudget:
         if not self.allowed(now):
             self.exhausted += 1
             return False
-        i = self._slot % len(self._retries)
-        self._retries[i] += 1
+        self._retries[self._i] += 1
         self._total_retries += 1
         return True
 
