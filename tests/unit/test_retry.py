@@ -313,3 +313,20 @@ def test_the_retries_example_in_docs_upstreams_md_is_valid():
     api = UpstreamConfig.model_validate(yaml.safe_load(block)["upstreams"]["api"])
     assert RetryPolicy.from_config(api) == RetryPolicy(attempts=3, on=ALL_ON, per_try_timeout=2.0)
     assert api.limits.retry_body_bytes == 65536
+
+
+@pytest.mark.parametrize("section,message", [
+    ("retry:\n      on: [connect_error, 500]",
+     "upstreams.app.retry.on[1]: Input should be 'connect_error', 'reset', 'read_timeout', '502', '503' or '504' (got '500')"),
+    ("retries: 2\n    retry:\n      attempts: 2", "upstreams.app: give either retries or retry.attempts, not both"),
+])
+def test_config_errors_name_the_key(tmp_path, section, message):
+    from edge.config import load_config
+    from edge.errors import ConfigError
+
+    path = tmp_path / "edge.yaml"
+    path.write_text("upstreams:\n  app:\n    servers: [127.0.0.1:9000]\n    " + section
+                    + "\nroutes:\n  - {match: {path: /}, upstream: app}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert str(e.value) == f"{path}: {message}"
