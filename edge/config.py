@@ -300,7 +300,8 @@ class RetryConfig(Model):
         ("connect_error", "reset"),
         description="what is retried on another server: `connect_error` (refused, unreachable, connect timeout; any "
         "method), `reset` (connection reset or closed before any response byte), `read_timeout` (no response head in "
-        "time), `502`, `503`, `504`; all but `connect_error` only for idempotent methods (RFC 9110 §9.2.2)",
+        "time), `502`, `503`, `504`; all but `connect_error` only for idempotent methods (RFC 9110 §9.2.2). The list replaces "
+        "the default: keep `connect_error` and `reset` in it",
     )
     per_try_timeout: PositiveDuration | None = Field(
         None,
