@@ -416,3 +416,16 @@ def test_a_retried_5xx_is_drained_when_whole_and_its_connection_closed_when_not(
     assert o.hits(0) >= 2 and o[0].connections == 1
     # An unfinished one: the connection was closed at once (before the 10 s the origin waits).
     assert o.hits(1) >= 1 and seen_closed == [True] * o.hits(1)
+
+
+def test_post_whose_connect_was_refused_goes_to_the_next_server(origins, edge_factory):
+    # Nothing was sent, so any method moves on (and a refused connect costs no retry budget).
+    from edge.launch import free_port
+
+    o = origins(_answer(200, "good"))
+    cfg = _pool_cfg(o, {"budget": {"ratio": 0, "min_per_s": 0}})
+    cfg["upstreams"]["app"]["servers"].insert(0, f"127.0.0.1:{free_port()}")
+    e = edge_factory(cfg)
+    got = [_request(e.port, "POST", b"pay") for _ in range(6)]
+    assert [(s, b) for s, _, b in got] == [(200, b"good:3")] * 6
+    assert o.hits(0, "POST") == 6

@@ -330,3 +330,43 @@ def test_config_errors_name_the_key(tmp_path, section, message):
     with pytest.raises(ConfigError) as e:
         load_config(str(path))
     assert str(e.value) == f"{path}: {message}"
+
+
+# ---------------------------------------------------------------- a discarded response leaks nothing
+
+
+class _FakeSock:
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def _reply_with_body(started: bool):
+    from edge.upstream.client import Server, UpstreamReply
+    from edge.upstream.pool import ConnectionPool, PooledConnection
+
+    pool = ConnectionPool(max_idle=4, idle_timeout=60, max_requests=100)
+    conn = PooledConnection(_FakeSock(), pool)
+    reply = UpstreamReply(503, "X", [], Server(0, "127.0.0.1", 1, pool))
+    reply._conn = conn
+
+    def body():
+        try:
+            yield b"a"
+            yield b"b"
+        finally:
+            conn.close()
+
+    reply.body = body()
+    if started:
+        assert next(reply.body) == b"a"
+    return reply, conn
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_closing_a_reply_closes_its_connection_even_before_the_body_started(started):
+    # A generator closed before its first step never runs its finally: close() must not rely on it.
+    reply, conn = _reply_with_body(started)
+    reply.close()
+    assert conn.sock.closed
