@@ -315,7 +315,7 @@ class UpstreamLimitsConfig(Model):
     max_interim_responses: int = Field(8, ge=0, le=1000, description="most 1xx interim responses (103 Early Hints...) before the final one")
     retry_body_bytes: Size = Field(
         65536, ge=0,
-        description="request body bytes kept while a request may still be retried on a fresh connection; "
+        description="request body bytes kept while a request may still be retried (another server, or a fresh connection); "
         "a request whose body outgrew this is never retried (bodies are not rewindable)",
     )
 
@@ -468,6 +468,59 @@ class HealthConfig(Model):
     )
 
 
+class RetryBudgetConfig(Model):
+    """Retries may be at most `ratio` of the recent requests plus `min_per_s` per second (per pool and worker)."""
+
+    ratio: float = Field(0.2, ge=0, le=10, description="retries allowed per request over the window (0.2: 20%)")
+    min_per_s: float = Field(
+        3.0, ge=0, le=10000, description="retries allowed per second whatever the traffic, so a quiet pool still retries"
+    )
+    window: PositiveDuration = Field(10.0, description="how far back requests and retries are counted (sliding)")
+
+
+_RETRY_ON = ("connect_error", "reset", "read_timeout", "502", "503", "504")
+
+
+def _retry_on_names(v: Any) -> Any:
+    # 502 written unquoted in YAML is an int; the causes are named by strings.
+    if isinstance(v, (list, tuple)):
+        return tuple(str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v)
+    return v
+
+
+class RetryConfig(Model):
+    """When a failed attempt is repeated on another server (docs/upstreams.md, Retries)."""
+
+    attempts: int | None = Field(
+        None, ge=1, le=11,
+        description="servers tried in all for one request, the first included; unset: `retries` + 1",
+    )
+    on: Annotated[tuple[Literal[_RETRY_ON], ...], BeforeValidator(_retry_on_names)] = Field(
+        ("connect_error", "reset"),
+        description="what is retried on another server: `connect_error` (refused, unreachable, connect timeout; any "
+        "method), `reset` (connection reset or closed before any response byte), `read_timeout` (no response head in "
+        "time), `502`, `503`, `504`; all but `connect_error` only for idempotent methods (RFC 9110 §9.2.2). The list replaces "
+        "the default: keep `connect_error` and `reset` in it",
+    )
+    per_try_timeout: PositiveDuration | None = Field(
+        None,
+        description="longest one attempt waits for its response head once the request is sent (a `read_timeout` "
+        "cause beyond); unset: only `timeouts.read` applies. `timeouts.total` still bounds the whole exchange",
+    )
+    budget: RetryBudgetConfig = Field(RetryBudgetConfig(), description="cap on retries as a share of recent requests")
+    retry_after_max: Duration = Field(
+        60.0, ge=0, description="longest a 503's Retry-After holds that server out of rotation (0: ignore Retry-After)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 reads an unquoted `on:` key as the boolean True (PyYAML's SafeLoader does).
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+
 class UpstreamConfig(Model):
     servers: tuple[Annotated[ServerAddress, BeforeValidator(ServerAddress.parse)], ...] = Field(
         min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight, backup, drain, max_conns}"
@@ -484,7 +537,10 @@ class UpstreamConfig(Model):
     queue: QueueConfig | None = Field(None, description="requests may wait for a server under `max_conns`; unset: 503 at once")
     keepalive: KeepaliveConfig = Field(KeepaliveConfig(), description="pooled connections to the servers")
     timeouts: TimeoutsConfig = Field(TimeoutsConfig(), description="timeouts towards these servers")
-    retries: int = Field(1, ge=0, le=10, description="further servers tried when connecting fails (never after the request was sent)")
+    retries: int = Field(
+        1, ge=0, le=10, description="further servers tried after a failed attempt (the older form of `retry.attempts` - 1)"
+    )
+    retry: RetryConfig = Field(RetryConfig(), description="which failed attempts are retried, how often, and the retry budget")
     limits: UpstreamLimitsConfig = Field(UpstreamLimitsConfig(), description="bounds on backend response heads and trailers, and on retried bodies")
     health: HealthConfig = Field(HealthConfig(), description="active probes, outlier detection and shared health state (docs/upstreams.md)")
 
@@ -498,6 +554,12 @@ class UpstreamConfig(Model):
             raise ValueError("sticky: only with balance 'sticky'")
         if self.queue is not None and not any(s.max_conns for s in self.servers):
             raise ValueError("queue: only useful when a server has max_conns")
+        return self
+
+    @model_validator(mode="after")
+    def _one_retry_count(self) -> "UpstreamConfig":
+        if "retries" in self.model_fields_set and self.retry.attempts is not None:
+            raise ValueError("give either retries or retry.attempts, not both")
         return self
 
 

@@ -8,6 +8,10 @@ Names (after the configured prefix, default ``edge``):
   ``upstream.<pool>.<server>.down``       counter, the prober marked the server down
   ``upstream.<pool>.<server>.probe_failed``  counter, per failing health probe
   ``upstream.<pool>.<server>.ejected``     counter, per outlier ejection or Retry-After hold
+  ``upstream.<pool>.retry``                counter, per retry on another server; ``.retry.<cause>`` per cause
+                                           (connect_error, connect_timeout, reset, read_timeout, 502, 503, 504)
+  ``upstream.<pool>.retry_budget_exhausted`` counter, per retry refused by the pool's retry budget
+  ``upstream.<pool>.retry_after_hold``     counter, per 503 whose Retry-After held its server out of rotation
   ``plugin.<name>.<hook>.error``           counter, per isolated plugin failure
   ``plugin.<name>.<hook>.timeout``         counter, per overrun of the plugin's time budget
   ``plugin.<name>.<hook>.unavailable``     counter, per hook call while the plugin is not built (below)

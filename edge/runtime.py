@@ -100,7 +100,7 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
     cfg = loaded.config
     services = build_services(cfg)
     store, metrics, local_store = services.store, services.metrics, services.extras["local_store"]
-    pools = {name: UpstreamPool(name, ucfg) for name, ucfg in cfg.upstreams.items()}
+    pools = {name: UpstreamPool(name, ucfg, metrics) for name, ucfg in cfg.upstreams.items()}
     # plugins that choose a pool (geo) ask whether it has a server to take the request
     services = dataclasses.replace(services, extras={**services.extras, "upstream_available": UpstreamAvailability(pools)})
     plugins = loaded.plugins.instantiate(cfg, services, defer_init_failures=True)

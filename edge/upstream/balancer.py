@@ -87,13 +87,18 @@ class Load:
     def started(self, i: int) -> None:
         self.in_flight[i] += 1
 
-    def finished(self, i: int, latency_s: float, ok: bool, now: float) -> None:
+    def finished(self, i: int, latency_s: float, ok: bool | None, now: float) -> None:
         """One request on ``i`` ended; ``latency_s`` its time to the response head (or to the failure).
 
         A failed attempt counts as at least ``failure_cost`` seconds: a server that refuses
-        connections answers fast, and must not look like the best one."""
+        connections answers fast, and must not look like the best one. ``ok=None``: the
+        attempt ended for a reason that says nothing about the server (the client went away,
+        its body was refused): only the in-flight count is released, no latency sample, so a
+        client cannot skew the estimates by aborting uploads."""
         if self.in_flight[i] > 0:
             self.in_flight[i] -= 1
+        if ok is None:
+            return
         sample = latency_s if ok else max(latency_s, self.failure_cost)
         est = self.estimate[i]
         if est < 0.0 or sample > est:

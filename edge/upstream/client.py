@@ -39,10 +39,7 @@ timeout -> ConnectTimeout (504), silence between reads -> ReadTimeout (504), a
 blocked write -> SendTimeout (504), the whole exchange over ``timeouts.total`` ->
 TotalTimeout (504), invalid HTTP -> ProtocolError (502), no server left ->
 NoHealthyServer (503), every server full and no room or time in the queue ->
-ServersBusy (503). Which failures are retried, and when a request body allows
-it, is decided by ``retry.RetryPolicy`` (pure): connect failures on the next server;
-a reused connection the backend had already closed on a fresh connection, once,
-and only while every body byte pulled so far is still held (``retry.ReplayBody``).
+ServersBusy (503).
 
 In-flight accounting (issue 9). Each server a request is assigned to is counted in
 flight from the pick (``Selector.started``) until exactly one ``Selector.finished``:
@@ -50,6 +47,23 @@ at once when the attempt fails, else when the reply is over: its body generator'
 ``finally`` (read to the end, failed, or closed by a client abort: the generator is
 primed so ``close()`` always runs it), or at the head for replies without a body.
 ``finished`` carries the time to the response head, the latency sample of P2C-EWMA.
+Each attempt also gets one health verdict (``_Verdicts``: success, 5xx per
+``health.passive.on_5xx``, connect failure, timeout, or none), which feeds outlier
+detection (health.py).
+
+Retries (issue 9; rules in retry.py, docs/upstreams.md "Retries"). ``exchange`` is a loop
+of attempts. Each failure before a response head is a ``_Failed`` carrying its
+``retry.Cause`` and the error the client gets otherwise; a 502/503/504 head is a cause
+too. ``RetryPolicy.decide`` (pure) answers: a fresh connection to the same server (a
+pooled connection the backend had closed), another server (picked among those not
+tried and not in ``health.excluded(now)``, paid from the ``RetryBudget`` unless the
+cause cost the backend nothing), or give up; any retry needs every body byte pulled so far
+to be still held (``retry.ReplayBody``). A 5xx that is retried is discarded without
+waiting: read out of the buffer when it arrived whole (the connection is reused),
+otherwise its connection is closed. One that is not retried reaches the client as the
+backend sent it. A 503's ``Retry-After`` holds that server out of rotation
+(``health.hold``). ``retry.per_try_timeout`` bounds each attempt's wait for its head;
+``timeouts.total`` bounds the whole loop.
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from inspect import GEN_CREATED, getgeneratorstate
 from typing import Iterable, Iterator
 
 import httptools
@@ -78,10 +93,22 @@ from edge.errors import (
     UpstreamError,
 )
 from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
+from edge.metrics import Metrics
 from edge.upstream.health import OutlierPolicy, Outcome, PoolHealth
 from edge.upstream.pool import ConnectionPool, PooledConnection
 from edge.upstream.queue import WaitQueue
-from edge.upstream.retry import IDEMPOTENT_METHODS, Action, BodyState, Cause, ReplayBody, RetryPolicy
+from edge.upstream.retry import (
+    FREE_CAUSES,
+    IDEMPOTENT_METHODS,
+    STATUS_CAUSES,
+    Action,
+    BodyState,
+    Cause,
+    ReplayBody,
+    RetryBudget,
+    RetryPolicy,
+    parse_retry_after,
+)
 from edge.upstream.selection import selector_from_config
 
 log = logging.getLogger("edge.upstream")
@@ -296,8 +323,15 @@ class UpstreamReply:
 
     def close(self) -> None:
         """Release the backend connection when the body will not be read (e.g. an error page replaces it)."""
-        if self.body is not None and hasattr(self.body, "close"):
-            self.body.close()
+        body = self.body
+        if body is not None and hasattr(body, "close"):
+            # A generator closed before its first step never runs its ``finally`` (``_attach_body``
+            # primes the ones it makes; any other is closed here), so its connection is closed here.
+            unstarted = getattr(body, "gi_frame", None) is not None and getgeneratorstate(body) == GEN_CREATED
+            body.close()
+            if unstarted and self._conn is not None:
+                self._conn.close()
+                self._conn = None
         elif self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -311,20 +345,28 @@ class UpstreamReply:
             pool._finished(self.server.index, self._latency, True)
 
 
-class _Stale(Exception):
-    """A reused connection turned out closed before any response byte (internal; carries its Cause)."""
+class _Failed(Exception):
+    """One attempt failed before a response head (internal): the ``Cause`` the retry policy
+    judges, and the error the client gets when it is not retried."""
 
-    def __init__(self, cause: Cause) -> None:
+    def __init__(self, cause: Cause, error: UpstreamError) -> None:
         self.cause = cause
+        self.error = error
 
 
 class UpstreamPool:
-    """A named pool of servers with a balancer; ``exchange`` performs one request."""
+    """A named pool of servers; ``exchange`` performs one request.
 
-    __slots__ = ("name", "servers", "selector", "queue", "affinity", "sticky", "timeouts", "retries", "retry", "limits",
-                 "health")
+    Per worker: ``selector`` (balancer, backups, ``max_conns``; ``queue`` for requests
+    waiting on full servers), ``health`` (``PoolHealth``: what ``excluded(now)`` may not be
+    picked, the verdicts of outlier detection, ``hold`` after a 503 with Retry-After),
+    ``retry`` (the immutable ``RetryPolicy``) and ``retry_budget`` (``RetryBudget``).
+    """
 
-    def __init__(self, name: str, cfg) -> None:
+    __slots__ = ("name", "servers", "selector", "queue", "affinity", "sticky", "timeouts", "retries", "retry",
+                 "retry_budget", "health", "limits", "metrics", "_m_retry", "_m_retry_cause", "_m_exhausted", "_m_held")
+
+    def __init__(self, name: str, cfg, metrics: Metrics | None = None) -> None:
         self.name = name
         ka = cfg.keepalive
         self.servers = tuple(
@@ -339,12 +381,20 @@ class UpstreamPool:
         self.queue = WaitQueue(cfg.queue.size, cfg.queue.timeout) if cfg.queue is not None else None
         self.timeouts = Timeouts.from_config(cfg.timeouts)
         self.retries = cfg.retries
-        self.retry = RetryPolicy(servers=cfg.retries)
-        self.limits = Limits.from_config(cfg.limits)
+        self.retry = RetryPolicy.from_config(cfg)
+        b = cfg.retry.budget
+        self.retry_budget = RetryBudget(b.ratio, b.min_per_s, b.window)
         passive = cfg.health.passive
         t = cfg.timeouts
         self.health = PoolHealth(name, [s.authority for s in self.servers], OutlierPolicy.from_config(passive),
                                  passive.on_5xx, trial_patience_s=t.total or (t.connect + t.send + t.read))
+        self.limits = Limits.from_config(cfg.limits)
+        self.metrics = metrics if metrics is not None else Metrics(None)
+        # Metric names built once (the hot path formats no strings).
+        self._m_retry = f"upstream.{name}.retry"
+        self._m_retry_cause = {c: f"upstream.{name}.retry.{c.value}" for c in Cause}
+        self._m_exhausted = f"upstream.{name}.retry_budget_exhausted"
+        self._m_held = f"upstream.{name}.retry_after_hold"
 
     def close(self) -> None:
         for s in self.servers:
@@ -354,6 +404,43 @@ class UpstreamPool:
         """Whether a new request could be sent to one of the servers now: not down by the health
         checks, ejected, held or drained, nor drained or full by configuration (geo fallbacks ask)."""
         return self.selector.can_take(self.health.excluded(time.monotonic()))
+
+    def _pick(self, tried: set[int], affinity: str | None, now: float) -> int | None:
+        excluded = self.health.excluded(now)
+        return self.selector.pick(excluded.union(tried) if excluded else tried, affinity, now)
+
+    def _retry_to(self, cause: Cause, tried: set[int], affinity: str | None) -> int | None:
+        """The server a retry after ``cause`` goes to, or None: none left, or no budget."""
+        now = time.monotonic()
+        idx = self._pick(tried, affinity, now)
+        if idx is None:
+            return None
+        if cause not in FREE_CAUSES and not self.retry_budget.try_retry(now):
+            # Counted, logged at debug only: in a storm this would be one line per request.
+            self.metrics.incr(self._m_exhausted)
+            log.debug("upstream %s: retry budget exhausted: not retrying after %s", self.name, cause.value)
+            return None
+        self.metrics.incr(self._m_retry)
+        self.metrics.incr(self._m_retry_cause[cause])
+        return idx
+
+    def _hold_on_retry_after(self, reply: UpstreamReply) -> None:
+        """RFC 9110 §15.6.4: "The server MAY send a Retry-After header field to suggest an
+        appropriate amount of time for the client to wait before retrying the request."
+        That server gets no new request from this node for that long (capped)."""
+        cap = self.retry.retry_after_max_s
+        if cap <= 0:
+            return
+        for k, v in reply.headers:
+            if len(k) == 11 and k.lower() == "retry-after":
+                seconds = parse_retry_after(v, time.time())
+                if seconds is not None and seconds > 0:
+                    seconds = min(seconds, cap)
+                    self.health.hold(reply.server.index, seconds, time.monotonic())
+                    self.metrics.incr(self._m_held)
+                    log.info("upstream %s: %s answered 503 with Retry-After: held out of rotation for %gs",
+                             self.name, reply.server.authority, seconds)
+                return
 
     def exchange(
         self,
@@ -368,14 +455,12 @@ class UpstreamPool:
     ) -> UpstreamReply:
         """Send one request and return the response head; see the module docstring.
 
-        Every server picked gets one verdict in ``self.health`` (``_Verdicts``), whatever
-        way the attempt ends.
-
         ``host`` is the Host field to send, None for the picked server's address.
         ``body`` is None for no body; otherwise an iterable of chunks, framed with
         ``Content-Length: body_length`` or, when that is None, chunked.
         ``affinity`` is the request's key for hash or sticky balancing (``self.affinity``
-        says which), None otherwise.
+        says which), None otherwise. Every server picked gets one verdict in
+        ``self.health`` (``_Verdicts``), whatever way the attempt ends.
         """
         try:
             check_request(method, target, host, headers)
@@ -389,11 +474,15 @@ class UpstreamPool:
             verdicts.failed(e)
             raise
 
-    def _exchange(self, verdicts, method, target, host, headers, body, body_length, timeouts, affinity) -> UpstreamReply:
+    def _exchange(self, verdicts: "_Verdicts", method, target, host, headers, body, body_length, timeouts,
+                  affinity) -> UpstreamReply:
         t = timeouts or self.timeouts
-        deadline = time.monotonic() + t.total if t.total else None
+        now = time.monotonic()
+        deadline = now + t.total if t.total else None
         rest = _request_head_rest(headers, method, body, body_length)
         replay = ReplayBody(body, self.limits.retry_body_bytes) if body is not None else None
+        policy = self.retry
+        self.retry_budget.request(now)
         chunks = None
         first: bytes | None = None  # the body chunk that rides with the head; None: not pulled for this attempt
         # Without a body an idempotent request is retried after the fact (STALE_READ); anything
@@ -401,95 +490,124 @@ class UpstreamPool:
         peek = body is not None or method not in IDEMPOTENT_METHODS
         tried: set[int] = set()
         fresh_tried = 0
-        server = None
+        idx = self._pick(tried, affinity, now)
+        if idx is None:
+            # nothing eligible now: wait in the queue when that is only because servers are full
+            idx = self._wait_for_slot(self.health.excluded(now), affinity, deadline)
         fresh = False
-        last_error: UpstreamError | None = None
-        selector = self.selector
         active = -1        # the server this exchange holds an in-flight count on
         started_at = 0.0
         try:
             while True:
+                # One attempt: to server ``idx``, on a pooled connection unless ``fresh``.
+                server = self.servers[idx]
                 if fresh:
                     conn = None
                     fresh = False
                 else:
+                    tried.add(idx)
                     now = time.monotonic()
-                    excluded = self.health.excluded(now)  # down, ejected, held or drained at runtime
-                    skip = excluded.union(tried) if excluded else tried
-                    idx = selector.pick(skip, affinity, now)
-                    if idx is None:
-                        if last_error is not None:
-                            raise last_error  # every server refused: say why, not "none available"
-                        idx = self._wait_for_slot(skip, affinity, deadline)
-                    selector.started(idx)
+                    self.selector.started(idx)
                     verdicts.picked(idx, now)
                     active, started_at = idx, now
-                    server = self.servers[idx]
-                    tried.add(idx)
                     conn = server.pool.get(now)
-                if conn is None:
-                    conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
-                    if isinstance(conn, UpstreamError):
-                        verdicts.failed(conn)
-                        last_error, first = conn, None
-                        active = self._finished(active, time.monotonic() - started_at, False)
-                        continue
-                if replay is not None and first is None:
-                    # Pulled only once a backend is reachable (a client that sent "Expect: 100-continue"
-                    # is not invited to send a body that cannot be delivered); a later attempt gets the
-                    # kept chunks first (ReplayBody).
-                    chunks = replay.attempt()
-                    try:
-                        first = next(chunks, b"")
-                    except BaseException:
-                        conn.close()
-                        raise
-                if conn.reused and peek and _peer_closed(conn):
-                    # The backend closed it, possibly while we waited for the client's body: nothing
-                    # was sent, so the same attempt (first chunk in hand) goes to a fresh connection.
-                    conn.close()
-                    conn = self._connect(server, t, deadline, method, replay, len(tried), fresh_tried)
-                    if isinstance(conn, UpstreamError):
-                        verdicts.failed(conn)
-                        last_error, first = conn, None
-                        active = self._finished(active, time.monotonic() - started_at, False)
-                        continue
-                head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
                 try:
-                    reply = self._send_and_read(server, conn, method, head, first, chunks, body_length, t, deadline, replay,
-                                                started_at)
-                    active = -1  # the reply holds the in-flight count now (UpstreamReply._done)
-                    outcome = self.health.outcome_of(reply.status)
-                    verdicts.done(outcome, "" if outcome is Outcome.SUCCESS else f"status {reply.status} (on_5xx)")
-                    return reply
-                except _Stale as stale:
-                    # The backend closed an idle connection just as we reused it.
+                    if conn is None:
+                        conn = self._connect(server, t, deadline)
+                    if replay is not None and first is None:
+                        # Pulled only once a backend is reachable (a client that sent "Expect: 100-continue"
+                        # is not invited to send a body that cannot be delivered); a later attempt gets the
+                        # kept chunks first (ReplayBody).
+                        chunks = replay.attempt()
+                        try:
+                            first = next(chunks, b"")
+                        except BaseException:
+                            conn.close()
+                            raise
+                    if conn.reused and peek and _peer_closed(conn):
+                        # The backend closed it, possibly while we waited for the client's body: nothing
+                        # was sent, so the same attempt (first chunk in hand) goes to a fresh connection.
+                        conn.close()
+                        conn = self._connect(server, t, deadline)
+                    head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
+                    reply, p, parser = self._send_and_read(server, conn, head, first, chunks, body_length, t, deadline)
+                except _Failed as failed:
                     state = replay.state() if replay is not None else _NOTHING_PULLED
-                    if self.retry.decide(stale.cause, method, state, len(tried), fresh_tried) is not Action.FRESH_CONNECTION:
-                        why = "" if state.resendable else f"; the request body ({state.pulled_bytes} bytes sent) cannot be sent again"
-                        raise ProtocolError(f"backend {server.authority} closed a reused connection before answering{why}") from None
-                    log.debug("upstream %s: %s closed a pooled connection (%s); retrying on a fresh one",
-                              self.name, server.authority, stale.cause.value)
-                    fresh_tried += 1
-                    fresh = True
+                    action = policy.decide(method, failed.cause, state, len(tried), fresh_tried)
                     first = None
+                    if action is Action.FRESH_CONNECTION:
+                        # the same server, the same in-flight count and verdict: it did nothing wrong
+                        log.debug("upstream %s: %s closed a pooled connection (%s); retrying on a fresh one",
+                                  self.name, server.authority, failed.cause.value)
+                        fresh_tried += 1
+                        fresh = True
+                        continue
+                    verdicts.failed(failed.error)
+                    active = self._finished(active, time.monotonic() - started_at, False)
+                    if action is Action.NEXT_SERVER:
+                        nxt = self._retry_to(failed.cause, tried, affinity)
+                        if nxt is not None:
+                            log.info("upstream %s: retrying %s on another server after %s from %s",
+                                     self.name, method, failed.cause.value, server.authority)
+                            idx = nxt
+                            continue
+                    error = failed.error
+                    if not state.resendable:
+                        error = type(error)(f"{error}; the request body ({state.pulled_bytes} bytes sent) cannot be sent again")
+                    raise error from None
+                # A response head: the reply holds the in-flight count from here (UpstreamReply._done).
+                reply._latency = time.monotonic() - started_at
+                reply._pool = self
+                active = -1
+                status = reply.status
+                outcome = self.health.outcome_of(status)
+                verdicts.done(outcome, "" if outcome is Outcome.SUCCESS else f"status {status} (on_5xx)")
+                cause = STATUS_CAUSES.get(status)
+                if cause is not None:
+                    if status == 503:
+                        self._hold_on_retry_after(reply)
+                    reply = _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+                    state = replay.state() if replay is not None else _NOTHING_PULLED
+                    if policy.decide(method, cause, state, len(tried), fresh_tried) is Action.NEXT_SERVER:
+                        nxt = self._retry_to(cause, tried, affinity)
+                        if nxt is not None:
+                            log.info("upstream %s: retrying %s on another server after %d from %s",
+                                     self.name, method, status, server.authority)
+                            _discard(reply, p)
+                            idx = nxt
+                            first = None
+                            continue
+                    if replay is not None:
+                        replay.release()
+                    return reply  # no retry: the client gets the backend's own answer
+                if replay is not None:
+                    replay.release()  # no retry after a response: the kept chunks can go
+                return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+        except UpstreamError:
+            raise  # the backend's doing: the finally below records the failure
+        except BaseException:
+            # Not the backend's doing (the client went away, a plugin refused its body, the
+            # worker is stopping): release the slot without a latency sample.
+            if active >= 0:
+                active = self._finished(active, 0.0, None)
+            raise
         finally:
             if active >= 0:  # failed or interrupted before a reply took over the count
                 self._finished(active, time.monotonic() - started_at, False)
 
-    def _finished(self, index: int, latency_s: float, ok: bool) -> int:
+    def _finished(self, index: int, latency_s: float, ok: bool | None) -> int:
         """Release the in-flight count of ``index``; wake a queued request when that opened a slot. Returns -1."""
         if self.selector.finished(index, latency_s, ok, time.monotonic()) and self.queue is not None:
             self.queue.wake_one()
         return -1
 
-    def _wait_for_slot(self, tried: set[int], affinity: str | None, deadline: float | None) -> int:
+    def _wait_for_slot(self, excluded: frozenset[int] | set[int], affinity: str | None, deadline: float | None) -> int:
         """No server can be picked: wait in the queue while that is only because servers are full.
 
         Raises NoHealthyServer when no server is eligible at all, ServersBusy when every eligible
         one is full and the queue is full or the wait ran out (503 either way)."""
         selector = self.selector
-        if not selector.blocked(tried):
+        if not selector.blocked(excluded):
             raise NoHealthyServer(f"upstream {self.name}: no server available")
         queue = self.queue
         if queue is None:
@@ -502,29 +620,27 @@ class UpstreamPool:
             woken = queue.wait(left) if left > 0 else False
             if woken is None:
                 raise ServersBusy(f"upstream {self.name}: every server is at its max_conns and the queue is full")
-            idx = selector.pick(tried, affinity, time.monotonic())
+            now = time.monotonic()
+            excluded = self.health.excluded(now)
+            idx = selector.pick(excluded, affinity, now)
             if idx is not None:
                 return idx
-            if not selector.blocked(tried):
+            if not selector.blocked(excluded):
                 raise NoHealthyServer(f"upstream {self.name}: no server available")
             if not woken:
                 raise ServersBusy(f"upstream {self.name}: no server slot within the queue timeout")
 
-    def _connect(self, server: Server, t: Timeouts, deadline, method: str, replay: ReplayBody | None,
-                 servers_tried: int, fresh_tried: int):
-        """A new connection to ``server``; or the error when the policy says: try the next server; raises otherwise."""
+    def _connect(self, server: Server, t: Timeouts, deadline) -> PooledConnection:
+        """A new connection to ``server``; a failure is a ``_Failed`` for the retry policy."""
         try:
             return server.connect(_remaining(t.connect, deadline))
         except (ConnectError, ConnectTimeout) as e:
             log.warning("upstream %s: %s", self.name, e)
-            cause = Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR
-            state = replay.state() if replay is not None else _NOTHING_PULLED
-            if self.retry.decide(cause, method, state, servers_tried, fresh_tried) is Action.NEXT_SERVER:
-                return e
-            raise
+            raise _Failed(Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR, e) from None
 
-    def _send_and_read(self, server, conn, method, head, first, chunks, body_length, t, deadline, replay,
-                       started_at: float) -> UpstreamReply:
+    def _send_and_read(self, server, conn, head, first, chunks, body_length, t, deadline):
+        """Send the request and read the response head: ``(reply, parse state, parser)``; the
+        connection is closed on any failure."""
         conn.requests += 1
         ok = False
         try:
@@ -532,17 +648,27 @@ class UpstreamPool:
                 _send_first(conn, head, t, deadline)
             else:
                 _send_with_body(conn, head, first, chunks, body_length, t, deadline)
-            reply, p, parser = _read_head(conn, server, t, deadline, self.limits)
-            if replay is not None:
-                replay.release()  # no retry after a response: the kept chunks can go
+            head_deadline = deadline
+            per_try = self.retry.per_try_timeout
+            if per_try is not None:
+                try_end = time.monotonic() + per_try
+                if deadline is None or try_end < deadline:
+                    head_deadline = try_end
+            try:
+                reply, p, parser = _read_head(conn, server, t, head_deadline, self.limits)
+            except ReadTimeout as e:
+                raise _Failed(Cause.READ_TIMEOUT, e) from None
+            except TotalTimeout:
+                if head_deadline is deadline:
+                    raise
+                raise _Failed(Cause.READ_TIMEOUT, ReadTimeout(
+                    f"{server.authority} sent no response head within the per-try timeout ({per_try:g}s)")) from None
             reply._conn = conn
             ok = True
         finally:
             if not ok:
                 conn.close()
-        reply._latency = time.monotonic() - started_at
-        reply._pool = self
-        return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+        return reply, p, parser
 
 
 class _Verdicts:
@@ -580,6 +706,20 @@ _OUTCOME_OF_ERROR = {
     ReadTimeout: Outcome.TIMEOUT,
     SendTimeout: Outcome.TIMEOUT,
 }
+
+
+def _discard(reply: UpstreamReply, p: _Parse) -> None:
+    """Drop a response that is being retried, leaking nothing: a body that already arrived
+    whole with the head is read out of the buffer (no wait) and the connection pooled;
+    otherwise the connection is closed (reading an unknown body could cost a read timeout)."""
+    body = reply.body
+    if body is None:
+        return  # no body: _attach_body pooled or closed the connection already
+    if p.done or p.surplus:
+        for _ in body:
+            pass  # the generator yields the held chunks, reads nothing, and settles the connection
+        return
+    reply.close()
 
 
 def _remaining(timeout: float, deadline: float | None) -> float:
@@ -650,15 +790,16 @@ def _send_first(conn: PooledConnection, data: bytes, t: Timeouts, deadline: floa
         _write(conn, data, t, deadline)
     except OSError as e:
         if conn.reused and e.errno in _DEAD_ERRNOS:
-            raise _Stale(Cause.STALE_WRITE) from None
-        raise ConnectError(f"sending to the backend failed: {e.strerror or e}") from None
+            raise _Failed(Cause.STALE_WRITE, ProtocolError("the backend closed a reused connection before the request")) from None
+        # Part of the request may have arrived: a RESET, retried only when the method allows it.
+        raise _Failed(Cause.RESET, ConnectError(f"sending to the backend failed: {e.strerror or e}")) from None
 
 
 def _send_more(conn: PooledConnection, data: bytes, t: Timeouts, deadline: float | None) -> None:
     try:
         _write(conn, data, t, deadline)
     except OSError as e:
-        raise ConnectError(f"sending to the backend failed: {e.strerror or e}") from None
+        raise _Failed(Cause.RESET, ConnectError(f"sending to the backend failed: {e.strerror or e}")) from None
 
 
 def _send_with_body(conn, head: bytes, first: bytes, chunks: Iterator[bytes], body_length: int | None, t, deadline) -> None:
@@ -728,13 +869,20 @@ def _read_head(conn: PooledConnection, server: Server, t: Timeouts, deadline: fl
             try:
                 data = _recv(conn, t, deadline, wait_first=first)
             except OSError as e:
-                if first and conn.reused and e.errno in _DEAD_ERRNOS:
-                    raise _Stale(Cause.STALE_READ) from None
-                raise ProtocolError(f"reading from the backend failed: {e.strerror or e}") from None
+                error = ProtocolError(f"reading from {server.authority} failed: {e.strerror or e}")
+                if not first:
+                    raise error from None
+                if conn.reused and e.errno in _DEAD_ERRNOS:
+                    raise _Failed(Cause.STALE_READ, ProtocolError(
+                        f"backend {server.authority} closed a reused connection before answering")) from None
+                raise _Failed(Cause.RESET, error) from None
             if not data:
-                if first and conn.reused:
-                    raise _Stale(Cause.STALE_READ)
-                raise ProtocolError("backend closed the connection before answering")
+                if not first:
+                    raise ProtocolError(f"backend {server.authority} closed the connection in the middle of its response head")
+                if conn.reused:
+                    raise _Failed(Cause.STALE_READ, ProtocolError(
+                        f"backend {server.authority} closed a reused connection before answering"))
+                raise _Failed(Cause.RESET, ProtocolError(f"backend {server.authority} closed the connection before answering"))
             first = False
             room = max_head - head_bytes
             head_bytes += len(data)

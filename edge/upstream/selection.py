@@ -262,9 +262,10 @@ class Selector:
             if m and self.load.in_flight[i] >= m:
                 self._full.add(i)
 
-    def finished(self, i: int, latency_s: float, ok: bool, now: float) -> bool:
+    def finished(self, i: int, latency_s: float, ok: bool | None, now: float) -> bool:
         """The request on ``i`` is over: ``latency_s`` to its response head (or its failure), ``ok``:
-        a response head arrived. True when this opened a slot on a full server."""
+        a response head arrived; None: no verdict (see ``Load.finished``). True when this opened a
+        slot on a full server."""
         self.load.finished(i, latency_s, ok, now)
         if self._full and i in self._full and self.load.in_flight[i] < self._max_conns[i]:
             self._full.discard(i)

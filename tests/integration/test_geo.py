@@ -159,3 +159,43 @@ def test_shipped_default_database_through_edge(edge_server):
     seen = requests.get(edge.url + "/echo", headers={"X-Forwarded-For": "193.0.6.139"}, timeout=10).json()
     headers = {k.lower(): v for k, v in seen["headers"]}
     assert headers["x-geo-country"] == "NL" and headers["x-geo-continent"] == "EU"
+
+
+def test_fallback_when_a_regions_origin_is_killed_and_back_when_it_returns(edge_server, tmp_path):
+    from edge.launch import start_origin
+
+    db = write_db(tmp_path / "geo.mmdb")
+    active = {"path": "/", "interval": "0.2s", "timeout": "0.5s", "rise": 2, "fall": 2}
+    routes = [{"name": "site", "match": {"path": "/"}, "upstream": "us", "plugins": {"geo": {
+        "continents": {"EU": "eu", "NA": "us"}, "fallbacks": {"eu": ["us"]}}}}]
+    edge = edge_server(plugins={"geo": geo_settings(db)}, routes=routes, workers=2, origins={"eu": 1, "us": 1},
+                       extra={"server": {"trusted_proxies": ["127.0.0.1/32"]}})
+    config = edge.config()
+    for pool in ("eu", "us"):
+        config["upstreams"][pool]["health"] = {"active": active}
+    edge.reconfigure(config)
+
+    def origin_for(ip: str) -> str:
+        r = get(edge, ip=ip)
+        return r.headers.get("X-Origin", str(r.status_code))
+
+    def wait_until(predicate, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise AssertionError("condition not met in time")
+
+    assert origin_for(ADDRESS_OF["DE"]) == "eu0"
+    eu = edge.pools["eu"][0]
+    port = eu.port
+    eu.stop()
+    # once the probes mark eu's only server down, European clients go to the fallback; the US is unaffected
+    wait_until(lambda: all(origin_for(ADDRESS_OF["DE"]) == "us0" for _ in range(4)))
+    assert origin_for(ADDRESS_OF["US"]) == "us0"
+    back = start_origin("eu0", port=port, log_dir=str(tmp_path))
+    try:
+        wait_until(lambda: all(origin_for(ADDRESS_OF["DE"]) == "eu0" for _ in range(4)))
+    finally:
+        back.stop()

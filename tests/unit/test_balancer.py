@@ -484,3 +484,18 @@ def test_wait_queue_is_bounded_fifo_and_times_out():
     b.kill()
     assert len(q) == 0                     # a killed waiter leaves the line
     assert q.wait(0.01) is False and len(q) == 0
+
+
+def test_release_without_verdict_leaves_the_latency_estimate_alone():
+    # a client that aborts its upload (or a refused body) must not make a healthy backend look slow
+    from edge.upstream.balancer import Load
+
+    load = Load(2, 10.0, 1.0)
+    load.in_flight[0] = 1
+    load.finished(0, 0.0, None, 100.0)
+    assert load.in_flight[0] == 0 and load.latency(0, 100.0) is None
+    load.in_flight[0] = 1
+    load.finished(0, 0.02, True, 101.0)
+    load.in_flight[0] = 1
+    load.finished(0, 5.0, None, 102.0)
+    assert load.latency(0, 102.0) == pytest.approx(0.02, rel=0.2)

@@ -65,67 +65,10 @@ def test_backend_keepalive_hint_expires_connection():
     assert pool.get(6) is None and a.sock.closed
 
 
-# ---------------------------------------------------------------- retry decisions (issue 7, defect 3)
-
 from edge.errors import UnsendableRequest  # noqa: E402
 from edge.upstream.client import Limits, _Parse, check_request  # noqa: E402
-from edge.upstream.retry import Action, BodyState, Cause, ReplayBody, RetryPolicy  # noqa: E402
 
-FRESH = BodyState()
-KEPT = BodyState(pulled_bytes=10, replayable=True)
-LOST = BodyState(pulled_bytes=70000, replayable=False)
-
-
-@pytest.mark.parametrize("cause,method,body,servers_tried,fresh_tried,expected", [
-    (Cause.CONNECT_ERROR, "POST", FRESH, 1, 0, Action.NEXT_SERVER),
-    (Cause.CONNECT_TIMEOUT, "GET", KEPT, 1, 0, Action.NEXT_SERVER),
-    (Cause.CONNECT_ERROR, "GET", FRESH, 2, 0, Action.GIVE_UP),        # retries=1: two servers tried
-    (Cause.CONNECT_ERROR, "PUT", LOST, 1, 0, Action.GIVE_UP),         # body pulled and not kept
-    (Cause.STALE_WRITE, "POST", FRESH, 1, 0, Action.FRESH_CONNECTION),  # nothing reached the backend
-    (Cause.STALE_WRITE, "POST", KEPT, 1, 0, Action.FRESH_CONNECTION),
-    (Cause.STALE_WRITE, "POST", LOST, 1, 0, Action.GIVE_UP),
-    (Cause.STALE_WRITE, "GET", FRESH, 1, 1, Action.GIVE_UP),          # once only
-    (Cause.STALE_READ, "GET", FRESH, 1, 0, Action.FRESH_CONNECTION),
-    (Cause.STALE_READ, "PUT", KEPT, 1, 0, Action.FRESH_CONNECTION),
-    (Cause.STALE_READ, "PUT", LOST, 1, 0, Action.GIVE_UP),
-    (Cause.STALE_READ, "POST", FRESH, 1, 0, Action.GIVE_UP),          # RFC 9112 §9.3.1: may have been applied
-    (Cause.STALE_READ, "PATCH", KEPT, 1, 0, Action.GIVE_UP),
-])
-def test_retry_policy_table(cause, method, body, servers_tried, fresh_tried, expected):
-    assert RetryPolicy(servers=1).decide(cause, method, body, servers_tried, fresh_tried) is expected
-
-
-def test_retry_policy_refuses_negative_counts():
-    with pytest.raises(ValueError, match="servers"):
-        RetryPolicy(servers=-1)
-
-
-def test_replay_body_resends_kept_chunks_then_continues_the_stream():
-    body = ReplayBody(iter([b"ab", b"cd", b"ef"]), keep_bytes=10)
-    first = body.attempt()
-    assert next(first) == b"ab"
-    assert body.state() == BodyState(2, True)
-    second = body.attempt()  # the first attempt failed after one chunk
-    assert list(second) == [b"ab", b"cd", b"ef"]
-    assert body.state() == BodyState(6, True)
-    assert list(body.attempt()) == [b"ab", b"cd", b"ef"]  # exhausted source: the kept bytes are the body
-
-
-def test_replay_body_over_its_cap_cannot_be_resent():
-    body = ReplayBody(iter([b"a" * 6, b"b" * 6, b"c"]), keep_bytes=10)
-    it = body.attempt()
-    assert next(it) == b"a" * 6 and body.state().resendable
-    assert next(it) == b"b" * 6
-    assert body.state() == BodyState(12, False) and not body.state().resendable
-    with pytest.raises(RuntimeError):
-        body.attempt()
-
-
-def test_replay_body_released_after_the_answer():
-    body = ReplayBody(iter([b"x"]), keep_bytes=10)
-    assert list(body.attempt()) == [b"x"]
-    body.release()
-    assert not body.state().resendable
+# Retry decisions and ReplayBody: tests/unit/test_retry.py
 
 
 # ---------------------------------------------------------------- validate on the way out (issue 7)
