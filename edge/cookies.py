@@ -80,6 +80,25 @@ def get_cookie(headers: Headers, name: str) -> str | None:
     return None
 
 
+def remove_cookie(headers: Headers, name: str) -> int:
+    """Remove every cookie called ``name`` from the request's ``Cookie`` fields (a field left
+    empty goes); return how many were removed. For credentials a backend must not see."""
+    fields = headers.get_all("Cookie")
+    removed = 0
+    kept_fields = []
+    for field in fields:
+        pairs = [p for p in field.split(";") if p.strip()]
+        kept = [p.strip() for p in pairs if p.partition("=")[0].strip() != name]
+        removed += len(pairs) - len(kept)
+        if kept:
+            kept_fields.append("; ".join(kept))
+    if removed:
+        headers.remove("Cookie")
+        for field in kept_fields:
+            headers.add("Cookie", field)
+    return removed
+
+
 def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         return value[1:-1]

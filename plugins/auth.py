@@ -11,7 +11,9 @@ its own credential on the request:
   purpose (bcrypt: tens of milliseconds), so the hash runs in gevent's thread pool
   (the worker keeps serving meanwhile) and a success is remembered for
   ``cache_ttl`` under an HMAC of user, password and stored hash with a per-worker
-  random key, never the password itself.
+  random key, never the password itself. An unknown user is checked against the first
+  entry's hash, so a miss takes as long as a wrong password for that entry's scheme and
+  cost (a file that mixes schemes or costs still lets timing tell them apart: keep one).
 - ``api_key``: a key in a header or a query parameter. Keys are kept *hashed at
   rest*: the configuration and key files hold SHA-256 digests
   (``printf %s "$KEY" | sha256sum``), and a request's key is hashed and looked up.
@@ -81,6 +83,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from edge.config import Duration, Size
 from edge.context import Response
+from edge.cookies import get_cookie, remove_cookie
 from edge.errors import UpstreamError
 from edge.fields import is_field_value, is_token
 from edge.http import HOP_BY_HOP, without_framing
@@ -89,7 +92,7 @@ from edge.plugins import Plugin, PluginConfig, Services
 #: password hashes accepted in an htpasswd file (libpass names)
 _HTPASSWD_SCHEMES = ("bcrypt", "sha512_crypt", "sha256_crypt", "apr_md5_crypt", "ldap_sha1", "ldap_salted_sha1")
 _PASSWORDS = CryptContext(schemes=list(_HTPASSWD_SCHEMES))
-#: what an unknown user's password is checked against, so a miss costs what a hit costs
+#: what an unknown user's password is checked against when the file has no entry at all
 _DUMMY_HASH = "$2b$10$" + "N9qo8uLOickgx2ZMRZoMye" + "IjZAgcfl7p92ldGxad68LJZdL17lhWy"
 
 _HMAC_ALGS = ("HS256", "HS384", "HS512")
@@ -307,13 +310,16 @@ class Auth(Plugin):
         if self._basic is not None and scheme == "basic":
             return self._decide(ctx, "basic", self._basic.check(credentials.strip()), ("Authorization",))
         if self._jwt is not None:
-            token = credentials.strip() if scheme == "bearer" else self._jwt.cookie_token(ctx)
+            from_cookie = scheme != "bearer"
+            token = self._jwt.cookie_token(ctx) if from_cookie else credentials.strip()
             if token:
                 result = self._jwt.check(token, time.time())
                 if result.consumer is not None:
                     for name, value in self._jwt.claim_headers(result.claims):
                         headers.set(name, value)
-                return self._decide(ctx, "jwt", result, ("Authorization",) if scheme == "bearer" else ())
+                    if from_cookie and self._strip:
+                        remove_cookie(headers, self._jwt.cookie)
+                return self._decide(ctx, "jwt", result, () if from_cookie else ("Authorization",))
         if self._keys is not None:
             found = self._keys.find(ctx)
             if found is not None:
@@ -321,7 +327,7 @@ class Auth(Plugin):
                 result = self._keys.check(key)
                 answer = self._decide(ctx, "api_key", result, ())
                 if answer is None and self._strip:
-                    self._keys.strip(ctx, where)
+                    self._keys.strip(ctx)
                 return answer
         if self._forward is not None:
             return self._forwarded(ctx)
@@ -489,6 +495,9 @@ def _verify_password(password: str, hashed: str) -> bool:
 class BasicAuth:
     def __init__(self, cfg: BasicSettings) -> None:
         self._users = cfg._users
+        # An unknown user is checked against a real entry's hash (its scheme and cost), so a miss
+        # costs what a wrong password costs and the time does not tell which names exist.
+        self._dummy = next(iter(cfg._users.values()), _DUMMY_HASH)
         self._ttl = cfg.cache_ttl
         self._seen = _Expiring()
         self._secret = os.urandom(32)  # per worker: the cache never holds a password or a reusable digest
@@ -504,7 +513,7 @@ class BasicAuth:
         if self._ttl and self._seen.get(key, now):
             return Verdict(user)
         # the slow hash runs on a thread, so other connections of this worker keep being served
-        ok = gevent.get_hub().threadpool.apply(_verify_password, (password, hashed or _DUMMY_HASH))
+        ok = gevent.get_hub().threadpool.apply(_verify_password, (password, hashed or self._dummy))
         if not ok or hashed is None:
             return Verdict(None, f"wrong password or unknown user {user[:64]!r}")
         if self._ttl:
@@ -535,10 +544,11 @@ class ApiKeys:
         consumer = self._digests.get(hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
         return Verdict(consumer) if consumer is not None else Verdict(None, "unknown API key")
 
-    def strip(self, ctx: Any, where: str) -> None:
-        if where == "header":
+    def strip(self, ctx: Any) -> None:
+        """Remove the key from both places it may be sent, whichever one was used."""
+        if self._header is not None:
             ctx.headers.remove(self._header)
-        else:
+        if self._query_prefix is not None and ctx.query:
             ctx.query = "&".join(p for p in ctx.query.split("&") if not p.startswith(self._query_prefix))
 
 
@@ -606,10 +616,13 @@ class JwtAuth:
         self._by_kid = cfg._keys.by_kid
         self._anonymous = cfg._keys.anonymous
 
+    @property
+    def cookie(self) -> str | None:
+        return self._cookie
+
     def cookie_token(self, ctx: Any) -> str | None:
         if self._cookie is None:
             return None
-        from edge.cookies import get_cookie
         return get_cookie(ctx.headers, self._cookie)
 
     def check(self, token: str, now: float) -> Verdict:

@@ -108,3 +108,19 @@ def test_a_plugin_sets_a_cookie_through_the_chain():
     assert first.headers.get_all("Set-Cookie") == ["visited=1; Max-Age=86400; Path=/; HttpOnly"]
     again = run_plugin(Visit, ctx=make_ctx(headers={"Cookie": "visited=1"}))
     assert again.headers.get_all("Set-Cookie") == []
+
+
+@pytest.mark.parametrize("fields,name,left,removed", [
+    (["a=1; s=tok; b=2"], "s", ["a=1; b=2"], 1),
+    (["s=tok"], "s", [], 1),
+    (["a=1", "s=x; s=y"], "s", ["a=1"], 2),
+    (["a=1; b=2"], "s", ["a=1; b=2"], 0),
+    (["sx=1; s=2"], "s", ["sx=1"], 1),
+])
+def test_remove_cookie(fields, name, left, removed):
+    from edge.context import Headers
+    from edge.cookies import remove_cookie
+
+    h = Headers([("Cookie", f) for f in fields])
+    assert remove_cookie(h, name) == removed
+    assert h.get_all("Cookie") == left

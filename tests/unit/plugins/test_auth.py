@@ -148,6 +148,12 @@ def test_api_key_in_query_is_removed_from_the_query_only():
     assert run.ctx.query == "a=1&b=%20"
 
 
+def test_api_key_stripped_from_header_and_query_whichever_was_used():
+    run = run_plugin(Auth, {"api_key": {"query": "api_key", "keys": [{"consumer": "ci", "sha256": KEY_SHA}]}},
+                     ctx=make_ctx(path=f"/x?api_key={KEY}&a=1", headers={"X-API-Key": KEY}))
+    assert run.answered is None and "X-API-Key" not in run.request_headers and run.ctx.query == "a=1"
+
+
 def test_unknown_api_key_is_401():
     run = run_plugin(Auth, {"api_key": {"keys": [{"consumer": "ci", "sha256": KEY_SHA}]}}, ctx=make_ctx(headers={"X-API-Key": "guess"}))
     assert run.status == 401
@@ -293,6 +299,7 @@ def test_jwt_from_cookie(keys):
     settings = {"public_keys": [keys["pem"]], "cookie": "session"}
     run = run_plugin(Auth, {"jwt": settings}, ctx=make_ctx(headers={"Cookie": f"a=b; session={token(keys['rsa'])}"}))
     assert run.answered is None and run.ctx.facts["consumer"] == "alice"
+    assert run.request_headers.get_all("Cookie") == ["a=b"]  # the credential is stripped, the rest kept
 
 
 def test_bearer_without_jwt_configured_falls_to_the_challenge(htpasswd):
@@ -305,3 +312,22 @@ def test_unusable_jwks_is_refused(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not a usable JWKS"):
         make_plugin(Auth, {"jwt": {"jwks_file": str(bad)}})
+
+
+def test_unknown_user_is_checked_against_a_real_entrys_hash(htpasswd):
+    # timing: a miss must cost what a wrong password costs for the file's scheme and cost
+    plugin = make_plugin(Auth, {"basic": {"htpasswd": htpasswd}})
+    checker = plugin._basic
+    seen = []
+    real = _mod.__dict__["_verify_password"]
+
+    def recording(password, hashed):
+        seen.append(hashed)
+        return real(password, hashed)
+
+    _mod.__dict__["_verify_password"] = recording
+    try:
+        assert checker.check(basic("nobody", "x")["Authorization"][6:]).consumer is None
+    finally:
+        _mod.__dict__["_verify_password"] = real
+    assert seen == [next(iter(checker._users.values()))]
