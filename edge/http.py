@@ -85,13 +85,17 @@ def connection_options(values: Iterable[str]) -> set[str]:
 class TrustedProxies:
     """The set of networks whose forwarding headers are believed (compiled once)."""
 
-    __slots__ = ("_nets", "_exact")
+    __slots__ = ("_nets", "_exact", "_seen")
+
+    #: addresses remembered with their answer, so a CIDR list costs one dict lookup per request
+    MEMO_SIZE = 4096
 
     def __init__(self, cidrs: Sequence[str]) -> None:
         nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
         self._nets = tuple(nets)
         # Single addresses are the common case (a load balancer); a set lookup is cheaper than CIDR tests.
         self._exact = frozenset(str(n.network_address) for n in nets if n.num_addresses == 1)
+        self._seen: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self._nets)
@@ -101,13 +105,21 @@ class TrustedProxies:
             return False
         if ip in self._exact:
             return True
+        seen = self._seen
+        known = seen.get(ip)
+        if known is not None:
+            return known
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
         if addr.version == 6 and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        return any(addr in n for n in self._nets)
+        answer = any(addr in n for n in self._nets)
+        if len(seen) >= self.MEMO_SIZE:
+            del seen[next(iter(seen))]
+        seen[ip] = answer
+        return answer
 
 
 def resolve_client_ip(peer_ip: str, xff_values: Sequence[str], trusted: TrustedProxies) -> str:
