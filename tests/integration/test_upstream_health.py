@@ -37,6 +37,8 @@ def config(origins, active=None, passive=None, refresh="100ms"):
     return {
         "upstreams": {"app": {
             "servers": [f"127.0.0.1:{o.port}" for o in origins],
+            # these tests count who got what: an even spread, not the latency-driven default
+            "balance": "round_robin",
             "timeouts": {"connect": "1s", "read": "10s"},
             "retries": 2,
             "health": health,

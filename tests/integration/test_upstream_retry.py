@@ -227,7 +227,10 @@ def origins():
 
 
 def _pool_cfg(origins: _Origins, retry: dict | None = None, statsd_addr: str | None = None, **extra) -> dict:
-    up = {"servers": [f"127.0.0.1:{o.port}" for o in origins.all], "timeouts": {"read": "5s"}, **extra}
+    # round robin: these tests count which server got what (the default p2c_ewma would steer
+    # away from a slow or failing server, which is the balancer's business, not the retries')
+    up = {"servers": [f"127.0.0.1:{o.port}" for o in origins.all], "balance": "round_robin", "timeouts": {"read": "5s"},
+          **extra}
     if retry is not None:
         up["retry"] = retry
     # A stopping worker waits out its graceful timeout while it holds pooled connections to a
