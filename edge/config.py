@@ -206,6 +206,7 @@ class ServerAddress(Model):
     host: str = Field(description="backend host name or IP address")
     port: int = Field(description="backend port")
     weight: int = Field(1, ge=1, le=1000, description="relative share of requests")
+    tls: bool = Field(False, description="speak TLS to this server (`https://host:port` sets it); see the pool's `tls` settings")
 
     @field_validator("port")
     @classmethod
@@ -219,20 +220,25 @@ class ServerAddress(Model):
         if not isinstance(value, str):
             return value
         text = value.strip()
-        if text.startswith("https://"):
-            raise ValueError(f"https backends are not supported yet (got {value!r})")
-        if text.startswith("http://"):
+        tls = text.startswith("https://")
+        if tls:
+            text = text[len("https://"):]
+        elif text.startswith("http://"):
             text = text[len("http://"):]
         if text.endswith("/"):
             text = text[:-1]
         head, sep, tail = text.rpartition(":")
+        if tls and not (sep and tail.isascii() and tail.isdigit() and (head.startswith("[") or ":" not in head)):
+            head, sep, tail = text, ":", "443"  # RFC 9110 §4.2.2: https's default port
         if sep and tail.isascii() and tail.isdigit() and (head.startswith("[") or ":" not in head):
             try:
                 host, _ = parse_host(head)  # the one host parser; the port field checks the range
             except ValueError:
                 pass
             else:
-                return {"host": host, "port": int(tail)}
+                return {"host": host, "port": int(tail), "tls": True} if tls else {"host": host, "port": int(tail)}
+        if tls:
+            raise ValueError(f"expected 'https://host[:port]' (got {value!r})")
         raise ValueError(f"expected 'host:port' or 'http://host:port' (got {value!r})")
 
     @property
@@ -270,15 +276,76 @@ class UpstreamLimitsConfig(Model):
     )
 
 
+class UpstreamTLSConfig(Model):
+    """How edge speaks TLS to the servers of one pool that use it (edge.upstream.tls; docs/tls.md)."""
+
+    ca_file: str | None = Field(
+        None, description="PEM bundle of the CAs trusted for these servers; unset: the system's trust store"
+    )
+    server_name: str | None = Field(
+        None, description="name sent in SNI and checked against the server's certificate, instead of the server's "
+        "host (for servers given by address)"
+    )
+    client_cert: str | None = Field(None, description="PEM certificate (chain) edge presents to the servers (mutual TLS)")
+    client_key: str | None = Field(None, description="PEM private key of client_cert")
+    verify: bool = Field(
+        True, description="verify the server's certificate and name; `false` accepts any certificate (logged as a "
+        "warning at start: traffic can then be read and changed by anyone on the path)"
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="lowest TLS version offered")
+
+    @field_validator("server_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                host, port = parse_host(v)
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+            if port is not None:
+                raise ValueError(f"a name without a port (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> "UpstreamTLSConfig":
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        # Load the files once here, so a wrong path or a key that does not match refuses the start or
+        # the reload (and `edge check`) instead of a worker that cannot build its pools.
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for path, load in ((self.ca_file, lambda: ctx.load_verify_locations(cafile=self.ca_file)),
+                           (self.client_cert, lambda: ctx.load_cert_chain(self.client_cert, self.client_key))):
+            if path is None:
+                continue
+            try:
+                load()
+            except ssl.SSLError as e:
+                raise ValueError(f"cannot use {path}: {e.reason or e}") from None
+            except OSError as e:
+                raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+        return self
+
+
 class UpstreamConfig(Model):
     servers: tuple[Annotated[ServerAddress, BeforeValidator(ServerAddress.parse)], ...] = Field(
-        min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight}"
+        min_length=1, description="backend servers, `host:port`, `http://host:port`, `https://host[:port]`, or {host, port, weight, tls}"
     )
     balance: Literal["round_robin"] = Field("round_robin", description="how a server is picked")
     keepalive: KeepaliveConfig = Field(KeepaliveConfig(), description="pooled connections to the servers")
     timeouts: TimeoutsConfig = Field(TimeoutsConfig(), description="timeouts towards these servers")
     retries: int = Field(1, ge=0, le=10, description="further servers tried when connecting fails (never after the request was sent)")
     limits: UpstreamLimitsConfig = Field(UpstreamLimitsConfig(), description="bounds on backend response heads and trailers, and on retried bodies")
+    tls: UpstreamTLSConfig | None = Field(
+        None, description="TLS towards the servers given as `https://` or with `tls: true` (CA bundle, SNI name, client certificate)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_used(self) -> "UpstreamConfig":
+        if self.tls is not None and not any(s.tls for s in self.servers):
+            raise ValueError("tls settings given but no server uses TLS (write https://host:port or tls: true)")
+        return self
 
 
 # --------------------------------------------------------------------------- routes

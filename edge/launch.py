@@ -80,12 +80,14 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
-def start_origin(name: str = "o1", port: int | None = None, log_dir: str | None = None) -> Process:
+def start_origin(name: str = "o1", port: int | None = None, log_dir: str | None = None,
+                 args: tuple[str, ...] = ()) -> Process:
+    """``scripts/origin.py`` on ``port``; ``args`` are further options (``--certfile``... for TLS)."""
     port = port or free_port()
     log_path = Path(log_dir or tempfile.mkdtemp(prefix="edge-origin-")) / f"origin-{name}-{port}.log"
     out = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, str(ORIGIN_SCRIPT), "--port", str(port), "--name", name],
+        [sys.executable, str(ORIGIN_SCRIPT), "--port", str(port), "--name", name, *args],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     out.close()
