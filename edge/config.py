@@ -179,10 +179,76 @@ class ServerConfig(Model):
 # --------------------------------------------------------------------------- tls
 
 
+#: Let's Encrypt's production ACME directory (RFC 8555 §7.1.1), the default of tls.acme.directory
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def _acme_name(v: str) -> str:
+    v = v.strip().lower().rstrip(".")
+    try:
+        host, port = parse_host(v)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    if port is not None or host.startswith("[") or ":" in host or host.replace(".", "").isdigit() or "*" in host:
+        # RFC 8555 §7.1.4 / §8.3: HTTP-01 proves control of a DNS name; wildcards need DNS-01.
+        raise ValueError(f"a DNS name without port or wildcard (got {v!r})")
+    return host
+
+
+class AcmeConfig(Model):
+    """Automatic certificates over ACME (RFC 8555; edge.acme, docs/tls.md)."""
+
+    directory: str = Field(
+        LETS_ENCRYPT_DIRECTORY,
+        description="URL of the ACME directory: Let's Encrypt production (the default), its staging directory, or a private CA",
+    )
+    email: str | None = Field(None, description="contact address given to the CA for expiry and incident notices")
+    accept_terms: bool = Field(
+        False, description="you agree to the CA's terms of service (RFC 8555 §7.3 `termsOfServiceAgreed`); must be true"
+    )
+    names: tuple[Annotated[str, AfterValidator(_acme_name)], ...] = Field(
+        min_length=1, max_length=100,
+        description="DNS names of the certificate (one certificate for all of them); each must reach this edge on port 80",
+    )
+    storage_dir: str = Field(
+        "/var/lib/edge/acme", description="where the account key, certificate and key are kept (keys mode 0600)"
+    )
+    renew_before: PositiveDuration = Field(30 * 86400.0, description="renew a certificate this long before it expires")
+    check_interval: PositiveDuration = Field(
+        3600.0, description="how often a worker checks whether the certificate must be renewed (or a new one appeared)"
+    )
+    retry_initial: PositiveDuration = Field(60.0, description="wait after a failed order; doubled after every further failure")
+    retry_max: PositiveDuration = Field(86400.0, description="longest wait between two failed orders")
+    ca_bundle: str | None = Field(
+        None, description="PEM bundle trusted for the ACME server's own HTTPS (a private or test CA); unset: the system store"
+    )
+    challenge: Literal["http-01"] = Field(
+        "http-01", description="how control of the names is proven: `http-01` (edge answers "
+        "`/.well-known/acme-challenge/` on its plain-HTTP listeners)"
+    )
+
+    @model_validator(mode="after")
+    def _terms(self) -> "AcmeConfig":
+        if not self.accept_terms:
+            raise ValueError("set accept_terms: true to agree to the ACME CA's terms of service")
+        if not self.directory.startswith("https://"):
+            raise ValueError(f"directory must be an https:// URL (RFC 8555 §6.1; got {self.directory!r})")
+        return self
+
+
 class TLSConfig(Model):
-    certfile: str = Field(description="PEM certificate chain served to clients")
-    keyfile: str = Field(description="PEM private key of certfile")
+    certfile: str | None = Field(None, description="PEM certificate chain served to clients")
+    keyfile: str | None = Field(None, description="PEM private key of certfile")
     http2: bool = Field(True, description="offer HTTP/2 over ALPN (h2, then http/1.1)")
+    acme: AcmeConfig | None = Field(None, description="obtain and renew certificates automatically over ACME")
+
+    @model_validator(mode="after")
+    def _source(self) -> "TLSConfig":
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        if self.certfile is None and self.acme is None:
+            raise ValueError("give certfile and keyfile, or acme")
+        return self
 
 
 # --------------------------------------------------------------------------- upstreams

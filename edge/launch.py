@@ -236,7 +236,7 @@ def start_edge(
         cwd=str(REPO), env=proc_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     out.close()
-    p = EdgeProcess(proc, port, log_path, config_path, tls="tls" in full, errorlog=full["server"].get("errorlog"))
+    p = EdgeProcess(proc, port, log_path, config_path, tls=bool((full.get("tls") or {}).get("certfile")), errorlog=full["server"].get("errorlog"))
     if wait:
         try:
             wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)

@@ -67,6 +67,8 @@ class EdgeWorker(GeventWorker):
         self.scheme = self.proxy.state.scheme
         self.idle_connections: dict = {}
         gevent.spawn(self._close_idle_when_stopping)
+        if self.proxy.state.acme is not None:
+            self.proxy.state.acme.start()  # certificate renewal (edge.acme), stopped with the worker
         # Every request allocates a few dozen short-lived objects; with a thousand open
         # connections the cyclic collector's default gen0 threshold (700) makes it walk
         # all their greenlets and frames hundreds of times a second. Objects built at
@@ -92,6 +94,8 @@ class EdgeWorker(GeventWorker):
         """
         while self.alive:
             gevent.sleep(0.1)
+        if self.proxy.state.acme is not None:
+            self.proxy.state.acme.stop()  # a stopping worker starts no order; the lease TTL frees one in flight
         while True:
             cutoff = time.monotonic() - IDLE_CLOSE_AFTER_S
             for sock, since in list(self.idle_connections.items()):
