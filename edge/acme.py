@@ -320,6 +320,11 @@ class AcmeManager:
         while True:
             try:
                 wait_s = self.step()
+            except OSError as e:
+                # storage_dir not writable, disk full: say so plainly and keep trying
+                log.error("acme: %s", e)
+                self.metrics.incr("acme.check_error")
+                wait_s = self.cfg.retry_initial
             except Exception:
                 # A bug in one step must not end renewal for the life of the worker: log, retry later.
                 log.exception("acme: renewal check failed")
@@ -387,8 +392,8 @@ class AcmeManager:
         self.context = ctx
         self._info = CertificateInfo(self.storage.cert_path, self.storage.key_path, facts.names, facts.not_after,
                                      facts.fingerprint)
-        days = (facts.not_after - self.clock()) / 86400
-        log.info("acme: loaded the certificate for %s (expires in %.1f days)", ", ".join(sorted(facts.names)), days)
+        log.info("acme: loaded the certificate for %s (expires %s, in %.1f days)", ", ".join(sorted(facts.names)),
+                 _utc(facts.not_after), (facts.not_after - self.clock()) / 86400)
         for callback in self._callbacks:
             callback(ctx, self._info)
 
@@ -456,8 +461,7 @@ class AcmeManager:
         except StoreUnavailable:
             pass  # the entry expires by its TTL
         facts = cert_facts(chain)
-        log.info("acme: obtained a certificate for %s, valid until %s", names,
-                 datetime.datetime.fromtimestamp(facts.not_after, datetime.timezone.utc).isoformat())
+        log.info("acme: obtained a certificate for %s, valid until %s", names, _utc(facts.not_after))
         self.metrics.incr("acme.order.ok")
         self._load((chain, key))
 
@@ -486,6 +490,10 @@ class AcmeManager:
             self.store.delete(f"acme:chal:{token}")
         except StoreUnavailable:
             pass  # the entry expires by its TTL
+
+
+def _utc(epoch_s: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _facts_or_none(pem: bytes) -> CertFacts | None:

@@ -185,6 +185,8 @@ LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
 def _acme_name(v: str) -> str:
     v = v.strip().lower().rstrip(".")
+    if "*" in v:
+        raise ValueError(f"a DNS name without port or wildcard (got {v!r}): wildcards need the DNS-01 challenge")
     try:
         host, port = parse_host(v)
     except ValueError as e:

@@ -135,7 +135,7 @@ def error_of(path):
         ),
         (
             "tls: {certfile: a.pem}\n",
-            "FILE: tls.keyfile: required key is missing",
+            "FILE: tls: certfile and keyfile go together",
         ),
         (
             "- server\n",
