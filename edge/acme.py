@@ -448,22 +448,35 @@ class AcmeManager:
             wait = backoff_s(failures, self.cfg.retry_initial, self.cfg.retry_max)
             log.error("acme: order for %s failed (%d in a row; next try in %.0fs): %s", names, failures, wait, e)
             self.metrics.incr("acme.order.error")
-            doc = json.dumps({"failures": failures, "next_try": self.clock() + wait}).encode()
-            try:
-                self.store.set(self.fail_key, doc, self.cfg.retry_max * 2)
-            except StoreUnavailable:
-                pass  # this worker backs off by its own sleep; the others may try sooner
+            self._set_failures(failures, wait)
             return
         self.storage.write(chain, key)
         self._publish((chain, key))
-        try:
-            self.store.delete(self.fail_key)
-        except StoreUnavailable:
-            pass  # the entry expires by its TTL
         facts = cert_facts(chain)
         log.info("acme: obtained a certificate for %s, valid until %s", names, _utc(facts.not_after))
         self.metrics.incr("acme.order.ok")
         self._load((chain, key))
+        if renewal_due(facts, self.names, self.clock(), self.cfg.renew_before):
+            # A CA issuing shorter certificates than renew_before (or other names) would otherwise
+            # be asked for a new one every second: wait as after a failure instead.
+            failures += 1
+            wait = backoff_s(failures, self.cfg.retry_initial, self.cfg.retry_max)
+            log.warning("acme: the new certificate for %s is already due for renewal (it lives %.0fs, renew_before is "
+                        "%.0fs, or its names differ); next order in %.0fs", names, facts.not_after - facts.not_before,
+                        self.cfg.renew_before, wait)
+            self._set_failures(failures, wait)
+            return
+        try:
+            self.store.delete(self.fail_key)
+        except StoreUnavailable:
+            pass  # the entry expires by its TTL
+
+    def _set_failures(self, failures: int, wait_s: float) -> None:
+        doc = json.dumps({"failures": failures, "next_try": self.clock() + wait_s}).encode()
+        try:
+            self.store.set(self.fail_key, doc, self.cfg.retry_max * 2)
+        except StoreUnavailable:
+            pass  # the others may try sooner; this worker waits at least until its next check
 
     def _account_key(self) -> bytes:
         """The account key for the directory: from the store, else from disk, else a new one; kept in both."""

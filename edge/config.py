@@ -736,6 +736,10 @@ class EdgeConfig(Model):
 
     @model_validator(mode="after")
     def _references(self) -> "EdgeConfig":
+        if self.tls is not None and self.tls.acme is not None and self.store.backend == "memory" and self.server.workers != 1:
+            # the lease and the published challenge answers must be seen by every worker (edge.acme)
+            raise _KeyError("tls.acme", "needs a store shared by the workers: store.backend local, redis or memcached "
+                            "(memory is one worker's own)")
         for i, route in enumerate(self.routes):
             if route.upstream is not None and route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none defined"

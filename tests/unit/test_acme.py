@@ -151,3 +151,43 @@ def test_acme_config_errors(acme, error):
     with pytest.raises(ConfigError) as e:
         parse_config({"tls": {"acme": acme}}, "FILE")
     assert error in str(e.value), str(e.value)
+
+
+def test_acme_needs_a_store_shared_by_the_workers():
+    from edge.config import parse_config
+    from edge.errors import ConfigError
+
+    acme = {"names": ["a.example"], "accept_terms": True}
+    with pytest.raises(ConfigError) as e:
+        parse_config({"tls": {"acme": acme}, "store": {"backend": "memory"}}, "FILE")
+    assert str(e.value).startswith("FILE: tls.acme: needs a store shared by the workers")
+    parse_config({"tls": {"acme": acme}, "store": {"backend": "memory"}, "server": {"workers": 1}}, "FILE")
+
+
+@pytest.mark.parametrize("days, backs_off", [(90, False), (10, True)])
+def test_an_order_stores_loads_and_releases_the_lease(tmp_path, pki, monkeypatch, days, backs_off):
+    """The CA's side replaced by a function returning a certificate (the real exchange runs
+    against Pebble in tests/integration/test_acme.py); a certificate already due backs off."""
+    import edge.acme as acme_mod
+
+    cert, key = pki.issue("leaf", tuple(sorted(NAMES)), days=days)
+    calls = []
+
+    def fake_order(cfg, account_pem, publish, withdraw, keep_alive):
+        calls.append(account_pem)
+        publish("tok", b"tok.thumb")
+        withdraw("tok")
+        return cert.read_bytes(), key.read_bytes()
+
+    monkeypatch.setattr(acme_mod, "order_certificate", fake_order)
+    m = manager(tmp_path)
+    m.step()
+    assert m.orders == 1 and len(calls) == 1
+    assert m.storage.read() == (cert.read_bytes(), key.read_bytes())
+    assert json.loads(m.store.get(m.cert_key))["cert"].encode() == cert.read_bytes()
+    assert m.store.get(m.lease_key) is None                 # released
+    assert m.store.get(m.account_key) == calls[0]           # one account key, shared
+    assert m.current() is not None
+    assert (m.store.get(m.fail_key) is not None) is backs_off
+    m.step()
+    assert m.orders == 1  # not due (90 days), or backing off (10 days < renew_before)
