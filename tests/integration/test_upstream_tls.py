@@ -198,3 +198,16 @@ def test_stale_pooled_tls_connection_is_replaced(edge, pki, tmp_path):
     finally:
         e.stop()
         origin.stop()
+
+
+def test_websocket_through_a_tls_backend(edge):
+    """A 101 hands the backend's TLS socket to the tunnel: frames both ways stay encrypted to the origin."""
+    import websocket
+
+    ws = websocket.create_connection(f"ws://127.0.0.1:{edge.port}/good/ws", timeout=5)
+    try:
+        for message in ("hello", "x" * 100000):
+            ws.send(message)
+            assert ws.recv() == message
+    finally:
+        ws.close()
