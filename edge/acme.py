@@ -42,7 +42,14 @@ The seam with TLS termination (edge/tls.py, SNI): ``AcmeManager.current()`` retu
 paths, names and expiry of the certificate on disk (or None), ``AcmeManager.context`` the
 latest ``SSLContext`` built from it, and ``on_change(callback)`` calls ``callback(context,
 info)`` in the worker whenever a new certificate was loaded; an SNI callback that sees one of
-``names`` sets ``sslsock.context = manager.context``.
+``names`` sets ``sslsock.context = manager.context``. ``context_factory(cert_path, key_path)``
+builds that context; the termination code passes its own builder so the ACME certificate is
+served with the same versions, ciphers and ALPN as the configured ones.
+
+Not done: the TLS-ALPN-01 challenge (RFC 8737). It needs the listener to present a special
+certificate when a ClientHello offers ALPN ``acme-tls/1``, and Python's ``ssl`` shows the
+client's ALPN offer only after the certificate is chosen (the SNI callback cannot see it), so
+the answer could not be limited to the CA's validation connections.
 """
 
 from __future__ import annotations
@@ -257,8 +264,12 @@ def order_certificate(cfg, account_key_pem: bytes, publish: Callable[[str, bytes
 class AcmeManager:
     """One worker's view of the ACME certificate: challenge answers, sync, renewal (module docstring)."""
 
-    def __init__(self, cfg, store, metrics, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg, store, metrics, clock: Callable[[], float] = time.time,
+                 context_factory: Callable[[Path, Path], ssl.SSLContext] | None = None) -> None:
         self.cfg = cfg
+        # Builds the server context from (cert_path, key_path): the TLS termination code passes its
+        # own so the ACME certificate gets the listeners' settings (versions, ciphers, ALPN h2).
+        self.context_factory = context_factory or default_server_context
         self.store = store
         self.metrics = metrics
         self.clock = clock
@@ -381,10 +392,8 @@ class AcmeManager:
         facts = _facts_or_none(pair[0])
         if facts is None or facts.fingerprint == self._loaded_fp:
             return
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            ctx.load_cert_chain(self.storage.cert_path, self.storage.key_path)
+            ctx = self.context_factory(self.storage.cert_path, self.storage.key_path)
         except (OSError, ssl.SSLError) as e:
             log.error("acme: cannot load %s: %s", self.storage.cert_path, e)
             return
@@ -503,6 +512,18 @@ class AcmeManager:
             self.store.delete(f"acme:chal:{token}")
         except StoreUnavailable:
             pass  # the entry expires by its TTL
+
+
+def default_server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """A server context for the certificate: TLS 1.2+, HTTP/1.1 (``AcmeManager.context_factory``'s default)."""
+    from gevent import ssl as gssl
+
+    ctx = gssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
 
 
 def _utc(epoch_s: float) -> str:

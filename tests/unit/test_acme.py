@@ -191,3 +191,22 @@ def test_an_order_stores_loads_and_releases_the_lease(tmp_path, pki, monkeypatch
     assert (m.store.get(m.fail_key) is not None) is backs_off
     m.step()
     assert m.orders == 1  # not due (90 days), or backing off (10 days < renew_before)
+
+
+def test_the_termination_code_builds_the_served_context(tmp_path, pki):
+    m = manager(tmp_path)
+    built = []
+
+    def factory(cert_path, key_path):
+        built.append((cert_path, key_path))
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path, key_path)
+        return ctx
+
+    m.context_factory = factory
+    cert, key = pki.issue("leaf", tuple(sorted(NAMES)), days=90)
+    m.storage.write(cert.read_bytes(), key.read_bytes())
+    m.step()
+    m.step()  # unchanged files: not rebuilt
+    assert built == [(m.storage.cert_path, m.storage.key_path)]
