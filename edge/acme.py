@@ -208,6 +208,7 @@ def order_certificate(cfg, account_key_pem: bytes, publish: Callable[[str, bytes
     to validate it; ``withdraw(token)`` removes it afterwards; ``keep_alive()`` is called
     between steps (it extends the lease). Raises ``OrderError``."""
     import josepy as jose
+    import requests
     from acme import challenges, client, crypto_util, errors, messages
 
     account_key = jose.JWKRSA(key=serialization.load_pem_private_key(account_key_pem, password=None))
@@ -249,9 +250,9 @@ def order_certificate(cfg, account_key_pem: bytes, publish: Callable[[str, bytes
             for a in e.failed_authzrs for ch in a.body.challenges if ch.error is not None
         ) or "authorization failed"
         raise OrderError(f"validation failed: {problems}") from None
-    except (errors.Error, messages.Error, OSError, ValueError) as e:
-        raise OrderError(f"{type(e).__name__}: {e}") from None
-    except Exception as e:  # requests' exceptions and josepy's are not all OSError: name the failure
+    except (errors.Error, messages.Error, jose.Error, requests.RequestException, OSError, ValueError) as e:
+        # the CA said no, could not be reached, or answered something unreadable; anything
+        # else is a bug and reaches AcmeManager._run's traceback instead
         raise OrderError(f"{type(e).__name__}: {e}") from None
     finally:
         for token in published:
