@@ -4,10 +4,10 @@ Theory of operation. ``tls.acme`` names one set of DNS names; edge keeps one cer
 for all of them. Every worker runs an ``AcmeManager`` greenlet (started after fork,
 stopped with the worker) that, every ``check_interval`` or sooner when a retry is due:
 
-1. syncs: the certificate in the shared store is the fleet's copy; when it differs from
-   the one on disk (``storage_dir``) it is written to disk, so every node serves the same
-   certificate and keeps it across restarts; when the store has none (a fresh Redis, a
-   memory store) the disk copy is published to it;
+1. syncs: the certificate in the shared store is the fleet's copy; when the one on disk
+   (``storage_dir``) differs, the one that expires later wins and is copied to the other
+   side, so every node serves the same certificate and keeps it across restarts, and a
+   store that lost it (a fresh Redis) or missed it (down during the order) gets it back;
 2. reloads: when the files on disk changed since this worker last loaded them, it builds a
    new server ``SSLContext`` from them and hands it to every callback registered with
    ``on_change`` (the SNI code swaps it in; nothing restarts);
@@ -362,7 +362,11 @@ class AcmeManager:
         return min(self.cfg.check_interval, 1.0)
 
     def _sync(self) -> tuple[bytes, bytes] | None:
-        """Make disk and store agree (the store wins); the current (cert, key) PEMs or None."""
+        """Make disk and store agree; the current (cert, key) PEMs or None.
+
+        The copy that expires later wins (the store's on a tie): a certificate written to
+        disk while the store was down is published when it is back, and one ordered on
+        another node replaces the older one here."""
         disk = self.storage.read()
         try:
             raw = self.store.get(self.cert_key)
@@ -375,12 +379,15 @@ class AcmeManager:
                 shared = (doc["cert"].encode(), doc["key"].encode())
             except (ValueError, KeyError, TypeError):
                 log.error("acme: ignoring an unreadable certificate entry %s in the store", self.cert_key)
-        if shared is not None and shared != disk:
-            self.storage.write(*shared)
-            return shared
-        if shared is None and disk is not None:
+        if shared is None or shared == disk:
+            if disk is not None and shared is None:
+                self._publish(disk)
+            return disk
+        if disk is not None and _expiry(disk[0]) > _expiry(shared[0]):
             self._publish(disk)
-        return disk
+            return disk
+        self.storage.write(*shared)
+        return shared
 
     def _publish(self, pair: tuple[bytes, bytes]) -> None:
         doc = json.dumps({"cert": pair[0].decode(), "key": pair[1].decode()}).encode()
@@ -460,8 +467,8 @@ class AcmeManager:
             self.metrics.incr("acme.order.error")
             self._set_failures(failures, wait)
             return
+        self._publish((chain, key))  # store first: a worker syncing meanwhile then copies the new one to disk
         self.storage.write(chain, key)
-        self._publish((chain, key))
         facts = cert_facts(chain)
         log.info("acme: obtained a certificate for %s, valid until %s", names, _utc(facts.not_after))
         self.metrics.incr("acme.order.ok")
@@ -529,6 +536,11 @@ def default_server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
 
 def _utc(epoch_s: float) -> str:
     return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _expiry(pem: bytes) -> float:
+    facts = _facts_or_none(pem)
+    return facts.not_after if facts is not None else 0.0
 
 
 def _facts_or_none(pem: bytes) -> CertFacts | None:

@@ -210,3 +210,16 @@ def test_the_termination_code_builds_the_served_context(tmp_path, pki):
     m.step()
     m.step()  # unchanged files: not rebuilt
     assert built == [(m.storage.cert_path, m.storage.key_path)]
+
+
+@pytest.mark.parametrize("disk_days, store_days, winner", [(90, 30, "disk"), (30, 90, "store"), (60, 60, "store")])
+def test_the_copy_that_expires_later_wins(tmp_path, pki, disk_days, store_days, winner):
+    m = manager(tmp_path)
+    d_cert, d_key = pki.issue("disk", tuple(sorted(NAMES)), days=disk_days)
+    s_cert, s_key = pki.issue("store", tuple(sorted(NAMES)), days=store_days)
+    m.storage.write(d_cert.read_bytes(), d_key.read_bytes())
+    m.store.set(m.cert_key, json.dumps({"cert": s_cert.read_text(), "key": s_key.read_text()}).encode())
+    m.step()
+    want = d_cert.read_bytes() if winner == "disk" else s_cert.read_bytes()
+    assert m.storage.read()[0] == want
+    assert json.loads(m.store.get(m.cert_key))["cert"].encode() == want
