@@ -183,7 +183,7 @@ class Server:
         self.pool.created += 1
         conn = PooledConnection(sock, self.pool)
         if self.tls is not None:
-            conn.raw = backend_tls.TLSTransport(sock)  # never the kernel socket under TLS
+            conn.raw = backend_tls.TLSTransport(sock, self.authority)  # never the kernel socket under TLS
         return conn
 
 

@@ -121,18 +121,27 @@ def handshake(sock, ctx: ssl.SSLContext, name: str, authority: str, deadline: fl
 class TLSTransport:
     """``recv``/``send`` over a gevent SSL socket without blocking (see the module docstring)."""
 
-    __slots__ = ("_sock", "_read", "_write")
+    __slots__ = ("_sock", "_read", "_write", "authority")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock, authority: str = "") -> None:
         self._sock = sock
         self._read = sock.read
         self._write = sock.send
+        self.authority = authority
 
     def recv(self, nbytes: int) -> bytes:
         try:
             return self._read(nbytes)
         except _WANT:
             raise BlockingIOError(errno.EAGAIN, "TLS record not complete") from None
+        except ssl.SSLError as e:
+            # TLS 1.3 (RFC 8446 §4.4.2): the client's handshake ends before the server has checked
+            # the client certificate, so a refused (or missing) one arrives as an alert on the
+            # first read: still a handshake failure, and reported as one.
+            if e.reason and "CERTIFICATE" in e.reason:
+                raise TLSHandshakeError(f"TLS to {self.authority}: the server refused edge's client certificate "
+                                        f"(or its absence): {e.reason}") from None
+            raise
 
     def send(self, data) -> int:
         return self._write(data)  # 0 when OpenSSL wants to wait (timeout 0: gevent returns 0)
