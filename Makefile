@@ -20,7 +20,7 @@ install: $(STAMP)
 run: install
 	$(PY) scripts/run_demo.py
 
-# Installs redis-server, memcached, nginx and wrk when missing (apt, as root), then the whole suite.
+# Installs redis-server, memcached, nginx, wrk and pebble when missing (apt, as root), then the whole suite.
 test: install system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 

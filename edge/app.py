@@ -18,6 +18,7 @@ import logging
 import time
 
 from edge import http as rules
+from edge.acme import CHALLENGE_PREFIX
 from edge.compress.compressor import Compressor
 from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse
 from edge.cookies import get_cookie
@@ -75,6 +76,7 @@ class Proxy:
         self.route_timeouts = state.route_timeouts
         self.access_log = state.access_log
         self.compressor = Compressor.from_config(cfg)  # None when no route compresses
+        self.acme = state.acme  # answers ACME HTTP-01 challenges (edge.acme), None without tls.acme
 
     # ------------------------------------------------------------------ entry
 
@@ -110,6 +112,8 @@ class Proxy:
             ctx.path = normalize_path(ctx.raw_path)
         except ValueError as e:
             raise BadRequest(f"invalid path: {e}") from None
+        if self.acme is not None and ctx.path.startswith(CHALLENGE_PREFIX):
+            return self._acme_challenge(ctx)
         try:
             hostname, _port = rules.split_host_port(host_value, ctx.port) if host_value else ("", ctx.port)
         except ValueError as e:
@@ -143,6 +147,14 @@ class Proxy:
             location = route.redirect_location(host_value, ctx.path, ctx.query)
             return self.answer(ctx, Response.redirect(route.redirect_status, location), chain)
         return self._forward(ctx, route, chain, body)
+
+    def _acme_challenge(self, ctx: RequestContext) -> Reply:
+        """RFC 8555 §8.3: the key authorization for the token, before routing and plugins (the CA
+        must not meet a WAF or an auth plugin); 404 for a token edge did not publish."""
+        answer = self.acme.answer_challenge(ctx.path[len(CHALLENGE_PREFIX):])
+        if answer is None:
+            return self.answer(ctx, Response.error(404, "not found", ctx.request_id))
+        return self.answer(ctx, Response(200, [("Content-Type", "application/octet-stream")], answer))
 
     def _forward(self, ctx: RequestContext, route, chain, body: RequestBody | None) -> Reply:
         pool = self.pools.get(ctx.upstream)

@@ -274,7 +274,7 @@ def gunicorn_settings(loaded: Loaded) -> dict[str, Any]:
         settings["control_socket"] = s.control_socket
     else:
         settings["control_socket_disable"] = True
-    if cfg.tls is not None:
+    if cfg.tls is not None and cfg.tls.certfile is not None:  # acme alone: plain listeners until tls-front's SNI serves it
         settings["certfile"] = cfg.tls.certfile
         settings["keyfile"] = cfg.tls.keyfile
         settings["http_protocols"] = "h2,h1" if cfg.tls.http2 else "h1"

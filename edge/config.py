@@ -223,10 +223,78 @@ class ServerConfig(Model):
 # --------------------------------------------------------------------------- tls
 
 
+#: Let's Encrypt's production ACME directory (RFC 8555 §7.1.1), the default of tls.acme.directory
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def _acme_name(v: str) -> str:
+    v = v.strip().lower().rstrip(".")
+    if "*" in v:
+        raise ValueError(f"a DNS name without port or wildcard (got {v!r}): wildcards need the DNS-01 challenge")
+    try:
+        host, port = parse_host(v)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    if port is not None or host.startswith("[") or ":" in host or host.replace(".", "").isdigit() or "*" in host:
+        # RFC 8555 §7.1.4 / §8.3: HTTP-01 proves control of a DNS name; wildcards need DNS-01.
+        raise ValueError(f"a DNS name without port or wildcard (got {v!r})")
+    return host
+
+
+class AcmeConfig(Model):
+    """Automatic certificates over ACME (RFC 8555; edge.acme, docs/tls.md)."""
+
+    directory: str = Field(
+        LETS_ENCRYPT_DIRECTORY,
+        description="URL of the ACME directory: Let's Encrypt production (the default), its staging directory, or a private CA",
+    )
+    email: str | None = Field(None, description="contact address given to the CA for expiry and incident notices")
+    accept_terms: bool = Field(
+        False, description="you agree to the CA's terms of service (RFC 8555 §7.3 `termsOfServiceAgreed`); must be true"
+    )
+    names: tuple[Annotated[str, AfterValidator(_acme_name)], ...] = Field(
+        min_length=1, max_length=100,
+        description="DNS names of the certificate (one certificate for all of them); each must reach this edge on port 80",
+    )
+    storage_dir: str = Field(
+        "/var/lib/edge/acme", description="where the account key, certificate and key are kept (keys mode 0600)"
+    )
+    renew_before: PositiveDuration = Field(30 * 86400.0, description="renew a certificate this long before it expires")
+    check_interval: PositiveDuration = Field(
+        3600.0, description="how often a worker checks whether the certificate must be renewed (or a new one appeared)"
+    )
+    retry_initial: PositiveDuration = Field(60.0, description="wait after a failed order; doubled after every further failure")
+    retry_max: PositiveDuration = Field(86400.0, description="longest wait between two failed orders")
+    ca_bundle: str | None = Field(
+        None, description="PEM bundle trusted for the ACME server's own HTTPS (a private or test CA); unset: the system store"
+    )
+    challenge: Literal["http-01"] = Field(
+        "http-01", description="how control of the names is proven: `http-01` (edge answers "
+        "`/.well-known/acme-challenge/` on its plain-HTTP listeners)"
+    )
+
+    @model_validator(mode="after")
+    def _terms(self) -> "AcmeConfig":
+        if not self.accept_terms:
+            raise ValueError("set accept_terms: true to agree to the ACME CA's terms of service")
+        if not self.directory.startswith("https://"):
+            raise ValueError(f"directory must be an https:// URL (RFC 8555 §6.1; got {self.directory!r})")
+        return self
+
+
 class TLSConfig(Model):
-    certfile: str = Field(description="PEM certificate chain served to clients")
-    keyfile: str = Field(description="PEM private key of certfile")
+    certfile: str | None = Field(None, description="PEM certificate chain served to clients")
+    keyfile: str | None = Field(None, description="PEM private key of certfile")
     http2: bool = Field(True, description="offer HTTP/2 over ALPN (h2, then http/1.1)")
+    acme: AcmeConfig | None = Field(None, description="obtain and renew certificates automatically over ACME")
+
+    @model_validator(mode="after")
+    def _source(self) -> "TLSConfig":
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        if self.certfile is None and self.acme is None:
+            raise ValueError("give certfile and keyfile, or acme")
+        return self
 
 
 # --------------------------------------------------------------------------- upstreams
@@ -256,6 +324,7 @@ class ServerAddress(Model):
         0, ge=0, description="most requests in flight to this server per worker (0: no limit); beyond it the server counts "
         "as unavailable and a request waits in the pool's `queue` or gets 503",
     )
+    tls: bool = Field(False, description="speak TLS to this server (`https://host:port` sets it); see the pool's `tls` settings")
 
     @field_validator("port")
     @classmethod
@@ -269,20 +338,25 @@ class ServerAddress(Model):
         if not isinstance(value, str):
             return value
         text = value.strip()
-        if text.startswith("https://"):
-            raise ValueError(f"https backends are not supported yet (got {value!r})")
-        if text.startswith("http://"):
+        tls = text.startswith("https://")
+        if tls:
+            text = text[len("https://"):]
+        elif text.startswith("http://"):
             text = text[len("http://"):]
         if text.endswith("/"):
             text = text[:-1]
         head, sep, tail = text.rpartition(":")
+        if tls and not (sep and tail.isascii() and tail.isdigit() and (head.startswith("[") or ":" not in head)):
+            head, sep, tail = text, ":", "443"  # RFC 9110 §4.2.2: https's default port
         if sep and tail.isascii() and tail.isdigit() and (head.startswith("[") or ":" not in head):
             try:
                 host, _ = parse_host(head)  # the one host parser; the port field checks the range
             except ValueError:
                 pass
             else:
-                return {"host": host, "port": int(tail)}
+                return {"host": host, "port": int(tail), "tls": True} if tls else {"host": host, "port": int(tail)}
+        if tls:
+            raise ValueError(f"expected 'https://host[:port]' (got {value!r})")
         raise ValueError(f"expected 'host:port' or 'http://host:port' (got {value!r})")
 
     @property
@@ -521,9 +595,62 @@ class RetryConfig(Model):
         return data
 
 
+class UpstreamTLSConfig(Model):
+    """How edge speaks TLS to the servers of one pool that use it (edge.upstream.tls; docs/tls.md)."""
+
+    ca_file: str | None = Field(
+        None, description="PEM bundle of the CAs trusted for these servers; unset: the system's trust store"
+    )
+    server_name: str | None = Field(
+        None, description="name sent in SNI and checked against the server's certificate, instead of the server's "
+        "host (for servers given by address)"
+    )
+    client_cert: str | None = Field(None, description="PEM certificate (chain) edge presents to the servers (mutual TLS)")
+    client_key: str | None = Field(None, description="PEM private key of client_cert")
+    verify: bool = Field(
+        True, description="verify the server's certificate and name; `false` accepts any certificate (logged as a "
+        "warning at start: traffic can then be read and changed by anyone on the path)"
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="lowest TLS version offered")
+
+    @field_validator("server_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                host, port = parse_host(v)
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+            if port is not None:
+                raise ValueError(f"a name without a port (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> "UpstreamTLSConfig":
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        # Load the files once here, so a wrong path or a key that does not match refuses the start or
+        # the reload (and `edge check`) instead of a worker that cannot build its pools.
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for path, load in ((self.ca_file, lambda: ctx.load_verify_locations(cafile=self.ca_file)),
+                           (self.client_cert, lambda: ctx.load_cert_chain(self.client_cert, self.client_key))):
+            if path is None:
+                continue
+            try:
+                load()
+            except ssl.SSLError as e:
+                raise ValueError(f"cannot use {path}: {e.reason or e}") from None
+            except OSError as e:
+                raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+        return self
+
+
 class UpstreamConfig(Model):
     servers: tuple[Annotated[ServerAddress, BeforeValidator(ServerAddress.parse)], ...] = Field(
-        min_length=1, description="backend servers, `host:port`, `http://host:port`, or {host, port, weight, backup, drain, max_conns}"
+        min_length=1, description="backend servers, `host:port`, `http://host:port`, `https://host[:port]`, "
+        "or {host, port, weight, backup, drain, max_conns, tls}"
     )
     balance: Literal["round_robin", "least_conn", "p2c_ewma", "random", "hash", "sticky"] | None = Field(
         None, description="how a server is picked (docs/upstreams.md, Balancing); unset: `p2c_ewma` when all weights are "
@@ -543,6 +670,9 @@ class UpstreamConfig(Model):
     retry: RetryConfig = Field(RetryConfig(), description="which failed attempts are retried, how often, and the retry budget")
     limits: UpstreamLimitsConfig = Field(UpstreamLimitsConfig(), description="bounds on backend response heads and trailers, and on retried bodies")
     health: HealthConfig = Field(HealthConfig(), description="active probes, outlier detection and shared health state (docs/upstreams.md)")
+    tls: UpstreamTLSConfig | None = Field(
+        None, description="TLS towards the servers given as `https://` or with `tls: true` (CA bundle, SNI name, client certificate)"
+    )
 
     @model_validator(mode="after")
     def _balancing(self) -> "UpstreamConfig":
@@ -560,6 +690,12 @@ class UpstreamConfig(Model):
     def _one_retry_count(self) -> "UpstreamConfig":
         if "retries" in self.model_fields_set and self.retry.attempts is not None:
             raise ValueError("give either retries or retry.attempts, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_used(self) -> "UpstreamConfig":
+        if self.tls is not None and not any(s.tls for s in self.servers):
+            raise ValueError("tls settings given but no server uses TLS (write https://host:port or tls: true)")
         return self
 
 
@@ -893,6 +1029,10 @@ class EdgeConfig(Model):
 
     @model_validator(mode="after")
     def _references(self) -> "EdgeConfig":
+        if self.tls is not None and self.tls.acme is not None and self.store.backend == "memory" and self.server.workers != 1:
+            # the lease and the published challenge answers must be seen by every worker (edge.acme)
+            raise _KeyError("tls.acme", "needs a store shared by the workers: store.backend local, redis or memcached "
+                            "(memory is one worker's own)")
         for i, route in enumerate(self.routes):
             if route.upstream is not None and route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none defined"

@@ -100,6 +100,13 @@ class ConnectError(UpstreamError):
     metric = "connect_error"
 
 
+class TLSHandshakeError(ConnectError):
+    """The TLS handshake with a backend failed (bad or expired certificate, wrong name, unknown CA,
+    no shared version): nothing was sent, so it is retried like a refused connect (issue 13)."""
+
+    metric = "tls_error"
+
+
 class ConnectTimeout(UpstreamError):
     status = 504
     metric = "connect_timeout"

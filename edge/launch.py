@@ -80,8 +80,9 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
-def start_origin(name: str = "o1", port: int | None = None, log_dir: str | None = None, args: tuple[str, ...] = ()) -> Process:
-    """scripts/origin.py on ``port`` (a free one by default); ``args``: further options, e.g. ``("--delay", "0.05")``."""
+def start_origin(name: str = "o1", port: int | None = None, log_dir: str | None = None,
+                 args: tuple[str, ...] = ()) -> Process:
+    """``scripts/origin.py`` on ``port``; ``args`` are further options (``--certfile``... for TLS)."""
     port = port or free_port()
     log_path = Path(log_dir or tempfile.mkdtemp(prefix="edge-origin-")) / f"origin-{name}-{port}.log"
     out = open(log_path, "wb")
@@ -235,7 +236,7 @@ def start_edge(
         cwd=str(REPO), env=proc_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     out.close()
-    p = EdgeProcess(proc, port, log_path, config_path, tls="tls" in full, errorlog=full["server"].get("errorlog"))
+    p = EdgeProcess(proc, port, log_path, config_path, tls=bool((full.get("tls") or {}).get("certfile")), errorlog=full["server"].get("errorlog"))
     if wait:
         try:
             wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)

@@ -21,6 +21,7 @@ from typing import Any
 
 from edge import boot
 from edge.accesslog import AccessLog
+from edge.acme import build_manager as build_acme_manager
 from edge.config import EdgeConfig
 from edge.http import TrustedProxies
 from edge.logs import ClientErrorLog, RequestLabel
@@ -45,6 +46,7 @@ class WorkerState:
     access_log: AccessLog | None = None
     local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
     health: Any = None  # edge.upstream.checker.HealthService: prober lease and shared health (its greenlets)
+    acme: Any = None  # edge.acme.AcmeManager when tls.acme is set (started by the worker after fork)
     # client errors (400, 408, 413, 414, 431...) at INFO, rate-limited: client_errors.log(ip, status, reason, label)
     client_errors: ClientErrorLog = dataclasses.field(default_factory=ClientErrorLog)
 
@@ -56,6 +58,8 @@ class WorkerState:
         self.plugins.stop_init_retries()
         if self.health is not None:
             self.health.close()
+        if self.acme is not None:
+            self.acme.stop()
         for pool in self.pools.values():
             pool.close()
         if self.store is not None:
@@ -124,8 +128,9 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
         plugins=plugins,
         store=store,
         metrics=metrics,
-        scheme="https" if cfg.tls is not None else "http",
+        scheme="https" if cfg.tls is not None and cfg.tls.certfile is not None else "http",
         local_store=local_store,
         health=health,
+        acme=build_acme_manager(cfg, store, metrics),
         access_log=AccessLog(cfg.server.accesslog) if cfg.server.accesslog else None,
     )

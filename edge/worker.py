@@ -93,6 +93,8 @@ class EdgeWorker(GeventWorker):
                                    server.max_connections_per_ip_node, store=state.local_store, metrics=state.metrics)
         if self.caps.max_per_ip_node is not None:
             gevent.spawn(self._refresh_node_counts)
+        if self.proxy.state.acme is not None:
+            self.proxy.state.acme.start()  # certificate renewal (edge.acme), stopped with the worker
         # Every request allocates a few dozen short-lived objects; with a thousand open
         # connections the cyclic collector's default gen0 threshold (700) makes it walk
         # all their greenlets and frames hundreds of times a second. Objects built at
@@ -118,6 +120,8 @@ class EdgeWorker(GeventWorker):
         """
         while self.alive:
             gevent.sleep(0.1)
+        if self.proxy.state.acme is not None:
+            self.proxy.state.acme.stop()  # a stopping worker starts no order; the lease TTL frees one in flight
         while True:
             cutoff = time.monotonic() - IDLE_CLOSE_AFTER_S
             for sock, since in list(self.idle_connections.items()):

@@ -93,6 +93,7 @@ import http
 import itertools
 import json
 import socket as _stdlib_socket
+import ssl as _stdlib_ssl
 import struct
 import sys
 import time
@@ -202,14 +203,21 @@ class Origin:
         self.connections = 0
         self.requests = 0
         self._ids = itertools.count(1)
+        self.tls = None  # a server SSLContext with --certfile
 
     def handle(self, sock, address) -> None:
         self.connections += 1
-        conn = Connection(self, sock, address, next(self._ids))
         try:
+            if self.tls is not None:
+                sock.settimeout(self.idle_timeout_s)
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            conn = Connection(self, sock, address, next(self._ids))
             conn.serve()
         except (PeerClosed, ConnectionError, socket.timeout, TimeoutError):
             pass  # the peer went away or idled out: the normal end of a connection
+        except _stdlib_ssl.SSLError as e:
+            # A refused handshake (no or untrusted client certificate, a client that rejected ours): one line.
+            print(f"origin {self.name}: TLS with {address[0]}:{address[1]} failed: {e.reason or e}", flush=True)
         finally:
             sock.close()
 
@@ -479,8 +487,19 @@ class Connection:
             "connection": self.id,
             "request": self.count,
             "client": list(self.address[:2]),
+            **self._tls_facts(),
         })
         return False
+
+    def _tls_facts(self) -> dict:
+        """Over TLS: the version, the ALPN protocol and the client certificate's subject (mutual TLS)."""
+        version = getattr(self.sock, "version", None)
+        if version is None:
+            return {}
+        peer = self.sock.getpeercert() or {}
+        subject = dict(pair for rdn in peer.get("subject", ()) for pair in rdn)
+        return {"tls": {"version": version(), "alpn": self.sock.selected_alpn_protocol(),
+                        "client_cn": subject.get("commonName")}}
 
     def _send_pattern(self, size: int, chunked: bool, rate: float) -> None:
         piece = PIECE_BYTES if not rate else int(min(PIECE_BYTES, max(1024, rate / 20)))
@@ -690,6 +709,20 @@ class Connection:
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 
 
+def _tls_context(opts):
+    """A server context for ``--certfile``: TLS 1.2+, ALPN http/1.1, a client certificate required with ``--client-ca``."""
+    from gevent import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(opts.certfile, opts.keyfile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    if opts.client_ca:
+        ctx.load_verify_locations(cafile=opts.client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True, help="TCP port (0 picks a free one)")
@@ -698,6 +731,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-timeout", type=float, default=75.0,
                         help="seconds a connection may stay silent before it is closed")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds every request waits before its answer")
+    parser.add_argument("--certfile", help="serve TLS with this PEM certificate chain (HTTP/1.1 over TLS)")
+    parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    parser.add_argument("--client-ca", help="require a client certificate signed by a CA in this PEM bundle (mutual TLS)")
     opts = parser.parse_args(argv)
 
     listener = socket.socket(_stdlib_socket.AF_INET6 if ":" in opts.host else _stdlib_socket.AF_INET)
@@ -705,6 +741,7 @@ def main(argv: list[str] | None = None) -> None:
     listener.bind((opts.host, opts.port))
     listener.listen(4096)
     origin = Origin(opts.name, opts.idle_timeout, opts.delay)
+    origin.tls = _tls_context(opts) if opts.certfile else None
     server = StreamServer(listener, origin.handle)
     server.start()
     host, port = listener.getsockname()[:2]

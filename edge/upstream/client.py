@@ -94,6 +94,7 @@ from edge.errors import (
 )
 from edge.fields import first_invalid_field, fields_valid, is_field_value, is_token
 from edge.metrics import Metrics
+from edge.upstream import tls as backend_tls
 from edge.upstream.health import OutlierPolicy, Outcome, PoolHealth
 from edge.upstream.pool import ConnectionPool, PooledConnection
 from edge.upstream.queue import WaitQueue
@@ -198,14 +199,18 @@ def check_request(method: str, target: str, host: str | None, headers: list[tupl
 class Server:
     """One backend server and its idle connections (per worker)."""
 
-    __slots__ = ("host", "port", "authority", "pool", "index", "label")
+    __slots__ = ("host", "port", "authority", "pool", "index", "label", "tls", "tls_name")
 
-    def __init__(self, index: int, host: str, port: int, pool: ConnectionPool) -> None:
+    def __init__(self, index: int, host: str, port: int, pool: ConnectionPool, tls=None, tls_name: str | None = None) -> None:
         self.index, self.host, self.port, self.pool = index, host, port, pool
         self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.label = self.authority
+        self.tls = tls             # the pool's client SSLContext (edge.upstream.tls), None for plain TCP
+        self.tls_name = tls_name   # the name its certificate is checked against (SNI unless an IP literal)
 
     def connect(self, timeout: float) -> PooledConnection:
+        """A new connection; with TLS the handshake is part of it, within the same ``timeout``."""
+        deadline = time.monotonic() + timeout
         try:
             sock = _gsocket.create_connection((self.host, self.port), timeout=timeout)
         except _gsocket.timeout:
@@ -213,8 +218,13 @@ class Server:
         except OSError as e:
             raise ConnectError(f"connect to {self.authority} failed: {e.strerror or e}") from None
         sock.setsockopt(_gsocket.IPPROTO_TCP, _gsocket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            sock = backend_tls.handshake(sock, self.tls, self.tls_name, self.authority, deadline)
         self.pool.created += 1
-        return PooledConnection(sock, self.pool)
+        conn = PooledConnection(sock, self.pool)
+        if self.tls is not None:
+            conn.raw = backend_tls.TLSTransport(sock, self.authority)  # never the kernel socket under TLS
+        return conn
 
 
 class _Parse:
@@ -369,8 +379,10 @@ class UpstreamPool:
     def __init__(self, name: str, cfg, metrics: Metrics | None = None) -> None:
         self.name = name
         ka = cfg.keepalive
+        tls = backend_tls.build_context(name, cfg.tls) if any(s.tls for s in cfg.servers) else None
         self.servers = tuple(
-            Server(i, s.host, s.port, ConnectionPool(ka.max_idle, ka.idle_timeout, ka.max_requests))
+            Server(i, s.host, s.port, ConnectionPool(ka.max_idle, ka.idle_timeout, ka.max_requests),
+                   tls if s.tls else None, backend_tls.sni_name(s.host, cfg.tls))
             for i, s in enumerate(cfg.servers)
         )
         # Balancing (issue 9): what the request path must compute for this pool (affinity: None,
@@ -733,8 +745,11 @@ def _remaining(timeout: float, deadline: float | None) -> float:
 
 def _peer_closed(conn: PooledConnection) -> bool:
     """True when the backend has closed (or reset) an idle connection; one non-blocking peek."""
+    raw = conn.raw
+    if type(raw) is backend_tls.TLSTransport:
+        return raw.peer_closed()  # no MSG_PEEK under TLS: the kernel bytes may be a session ticket
     try:
-        conn.raw.recv(1, _gsocket.MSG_PEEK | _gsocket.MSG_DONTWAIT)
+        raw.recv(1, _gsocket.MSG_PEEK | _gsocket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
     except OSError:

@@ -54,8 +54,8 @@ def error_of(path):
             "FILE: upstreams.demo.servers[0].port: port must be 1-65535 (got 0)",
         ),
         (
-            "upstreams:\n  demo:\n    servers: ['https://a:443']\n",
-            "FILE: upstreams.demo.servers[0]: https backends are not supported yet (got 'https://a:443')",
+            "upstreams:\n  demo:\n    servers: ['https://a b']\n",
+            "FILE: upstreams.demo.servers[0]: expected 'https://host[:port]' (got 'https://a b')",
         ),
         (
             "upstreams:\n  demo:\n    servers: []\n",
@@ -135,7 +135,7 @@ def error_of(path):
         ),
         (
             "tls: {certfile: a.pem}\n",
-            "FILE: tls.keyfile: required key is missing",
+            "FILE: tls: certfile and keyfile go together",
         ),
         (
             "- server\n",
@@ -450,3 +450,38 @@ def test_respond_headers_cannot_set_framing(tmp_path, name):
     assert error_of(write(tmp_path, text)) == (
         f"FILE: routes[0].respond.headers: header {name} is connection framing, which edge writes itself "
         "(RFC 9112 §6, RFC 9110 §7.6.1)")
+
+
+# ---------------------------------------------------------------- TLS to backends (issue 13)
+
+
+@pytest.mark.parametrize("servers, port, tls", [
+    ("['https://a.example:8443']", 8443, True),
+    ("['https://a.example']", 443, True),           # RFC 9110 §4.2.2: https's default port
+    ("['https://[::1]:9443/']", 9443, True),
+    ("['http://a.example:80']", 80, False),
+    ("[{host: a.example, port: 9000, tls: true}]", 9000, True),
+])
+def test_https_servers(servers, port, tls):
+    cfg = parse_config(yaml.safe_load(f"upstreams:\n  demo:\n    servers: {servers}\n"))
+    s = cfg.upstreams["demo"].servers[0]
+    assert (s.port, s.tls) == (port, tls)
+
+
+@pytest.mark.parametrize("tls, error", [
+    ("{client_cert: /x.pem}", "upstreams.demo.tls: client_cert and client_key go together"),
+    ("{ca_file: /nonexistent/ca.pem}", "upstreams.demo.tls: cannot read /nonexistent/ca.pem: No such file or directory"),
+    ("{server_name: 'a b'}", "upstreams.demo.tls.server_name:"),
+    ("{server_name: 'a.example:443'}", "upstreams.demo.tls.server_name: a name without a port (got 'a.example:443')"),
+    ("{min_version: '1.1'}", "upstreams.demo.tls.min_version:"),
+])
+def test_upstream_tls_errors(tls, error):
+    with pytest.raises(ConfigError) as e:
+        parse_config(yaml.safe_load(f"upstreams:\n  demo:\n    servers: ['https://a:1']\n    tls: {tls}\n"), "FILE")
+    assert str(e.value).startswith(f"FILE: {error}"), str(e.value)
+
+
+def test_upstream_tls_settings_need_a_tls_server():
+    with pytest.raises(ConfigError) as e:
+        parse_config(yaml.safe_load("upstreams:\n  demo:\n    servers: ['a:1']\n    tls: {verify: false}\n"), "FILE")
+    assert "no server uses TLS" in str(e.value)
