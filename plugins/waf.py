@@ -8,7 +8,8 @@ Theory of operation
 ``path``                        the request path, percent-decoded once
 ``args:<name>``                 each query argument's value (decoded once, ``+`` is a space)
 ``args_names:<name>``           each query argument's name
-``cookie:<name>``               each cookie's value (percent-decoded once)
+``cookie:<name>``               each cookie's value (percent-decoded once); every pair of every
+                                ``Cookie`` field, a name sent twice inspected twice
 ``header:<name>``               the configured headers (default ``User-Agent``, ``Referer``)
 ``body:form:<name>``            each field of an ``application/x-www-form-urlencoded`` body
 ``body:form_names:<name>``      each field name of such a body
@@ -84,12 +85,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edge.config import Size
 from edge.context import RequestContext, Response
-from edge.cookies import request_cookies
 from edge.fields import is_token
 from edge.pattern import compile_client_pattern
 from edge.plugins import BodyBuffer, Plugin, PluginConfig, Services
 
-__all__ = ["Waf", "Rule", "RULES", "Match", "WafVerdict", "decoded_forms", "json_strings", "query_pairs", "windows"]
+__all__ = ["Waf", "Rule", "RULES", "Match", "WafVerdict", "decoded_forms", "json_strings", "query_pairs", "windows",
+           "cookie_pairs"]
 
 SEVERITY = {"critical": 5, "error": 4, "warning": 3, "notice": 2}
 
@@ -284,6 +285,27 @@ def query_pairs(query: str) -> list[tuple[str, str]]:
         if "%" in value:
             value = unquote(value, errors="replace")
         out.append((name, value))
+    return out
+
+
+def cookie_pairs(fields: list[str]) -> list[tuple[str, str]]:
+    """``(name, value)`` of every pair of every ``Cookie`` field, duplicates included and in order.
+
+    ``edge.cookies`` lets the first of a name win (RFC 6265 §5.4), but backends differ: Python's
+    ``http.cookies`` and Django keep the *last*, others the first, and a piece without ``=`` is
+    a value with an empty name to Django. The WAF cannot know which one the backend reads, so
+    it inspects them all."""
+    out = []
+    for field in fields:
+        for piece in field.split(";"):
+            name, sep, value = piece.partition("=")
+            if not sep:
+                name, value = "", name
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]   # RFC 6265 §4.1.1: a value may be quoted
+            if value:
+                out.append((name.strip(), value))
     return out
 
 
@@ -646,18 +668,18 @@ class Waf(Plugin):
                     self._inspect("args:" + name, value, out, budget)
                 if name and not plain(name):
                     self._inspect("args_names:" + name, name, out, budget)
-        # one pass over the fields: the configured headers, and whether there are cookies
+        # one pass over the fields: the configured headers, and every Cookie field
         wanted = self._wanted
-        has_cookie = False
+        cookie_fields: list[str] = []
         for k, v in ctx.headers.items():
             low = k.lower()
             if low == "cookie":
-                has_cookie = True
+                cookie_fields.append(v)
             location = wanted.get(low)
             if location is not None and v and not plain(v):
                 self._inspect(location, v, out, budget, url="?" in v and v.startswith(("http://", "https://")))
-        if has_cookie and self._cookies:
-            for name, value in request_cookies(ctx).items():
+        if cookie_fields and self._cookies:
+            for name, value in cookie_pairs(cookie_fields):
                 self._inspect("cookie:" + name, unquote(value, errors="replace") if "%" in value else value, out,
                               budget)
         return out

@@ -80,6 +80,7 @@ def chunked_post(port: int, path: str, ctype: str, pieces: list[bytes]) -> bytes
     {"params": {"q": "1' or '1'='1"}},
     {"params": {"q": "<script>alert(1)</script>"}},
     {"cookies": {"session": "x' UNION SELECT password FROM users--"}},
+    {"headers": {"Cookie": "id=1; id=1' union select password from users--"}},   # the last of a name too
     {"headers": {"User-Agent": "<svg onload=alert(1)>"}},
 ])
 def test_attack_in_request_head_gets_403_and_origin_sees_nothing(env, kwargs):

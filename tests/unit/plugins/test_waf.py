@@ -394,3 +394,23 @@ def test_more_than_the_inspection_budget_is_an_anomaly_not_a_pass():
     plugin = waf({"mode": "detect", "inspect_max_chars": 100, "disable_rules": ["waf-inspect-limit"]})
     assert verdict(plugin, make_ctx(query="q=" + "a%27" * 100)) is None
     assert verdict(waf({"mode": "detect", "inspect_max_chars": 100}), make_ctx(query="q=" + "a%27" * 100)).attack
+
+
+# --------------------------------------------------------------------------- duplicate cookies (issue 11 review)
+
+
+@pytest.mark.parametrize("fields", [
+    ["id=1; id=1%27%20union%20select%20password%20from%20users--"],      # Django and http.cookies keep the last
+    ["id=1", "id=1' union select password from users--"],                 # a second Cookie field
+    ["id=1; \"1' union select password from users--\""],                   # no name: Django's "" cookie
+    ["id=1; id=\"<script>alert(1)</script>\""],                            # quoted
+])
+def test_every_cookie_pair_is_inspected(fields):
+    v = verdict(waf({"mode": "detect"}), make_ctx(headers=[("Cookie", f) for f in fields]))
+    assert v is not None and v.attack
+    assert {m.location for m in v.matches} <= {"cookie:id", "cookie:"}
+
+
+def test_cookie_pairs_keeps_duplicates_in_order():
+    assert waf_module.cookie_pairs(["a=1; b=2; a=3", "a=4;;c", 'd="x y"']) == [
+        ("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("", "c"), ("d", "x y")]
