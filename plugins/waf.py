@@ -64,8 +64,9 @@ request that cannot be inspected whole is not passed as if it had been.
 
 **Cost.** The hot path is a GET with a short query. A value made only of letters,
 digits and ``_.-/`` cannot carry an injection any shipped rule looks for and is skipped
-at once (not when the operator adds rules: those may look for plain text); the verdict of every other value is kept in a bounded memo (user agents and
-common query values repeat), so libinjection (about 2 µs for SQLi) and the one
+at once (not when the operator adds rules: those may look for plain text); the verdict of every other value up to ``MEMO_VALUE_CHARS`` (512) long is kept in a memo
+bounded in entries and so in bytes (user agents and common query values repeat; long values
+seldom do, and keeping them would let a client fill the memo with whole bodies), so libinjection (about 2 µs for SQLi) and the one
 combined RE2 search over all enabled expressions run once per distinct value.
 """
 
@@ -105,6 +106,10 @@ WINDOW_OVERLAP = 512
 INSPECT_HEAD_CHARS = 256 * 1024
 #: verdicts memoised per worker (distinct values); cleared when full
 MEMO_SIZE = 4096
+#: only values up to this long are memoised (the ones that repeat: user agents, common query
+#: values), so the memo holds at most MEMO_SIZE * (MEMO_VALUE_CHARS + 5) characters of keys
+#: (about 2 MB), not MEMO_SIZE whole bodies' worth
+MEMO_VALUE_CHARS = 512
 #: a JSON body holding more strings than this is an anomaly in itself (rule waf-body-limits)
 MAX_JSON_STRINGS = 10000
 
@@ -549,9 +554,11 @@ class Waf(Plugin):
     def _value_rules(self, value: str) -> tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]]:
         """The rules that match ``value`` in any of its decoded forms: ``(unscoped, scoped)``."""
         memo = self._memo
-        hit = memo.get(value)
-        if hit is not None:
-            return hit
+        keep = len(value) <= MEMO_VALUE_CHARS
+        if keep:
+            hit = memo.get(value)
+            if hit is not None:
+                return hit
         found: list[Rule] = []
         scoped: list[tuple[Rule, _LocationSet]] = []
         seen: set[str] = set()
@@ -575,9 +582,10 @@ class Waf(Plugin):
                         else:
                             scoped.append((rule, scope))
         result = (tuple(found), tuple(scoped))
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo[value] = result
+        if keep:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[value] = result
         return result
 
     def _inspect(self, location: str, value: str, out: list[Match], budget: _Budget, url: bool = False) -> None:
@@ -612,10 +620,12 @@ class Waf(Plugin):
     def _url_rules(self, url: str) -> tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]]:
         """The rules matching a URL-valued header (Referer) or any of its query arguments, decoded
         as a backend reading it would; memoised as a whole (one dict lookup for a repeated URL)."""
+        keep = len(url) <= MEMO_VALUE_CHARS
         key = "\0url:" + url
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
+        if keep:
+            hit = self._memo.get(key)
+            if hit is not None:
+                return hit
         found, scoped = self._value_rules(url)
         plain = self._plain
         for _, arg in query_pairs(url.partition("?")[2].partition("#")[0]):
@@ -624,9 +634,10 @@ class Waf(Plugin):
                 found += tuple(r for r in f if r not in found)
                 scoped += tuple(x for x in sc if x not in scoped)
         result = (found, scoped)
-        if len(self._memo) >= MEMO_SIZE:
-            self._memo.clear()
-        self._memo[key] = result
+        if keep:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = result
         return result
 
     def _add(self, location: str, rules_found: tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]],

@@ -414,3 +414,21 @@ def test_every_cookie_pair_is_inspected(fields):
 def test_cookie_pairs_keeps_duplicates_in_order():
     assert waf_module.cookie_pairs(["a=1; b=2; a=3", "a=4;;c", 'd="x y"']) == [
         ("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("", "c"), ("d", "x y")]
+
+
+def test_memo_holds_only_short_values_so_its_size_is_bounded():
+    plugin = waf({"mode": "detect"})
+    limit = waf_module.MEMO_VALUE_CHARS
+    for i in range(300):   # distinct long values in every place that memoises
+        long_value = f"{i}'" + "x" * 2000
+        plugin.on_request(make_ctx(query="q=" + long_value, headers={
+            "User-Agent": long_value, "Referer": f"https://example.com/p?q={long_value}"}))
+        plugin.on_request_body_complete(make_ctx("POST", headers={"Content-Type": "application/json"}),
+                                        json.dumps({"a": long_value}).encode(), False)
+    memo = plugin._memo
+    assert len(memo) <= waf_module.MEMO_SIZE
+    assert max((len(k) for k in memo), default=0) <= limit + len("\0url:")   # 2,000-character values are not kept
+    assert sum(len(k) for k in memo) <= waf_module.MEMO_SIZE * (limit + len("\0url:"))
+    # short values still are
+    plugin.on_request(make_ctx(query="q=it%27s"))
+    assert "it's" in memo
