@@ -217,6 +217,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.\-/]*").fullmatch
 _PCT_U = re.compile(r"%u([0-9a-fA-F]{4})")
 _OVERLONG = re.compile(r"%[cC]([01])%([89abAB][0-9a-fA-F])")
 _SQL_COMMENT = re.compile(r"/\*.*?\*/", re.S)   # non-greedy with a fixed end: linear
+# backslash escapes in a quoted cookie value, as Python's http.cookies (and so Django) reads them
+_COOKIE_ESCAPE = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))", re.S)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -299,7 +301,8 @@ def cookie_pairs(fields: list[str]) -> list[tuple[str, str]]:
     ``edge.cookies`` lets the first of a name win (RFC 6265 §5.4), but backends differ: Python's
     ``http.cookies`` and Django keep the *last*, others the first, and a piece without ``=`` is
     a value with an empty name to Django. The WAF cannot know which one the backend reads, so
-    it inspects them all."""
+    it inspects them all. A quoted value with backslash escapes comes twice: as sent, and as
+    ``http.cookies`` unquotes it (``"1\\047 or \\0471\\047=\\0471"`` is ``1' or '1'='1`` to Django)."""
     out = []
     for field in fields:
         for piece in field.split(";"):
@@ -307,11 +310,19 @@ def cookie_pairs(fields: list[str]) -> list[tuple[str, str]]:
             if not sep:
                 name, value = "", name
             value = value.strip()
-            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            quoted = len(value) >= 2 and value[0] == '"' and value[-1] == '"'
+            if quoted:
                 value = value[1:-1]   # RFC 6265 §4.1.1: a value may be quoted
             if value:
-                out.append((name.strip(), value))
+                name = name.strip()
+                out.append((name, value))
+                if quoted and "\\" in value:
+                    out.append((name, _COOKIE_ESCAPE.sub(_cookie_unescape, value)))
     return out
+
+
+def _cookie_unescape(m: re.Match[str]) -> str:
+    return chr(int(m.group(1), 8)) if m.group(1) else m.group(2)
 
 
 class JsonLimit(ValueError):

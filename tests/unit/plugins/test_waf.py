@@ -432,3 +432,14 @@ def test_memo_holds_only_short_values_so_its_size_is_bounded():
     # short values still are
     plugin.on_request(make_ctx(query="q=it%27s"))
     assert "it's" in memo
+
+
+def test_quoted_cookie_with_octal_escapes_is_inspected_as_python_reads_it():
+    from http.cookies import SimpleCookie
+    field = 'id="1\\047 or \\0471\\047=\\0471"'
+    jar = SimpleCookie()
+    jar.load(field)
+    assert jar["id"].value == "1' or '1'='1"   # what a Python (Django) backend gets
+    assert ("id", "1' or '1'='1") in waf_module.cookie_pairs([field])
+    v = verdict(waf({"mode": "detect"}), make_ctx(headers={"Cookie": field}))
+    assert v is not None and v.attack and ("cookie:id", "libinjection-sqli") in locations(v)
