@@ -20,15 +20,23 @@ plain counter would keep its connections forever. Node counters are therefore
 kept per *epoch* (``floor(now / EPOCH_S)``): the key ``conn:<epoch>:<ip>`` expires
 after two epochs, and at each new epoch every live worker re-counts its own open
 connections into the new key (``refresh``, from a greenlet that looks every
-``REFRESH_S``). A dead worker's connections are simply not re-counted: they vanish
-from the node's count at the next epoch boundary, within ``EPOCH_S``. A slot
-remembers the epoch it is counted in: released in that epoch, it is decremented
-there; released after the boundary but before the re-count, it is in neither key
-(its old key is going away, the new one never got it), so counts stay exact. A
-connection admitted while the store failed is counted at the next re-count.
+``REFRESH_S``), *moving* them: it adds them to the new epoch's key and takes them off
+the previous epoch's key. A dead worker's connections are simply not re-counted.
+
+The boundary. The workers do not re-count at the same instant (each within
+``REFRESH_S``, later on a busy worker), so the node's count during an epoch is the
+new key *plus* the previous key: the previous key then holds exactly the connections
+of workers that have not re-counted yet (and of dead ones). ``admit`` compares that
+sum with the cap, and first re-counts its own worker when the epoch changed, so the
+cap holds across the boundary whatever the order; a slot released before its worker
+re-counted is taken off the previous key, where it still counts. (Comparing only the
+new key, as a first version did, let every boundary admit a whole cap's worth more:
+the new key starts at 0.) A dead worker's connections are thus still counted during
+the epoch after its last one and forgotten after that: within ``2 * EPOCH_S`` (10 s).
+A connection admitted while the store failed is counted at the next re-count.
 
 Cost: the caps off, nothing; the per-worker caps, two dict operations per
-connection; the node cap, two LMDB transactions (~10 µs each) per connection.
+connection; the node cap, two LMDB transactions (~10 µs each) and one read per connection.
 
 What the client gets over a cap is decided by the worker: ``503`` with
 ``Retry-After`` and ``Connection: close``, as nginx's ``limit_conn`` answers by
@@ -45,8 +53,8 @@ from typing import Any, Callable
 
 from edge.errors import StoreUnavailable
 
-#: node counters live per epoch of this many seconds; a dead worker's counts vanish within one
-EPOCH_S = 10.0
+#: node counters live per epoch of this many seconds; a dead worker's counts vanish within two
+EPOCH_S = 5.0
 #: how often the refresher looks for a new epoch (the re-count runs once per epoch)
 REFRESH_S = 0.25
 KEY_PREFIX = "conn:"
@@ -107,7 +115,13 @@ class ConnectionCaps:
         epoch = None
         if self.max_per_ip_node is not None:
             epoch = self._now_epoch()
+            if epoch != self._epoch:
+                self.refresh()   # carry this worker's open connections into the new epoch first
             key = node_key(epoch, ip)
+            # the previous key is read *before* the increment: a worker re-counting moves its
+            # connections by adding to the new key first and taking off the old one after, so
+            # in this order they are seen once or twice (too high), never in neither key
+            earlier = self._not_recounted(epoch, ip)
             try:
                 count = self.store.incr(key, 1, ttl_s=2 * EPOCH_S)
             except StoreUnavailable:
@@ -117,7 +131,10 @@ class ConnectionCaps:
                 epoch = None
                 self._uncounted += 1
             else:
-                if count > self.max_per_ip_node:
+                if earlier is None:
+                    self._store_failed()   # fail open on the previous key too (counted once per admit)
+                    earlier = 0
+                if count + earlier > self.max_per_ip_node:
                     self._decrement(key)
                     return None, self._refused(Refusal.PER_IP_NODE)
         slot = Slot(ip, epoch)
@@ -138,7 +155,9 @@ class ConnectionCaps:
             self.slots.discard(slot)
             if slot.epoch is None:
                 self._uncounted -= 1
-            elif slot.epoch == self._now_epoch():
+            elif slot.epoch >= self._now_epoch() - 1:
+                # its epoch's key is still read: the current one, or the previous one before
+                # this worker re-counted (which then counts it for the whole node)
                 self._decrement(node_key(slot.epoch, slot.ip))
 
     def refresh(self) -> bool:
@@ -160,16 +179,32 @@ class ConnectionCaps:
             except StoreUnavailable:
                 self._store_failed()
                 for s in slots:
-                    s.epoch = None  # tried again at the next look
+                    s.epoch = None  # tried again at the next look (one still in the previous key
+                                    # stays counted there too until the epoch ends: too high, not too low)
                 self._uncounted += len(slots)
                 continue
+            # added to the new key first, then taken off the previous one: in between the
+            # node count is too high, never too low
+            previous = sum(1 for s in slots if s.epoch == epoch - 1)
+            if previous:
+                self._decrement(node_key(epoch - 1, ip), previous)
             for s in slots:
                 s.epoch = epoch
         return True
 
-    def _decrement(self, key: str) -> None:
+    def _not_recounted(self, epoch: int, ip: str) -> int | None:
+        """Connections of ``ip`` still counted only in the previous epoch's key: those of
+        workers that have not re-counted into ``epoch`` yet (or never will: dead ones).
+        None when the store failed."""
         try:
-            self.store.incr(key, -1, ttl_s=2 * EPOCH_S)
+            raw = self.store.get(node_key(epoch - 1, ip))
+        except StoreUnavailable:
+            return None
+        return max(0, int(raw)) if raw is not None else 0
+
+    def _decrement(self, key: str, amount: int = 1) -> None:
+        try:
+            self.store.incr(key, -amount, ttl_s=2 * EPOCH_S)
         except StoreUnavailable:
             self._store_failed()  # the key expires with its epoch: the count heals then
 

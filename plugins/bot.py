@@ -35,7 +35,12 @@ once per 10 s per reason (scanners send thousands of requests).
 **Crawler verification** caches each address's answer (``crawler_cache_s``, bounded),
 so one lookup per address per hour at most; a lookup that fails or times out counts as
 not verified for a short while only (``CRAWLER_FAILURE_TTL_S``), and costs the request
-at most ``dns_timeout``. With a store that is down, ``ratelimit`` admits (counted as
+at most ``dns_timeout``. The hook's own budget (the plugin's ``timeout``) must outlast
+that: with ``verify_crawlers`` it defaults to ``2 * dns_timeout + DNS_TIMEOUT_MARGIN_S``
+and a smaller one is refused at load. Otherwise a slow resolver would have the plugin
+chain cut the hook first (503, fail-closed) before anything was cached, and every
+request would wait for the resolver again; should the hook be cut all the same, the
+address is still remembered as unverified for the short TTL. With a store that is down, ``ratelimit`` admits (counted as
 ``plugin.bot.store_error``): a bot filter must not take the site down with the store.
 """
 
@@ -51,7 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import gevent
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edge.config import Duration
 from edge.context import RequestContext, Response
@@ -78,6 +83,10 @@ CRAWLERS: dict[str, tuple[str, ...]] = {
 CRAWLER_FAILURE_TTL_S = 60.0
 #: addresses remembered per worker; the cache is cleared when full
 CRAWLER_CACHE_SIZE = 10000
+#: with ``verify_crawlers`` the plugin's ``timeout`` is at least ``2 * dns_timeout`` plus this:
+#: the verification's own deadline must fire first (and its "unverified" be cached), with room
+#: for a late timer on a busy worker and for the rest of the hook (the ``ratelimit`` step)
+DNS_TIMEOUT_MARGIN_S = 0.25
 LOG_INTERVAL_S = 10.0
 
 Reason = Literal["scanner", "user_agent", "missing_user_agent", "browser_headers", "fake_crawler"]
@@ -134,7 +143,10 @@ class Bot(Plugin):
         verify_crawlers: bool = Field(False, description="check claimed search-engine crawlers by reverse and "
                                                          "forward DNS (I/O, cached)")
         crawler_cache_s: Duration = Field(3600.0, description="how long a crawler verification is remembered")
-        dns_timeout: Duration = Field(0.5, description="longest wait for one crawler verification")
+        dns_timeout: Duration = Field(0.5, description="longest wait for one crawler verification (the reverse and "
+                                                        "the forward lookup together); with `verify_crawlers` the "
+                                                        "plugin's `timeout` defaults to 2 x this + 0.25 s, and a "
+                                                        "smaller one is refused")
 
         @field_validator("user_agents", "allow")
         @classmethod
@@ -148,6 +160,20 @@ class Bot(Plugin):
         def _rate(cls, v: str) -> str:
             Limit.parse(v)
             return v
+
+        @model_validator(mode="after")
+        def _dns_budget(self) -> "Bot.Config":
+            if not self.verify_crawlers:
+                return self
+            need = 2 * self.dns_timeout + DNS_TIMEOUT_MARGIN_S
+            if "timeout" in self.model_fields_set:
+                if self.timeout < need:
+                    raise ValueError(f"timeout {self.timeout:g}s cannot hold a crawler verification: with "
+                                     f"verify_crawlers it must be at least 2 x dns_timeout + "
+                                     f"{DNS_TIMEOUT_MARGIN_S:g}s = {need:g}s")
+            elif self.timeout < need:
+                object.__setattr__(self, "timeout", need)   # the default follows dns_timeout (frozen model)
+            return self
 
     def __init__(self, config: Config, services: Services) -> None:
         self._store = services.store
@@ -220,13 +246,21 @@ class Bot(Plugin):
                 name, addresses = self._resolve(ip)
         except (OSError, gevent.Timeout, UnicodeError):
             pass   # no PTR, NXDOMAIN, a resolver timeout: not verified, for a short while (see above)
+        except BaseException:
+            # cut from outside (the plugin's timeout, a worker stopping): still remembered as
+            # unverified for the short TTL, so a slow resolver costs one lookup per TTL, not one per request
+            self._remember(ip, False, now + CRAWLER_FAILURE_TTL_S)
+            raise
         else:
             ok = name.endswith(CRAWLERS[claimed]) and ip in {_canonical_ip(a) for a in addresses}
             ttl = self._cache_s
+        self._remember(ip, ok, now + ttl)
+        return ok
+
+    def _remember(self, ip: str, genuine: bool, until: float) -> None:
         if len(self._verified) >= CRAWLER_CACHE_SIZE:
             self._verified.clear()
-        self._verified[ip] = (ok, now + ttl)
-        return ok
+        self._verified[ip] = (genuine, until)
 
     # -- hooks ----------------------------------------------------------------------------
 

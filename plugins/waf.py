@@ -8,7 +8,8 @@ Theory of operation
 ``path``                        the request path, percent-decoded once
 ``args:<name>``                 each query argument's value (decoded once, ``+`` is a space)
 ``args_names:<name>``           each query argument's name
-``cookie:<name>``               each cookie's value (percent-decoded once)
+``cookie:<name>``               each cookie's value (percent-decoded once); every pair of every
+                                ``Cookie`` field, a name sent twice inspected twice
 ``header:<name>``               the configured headers (default ``User-Agent``, ``Referer``)
 ``body:form:<name>``            each field of an ``application/x-www-form-urlencoded`` body
 ``body:form_names:<name>``      each field name of such a body
@@ -54,10 +55,18 @@ logged with the score and each match (``args:q libinjection-sqli``) and counted 
 ``plugin.waf.<mode>.<class>`` once per class matched. ``ctx.facts["waf"]`` holds the
 ``WafVerdict`` for later plugins and the log.
 
+**Long values.** A value is inspected whole: past ``MAX_VALUE_CHARS`` in windows of that
+size overlapping by ``WINDOW_OVERLAP`` (libinjection reads a string from its start; a
+payload up to the overlap long lies whole in some window). What one request has
+inspected, head and body together, is bounded by ``inspect_max_chars``; past it the
+request scores rule ``waf-inspect-limit`` (critical) and nothing more is inspected: a
+request that cannot be inspected whole is not passed as if it had been.
+
 **Cost.** The hot path is a GET with a short query. A value made only of letters,
 digits and ``_.-/`` cannot carry an injection any shipped rule looks for and is skipped
-at once (not when the operator adds rules: those may look for plain text); the verdict of every other value is kept in a bounded memo (user agents and
-common query values repeat), so libinjection (about 2 µs for SQLi) and the one
+at once (not when the operator adds rules: those may look for plain text); the verdict of every other value up to ``MEMO_VALUE_CHARS`` (512) long is kept in a memo
+bounded in entries and so in bytes (user agents and common query values repeat; long values
+seldom do, and keeping them would let a client fill the memo with whole bodies), so libinjection (about 2 µs for SQLi) and the one
 combined RE2 search over all enabled expressions run once per distinct value.
 """
 
@@ -77,20 +86,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edge.config import Size
 from edge.context import RequestContext, Response
-from edge.cookies import request_cookies
 from edge.fields import is_token
 from edge.pattern import compile_client_pattern
 from edge.plugins import BodyBuffer, Plugin, PluginConfig, Services
 
-__all__ = ["Waf", "Rule", "RULES", "Match", "WafVerdict", "decoded_forms", "json_strings", "query_pairs"]
+__all__ = ["Waf", "Rule", "RULES", "Match", "WafVerdict", "decoded_forms", "json_strings", "query_pairs", "windows",
+           "cookie_pairs"]
 
 SEVERITY = {"critical": 5, "error": 4, "warning": 3, "notice": 2}
 
-#: values longer than this are inspected only up to it (libinjection and RE2 are linear;
-#: the cap bounds one request's CPU whatever the header or body limits are)
+#: a longer value is inspected whole, in windows of this many characters (libinjection reads a
+#: string from its start; a window is what one call sees)
 MAX_VALUE_CHARS = 8192
+#: consecutive windows overlap by this much: a payload up to this long is seen whole in one
+#: window wherever it sits, also across a window edge
+WINDOW_OVERLAP = 512
+#: what a request may have inspected beyond ``body_max_bytes`` by default (the head: path,
+#: query, cookies, headers; ``server.max_head_size`` is 64 KB, a URL-valued header counts twice)
+INSPECT_HEAD_CHARS = 256 * 1024
 #: verdicts memoised per worker (distinct values); cleared when full
 MEMO_SIZE = 4096
+#: only values up to this long are memoised (the ones that repeat: user agents, common query
+#: values), so the memo holds at most MEMO_SIZE * (MEMO_VALUE_CHARS + 5) characters of keys
+#: (about 2 MB), not MEMO_SIZE whole bodies' worth
+MEMO_VALUE_CHARS = 512
 #: a JSON body holding more strings than this is an anomaly in itself (rule waf-body-limits)
 MAX_JSON_STRINGS = 10000
 
@@ -198,6 +217,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.\-/]*").fullmatch
 _PCT_U = re.compile(r"%u([0-9a-fA-F]{4})")
 _OVERLONG = re.compile(r"%[cC]([01])%([89abAB][0-9a-fA-F])")
 _SQL_COMMENT = re.compile(r"/\*.*?\*/", re.S)   # non-greedy with a fixed end: linear
+# backslash escapes in a quoted cookie value, as Python's http.cookies (and so Django) reads them
+_COOKIE_ESCAPE = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))", re.S)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -209,6 +230,22 @@ def _never(value: str) -> bool:
 
 def _overlong(m: re.Match[str]) -> str:
     return chr(((int(m.group(1)) & 0x1) << 6) | (int(m.group(2), 16) & 0x3F))
+
+
+def windows(value: str) -> Iterator[str]:
+    """``value`` in pieces of ``MAX_VALUE_CHARS`` overlapping by ``WINDOW_OVERLAP``, covering it
+    whole: a payload no longer than the overlap lies entirely inside at least one window."""
+    n = len(value)
+    if n <= MAX_VALUE_CHARS:
+        yield value
+        return
+    step = MAX_VALUE_CHARS - WINDOW_OVERLAP
+    start = 0
+    while True:
+        yield value[start:start + MAX_VALUE_CHARS]
+        if start + MAX_VALUE_CHARS >= n:
+            return
+        start += step
 
 
 def decoded_forms(value: str) -> tuple[str, ...]:
@@ -256,6 +293,36 @@ def query_pairs(query: str) -> list[tuple[str, str]]:
             value = unquote(value, errors="replace")
         out.append((name, value))
     return out
+
+
+def cookie_pairs(fields: list[str]) -> list[tuple[str, str]]:
+    """``(name, value)`` of every pair of every ``Cookie`` field, duplicates included and in order.
+
+    ``edge.cookies`` lets the first of a name win (RFC 6265 §5.4), but backends differ: Python's
+    ``http.cookies`` and Django keep the *last*, others the first, and a piece without ``=`` is
+    a value with an empty name to Django. The WAF cannot know which one the backend reads, so
+    it inspects them all. A quoted value with backslash escapes comes twice: as sent, and as
+    ``http.cookies`` unquotes it (``"1\\047 or \\0471\\047=\\0471"`` is ``1' or '1'='1`` to Django)."""
+    out = []
+    for field in fields:
+        for piece in field.split(";"):
+            name, sep, value = piece.partition("=")
+            if not sep:
+                name, value = "", name
+            value = value.strip()
+            quoted = len(value) >= 2 and value[0] == '"' and value[-1] == '"'
+            if quoted:
+                value = value[1:-1]   # RFC 6265 §4.1.1: a value may be quoted
+            if value:
+                name = name.strip()
+                out.append((name, value))
+                if quoted and "\\" in value:
+                    out.append((name, _COOKIE_ESCAPE.sub(_cookie_unescape, value)))
+    return out
+
+
+def _cookie_unescape(m: re.Match[str]) -> str:
+    return chr(int(m.group(1), 8)) if m.group(1) else m.group(2)
 
 
 class JsonLimit(ValueError):
@@ -313,6 +380,21 @@ class WafVerdict:
     attack: bool            # score at or above the threshold
     blocked: bool           # attack and mode block
     reference: str | None   # the id in the 403 body and the log line
+
+
+class _Budget:
+    """What one request may still have inspected (``inspect_max_chars``), shared by its hooks
+    through ``ctx.facts[BUDGET_FACT]``."""
+
+    __slots__ = ("left", "over")
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.over = False   # a value did not fit: the request is an anomaly, nothing more is inspected
+
+
+#: ``ctx.facts`` key of the request's ``_Budget`` (the body hook goes on where on_request stopped)
+BUDGET_FACT = "waf.budget"
 
 
 # --------------------------------------------------------------------------- settings
@@ -396,6 +478,10 @@ class Waf(Plugin):
             "reject", description="a longer body: 413 (`reject`) or inspect its first `body_max_bytes` and pass the "
                                   "rest uninspected (`truncate`)")
         json_max_depth: int = Field(32, ge=1, le=512, description="deeper JSON is an anomaly (rule waf-body-limits)")
+        inspect_max_chars: Size | None = Field(
+            None, description="characters inspected per request at most, all locations together (every value is "
+                              "inspected whole); a request with more is an anomaly (rule `waf-inspect-limit`, "
+                              "critical) and the rest is not inspected. Default `body_max_bytes` + 256 KB")
         rules: tuple[RuleSettings, ...] = Field((), description="extra rules")
         exclude: tuple[ExcludeSettings, ...] = Field((), description="locations excused from some or all rules")
         disable_rules: tuple[str, ...] = Field((), description="rule ids or classes not run at all")
@@ -408,10 +494,10 @@ class Waf(Plugin):
                     raise ValueError(f"not a header name: {name!r}")
             return v
 
-        @field_validator("body_max_bytes")
+        @field_validator("body_max_bytes", "inspect_max_chars")
         @classmethod
-        def _positive(cls, v: int) -> int:
-            if v < 1:
+        def _positive(cls, v: int | None) -> int | None:
+            if v is not None and v < 1:
                 raise ValueError("must be positive")
             return v
 
@@ -421,7 +507,7 @@ class Waf(Plugin):
             dup = {i for i in ids if ids.count(i) > 1}
             if dup:
                 raise ValueError(f"duplicate rule id {sorted(dup)[0]!r}")
-            known = _RULE_IDS | _CLASSES | set(ids) | {r.cls for r in self.rules} | {"waf-body-limits"}
+            known = _RULE_IDS | _CLASSES | set(ids) | {r.cls for r in self.rules} | _LIMIT_NAMES
             for name in (*self.disable_rules, *(r for e in self.exclude for r in e.rules)):
                 if name not in known:
                     raise ValueError(f"unknown rule or class {name!r}")
@@ -465,6 +551,10 @@ class Waf(Plugin):
         self._cookies = config.cookies
         self._wanted = {h.lower(): "header:" + h.lower() for h in config.headers}
         self._json_depth = config.json_max_depth
+        self._budget_chars = (config.inspect_max_chars if config.inspect_max_chars is not None
+                              else config.body_max_bytes + INSPECT_HEAD_CHARS)
+        # over the budget: scored unless the operator switched the rule off (then the rest passes)
+        self._limit_scored = _INSPECT_LIMIT_RULE.id not in off and _INSPECT_LIMIT_RULE.cls not in off
         self._memo: dict[str, tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]]] = {}
         # counters (per worker), for tests and the status page
         self.blocked = 0
@@ -475,13 +565,15 @@ class Waf(Plugin):
     def _value_rules(self, value: str) -> tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]]:
         """The rules that match ``value`` in any of its decoded forms: ``(unscoped, scoped)``."""
         memo = self._memo
-        hit = memo.get(value)
-        if hit is not None:
-            return hit
+        keep = len(value) <= MEMO_VALUE_CHARS
+        if keep:
+            hit = memo.get(value)
+            if hit is not None:
+                return hit
         found: list[Rule] = []
         scoped: list[tuple[Rule, _LocationSet]] = []
         seen: set[str] = set()
-        for form in decoded_forms(value[:MAX_VALUE_CHARS]):
+        for form in (f for w in windows(value) for f in decoded_forms(w)):
             if self._sqli and "libinjection-sqli" not in seen:
                 r = libinjection.is_sql_injection(form)
                 if r["is_sqli"]:
@@ -501,23 +593,50 @@ class Waf(Plugin):
                         else:
                             scoped.append((rule, scope))
         result = (tuple(found), tuple(scoped))
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo[value] = result
+        if keep:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[value] = result
         return result
 
-    def _inspect(self, location: str, value: str, out: list[Match]) -> None:
+    def _inspect(self, location: str, value: str, out: list[Match], budget: _Budget, url: bool = False) -> None:
         if not value or self._plain(value):
             return
-        self._add(location, self._value_rules(value), out)
+        if not self._spend(location, len(value) * (2 if url else 1), out, budget):
+            return
+        self._add(location, self._url_rules(value) if url else self._value_rules(value), out)
+
+    def _spend(self, location: str, chars: int, out: list[Match], budget: _Budget) -> bool:
+        """Take ``chars`` from the request's budget; False (and, the first time, the anomaly) when
+        they do not fit: a value is inspected whole or not at all, never cut."""
+        if budget.over:
+            return False
+        if chars > budget.left:
+            budget.over = True
+            if self._limit_scored and not self._excluded(location, _INSPECT_LIMIT_RULE):
+                r = _INSPECT_LIMIT_RULE
+                out.append(Match(location, r.id, r.cls, r.score))
+            return False
+        budget.left -= chars
+        return True
+
+    def _budget(self, ctx: RequestContext | None) -> _Budget:
+        if ctx is None:
+            return _Budget(self._budget_chars)
+        budget = ctx.facts.get(BUDGET_FACT)
+        if budget is None:
+            budget = ctx.facts[BUDGET_FACT] = _Budget(self._budget_chars)
+        return budget
 
     def _url_rules(self, url: str) -> tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]]:
         """The rules matching a URL-valued header (Referer) or any of its query arguments, decoded
         as a backend reading it would; memoised as a whole (one dict lookup for a repeated URL)."""
+        keep = len(url) <= MEMO_VALUE_CHARS
         key = "\0url:" + url
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
+        if keep:
+            hit = self._memo.get(key)
+            if hit is not None:
+                return hit
         found, scoped = self._value_rules(url)
         plain = self._plain
         for _, arg in query_pairs(url.partition("?")[2].partition("#")[0]):
@@ -526,9 +645,10 @@ class Waf(Plugin):
                 found += tuple(r for r in f if r not in found)
                 scoped += tuple(x for x in sc if x not in scoped)
         result = (found, scoped)
-        if len(self._memo) >= MEMO_SIZE:
-            self._memo.clear()
-        self._memo[key] = result
+        if keep:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = result
         return result
 
     def _add(self, location: str, rules_found: tuple[tuple[Rule, ...], tuple[tuple[Rule, _LocationSet], ...]],
@@ -552,6 +672,7 @@ class Waf(Plugin):
     def inspect_request(self, ctx: RequestContext) -> list[Match]:
         """Matches in the path, query, cookies and configured headers of ``ctx``."""
         out: list[Match] = []
+        budget = self._budget(ctx)
         if self._path:
             raw = ctx.raw_path
             plain = self._plain
@@ -560,54 +681,54 @@ class Waf(Plugin):
                 # libinjection reads a value from its start
                 for segment in raw.split("/"):
                     if segment and not plain(segment):
-                        self._inspect("path", unquote(segment, errors="replace"), out)
+                        self._inspect("path", unquote(segment, errors="replace"), out, budget)
         plain = self._plain
         q = ctx.query
         if q and self._query:
             for name, value in query_pairs(q):
                 if value and not plain(value):
-                    self._add("args:" + name, self._value_rules(value), out)
+                    self._inspect("args:" + name, value, out, budget)
                 if name and not plain(name):
-                    self._add("args_names:" + name, self._value_rules(name), out)
-        # one pass over the fields: the configured headers, and whether there are cookies
+                    self._inspect("args_names:" + name, name, out, budget)
+        # one pass over the fields: the configured headers, and every Cookie field
         wanted = self._wanted
-        has_cookie = False
+        cookie_fields: list[str] = []
         for k, v in ctx.headers.items():
             low = k.lower()
             if low == "cookie":
-                has_cookie = True
+                cookie_fields.append(v)
             location = wanted.get(low)
             if location is not None and v and not plain(v):
-                if "?" in v and v.startswith(("http://", "https://")):
-                    self._add(location, self._url_rules(v), out)
-                else:
-                    self._add(location, self._value_rules(v), out)
-        if has_cookie and self._cookies:
-            for name, value in request_cookies(ctx).items():
-                self._inspect("cookie:" + name, unquote(value, errors="replace") if "%" in value else value, out)
+                self._inspect(location, v, out, budget, url="?" in v and v.startswith(("http://", "https://")))
+        if cookie_fields and self._cookies:
+            for name, value in cookie_pairs(cookie_fields):
+                self._inspect("cookie:" + name, unquote(value, errors="replace") if "%" in value else value, out,
+                              budget)
         return out
 
-    def inspect_body(self, content_type: str, body: bytes) -> list[Match]:
-        """Matches in a form or JSON body; other content types are not parsed."""
+    def inspect_body(self, content_type: str, body: bytes, ctx: RequestContext | None = None) -> list[Match]:
+        """Matches in a form or JSON body; other content types are not parsed. With ``ctx``, the
+        body takes what is left of the request's inspection budget."""
         out: list[Match] = []
+        budget = self._budget(ctx)
         ctype = content_type.split(";", 1)[0].strip().lower()
         if ctype == "application/x-www-form-urlencoded":
             text = body.decode("utf-8", "replace")
             for name, value in query_pairs(text):
-                self._inspect("body:form:" + name, value, out)
-                self._inspect("body:form_names:" + name, name, out)
+                self._inspect("body:form:" + name, value, out, budget)
+                self._inspect("body:form_names:" + name, name, out, budget)
         elif ctype == "application/json" or ctype.endswith("+json"):
             try:
                 doc = json.loads(body)
                 for suffix, value in json_strings(doc, self._json_depth):
-                    self._inspect("body:" + suffix, value, out)
+                    self._inspect("body:" + suffix, value, out, budget)
             except (ValueError, RecursionError) as e:
                 # not JSON after all, or built to outlast the walk: inspect it as text, and
                 # count the structure itself when it was valid but too deep or too large
                 if isinstance(e, (RecursionError, JsonLimit)):
                     if not self._excluded("body:json", _LIMITS_RULE):
                         out.append(Match("body:json", _LIMITS_RULE.id, _LIMITS_RULE.cls, _LIMITS_RULE.score))
-                self._inspect("body:raw", body[:MAX_VALUE_CHARS].decode("utf-8", "replace"), out)
+                self._inspect("body:raw", body.decode("utf-8", "replace"), out, budget)
         return out
 
     # -- decision ---------------------------------------------------------------------
@@ -651,10 +772,13 @@ class Waf(Plugin):
         ctype = ctx.headers.get("Content-Type")
         if not ctype:
             return None
-        matches = self.inspect_body(ctype, body)
+        matches = self.inspect_body(ctype, body, ctx)
         if not matches:
             return None
         return self._decide(ctx, matches)
 
 
 _LIMITS_RULE = Rule("waf-body-limits", "body", "critical", 1)
+#: a request with more to inspect than ``inspect_max_chars``: what was not inspected may hide anything
+_INSPECT_LIMIT_RULE = Rule("waf-inspect-limit", "limits", "critical", 1)
+_LIMIT_NAMES = frozenset({_LIMITS_RULE.id, _INSPECT_LIMIT_RULE.id, _INSPECT_LIMIT_RULE.cls})

@@ -37,6 +37,8 @@ def env(tmp_path_factory):
             {"name": "detect", "match": {"path": "/detect"}, "upstream": "app",
              "plugins": {"waf": {"mode": "detect"}}},
             {"name": "nobody", "match": {"path": "/upload"}, "upstream": "app", "plugins": {"waf": {"body": False}}},
+            {"name": "big", "match": {"path": "/big"}, "upstream": "app",
+             "plugins": {"waf": {"body_max_bytes": 8 * BODY_CAP}}},
             {"name": "default", "match": {"path": "/"}, "upstream": "app"},
         ],
         "tls": {"certfile": str(cert), "keyfile": str(key)},
@@ -78,6 +80,7 @@ def chunked_post(port: int, path: str, ctype: str, pieces: list[bytes]) -> bytes
     {"params": {"q": "1' or '1'='1"}},
     {"params": {"q": "<script>alert(1)</script>"}},
     {"cookies": {"session": "x' UNION SELECT password FROM users--"}},
+    {"headers": {"Cookie": "id=1; id=1' union select password from users--"}},   # the last of a name too
     {"headers": {"User-Agent": "<svg onload=alert(1)>"}},
 ])
 def test_attack_in_request_head_gets_403_and_origin_sees_nothing(env, kwargs):
@@ -102,6 +105,19 @@ def test_form_body_with_content_length_is_inspected_before_the_backend(env):
     edge, origin = env
     origin_requests(origin)
     r = requests.post(url(edge, "/echo"), data={"comment": "1; DROP TABLE users--"}, verify=False, timeout=10)
+    assert r.status_code == 403 and REF.match(r.content)
+    assert origin_requests(origin) == 0
+
+
+@pytest.mark.parametrize("ctype, body", [
+    ("application/json", json.dumps({"c": " " * 9000 + "<script>alert(1)</script>"}).encode()),
+    ("application/x-www-form-urlencoded", b"q=" + b"a" * 9000 + b"1%27+union+select+password+from+users--"),
+])
+def test_payload_after_long_filler_in_a_body_is_refused(env, ctype, body):
+    # only the first 8,192 characters of a value used to be inspected (issue 11 review)
+    edge, origin = env
+    origin_requests(origin)
+    r = requests.post(url(edge, "/big"), data=body, headers={"Content-Type": ctype}, verify=False, timeout=10)
     assert r.status_code == 403 and REF.match(r.content)
     assert origin_requests(origin) == 0
 

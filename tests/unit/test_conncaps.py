@@ -81,22 +81,65 @@ def test_live_connections_are_recounted_each_epoch_and_a_dead_worker_is_forgotte
     assert live.refresh() is True
     assert int(st.get(node_key(int(clock() // EPOCH_S), "192.0.2.1"))) == 1   # only the live connection
     assert live.refresh() is False                                         # once per epoch
+    # during that epoch the dead worker's connections still count (it might only be late to
+    # re-count); one epoch later they are forgotten: within 2 * EPOCH_S of its death
+    assert live.admit("192.0.2.1")[1] is Refusal.PER_IP_NODE
+    clock.t += EPOCH_S
+    assert live.refresh() is True
     more = [live.admit("192.0.2.1")[0] for _ in range(2)]
     assert all(more) and live.admit("192.0.2.1")[1] is Refusal.PER_IP_NODE
     live.release(kept)
     assert int(st.get(node_key(int(clock() // EPOCH_S), "192.0.2.1"))) == 2
 
 
-def test_release_after_the_boundary_before_the_recount_counts_nowhere():
+def test_release_after_the_boundary_before_the_recount_leaves_the_previous_key():
     clock, st = Clock(), store()
     w = ConnectionCaps(None, None, 5, st, clock=clock)
     a, b = w.admit("192.0.2.1")[0], w.admit("192.0.2.1")[0]
+    old = int(clock() // EPOCH_S)
     clock.t += EPOCH_S
-    w.release(a)           # counted in the old epoch's key, which is going away
-    w.refresh()
+    w.release(a)           # counted in the previous epoch's key, still read until this worker re-counts
+    assert int(st.get(node_key(old, "192.0.2.1"))) == 1
+    w.refresh()            # moves b: into the new key, out of the previous one
     assert int(st.get(node_key(int(clock() // EPOCH_S), "192.0.2.1"))) == 1
+    assert int(st.get(node_key(old, "192.0.2.1"))) == 0
     w.release(b)
     assert int(st.get(node_key(int(clock() // EPOCH_S), "192.0.2.1"))) == 0
+
+
+def test_node_cap_holds_across_epoch_boundaries_before_workers_recount():
+    # issue 11 review: the new epoch's key started at 0, so until each worker re-counted
+    # (up to REFRESH_S later) a cap of 10 let 20, then 30, then 40 connections be open
+    clock, st = Clock(), store()
+    ip, cap = "192.0.2.1", 10
+    workers = [ConnectionCaps(None, None, cap, st, clock=clock) for _ in range(3)]
+    held: list[tuple[ConnectionCaps, object]] = []
+
+    def fill(order):
+        for w in order:
+            for _ in range(cap):
+                slot, why = w.admit(ip)
+                if slot is not None:
+                    held.append((w, slot))
+                else:
+                    assert why is Refusal.PER_IP_NODE
+
+    fill(workers[:2])
+    assert len(held) == cap
+    for boundary in range(5):
+        clock.t += EPOCH_S
+        # no refresher has run yet; workers take turns, some never re-counted before admitting
+        fill(workers[boundary % 3:] + workers[:boundary % 3])
+        assert len(held) == cap, boundary
+        if boundary % 2:
+            for w in workers:
+                w.refresh()
+            assert int(st.get(node_key(int(clock() // EPOCH_S), ip))) == cap
+        # a connection closed before its worker re-counted makes room for exactly one
+        w, slot = held.pop(0)
+        w.release(slot)
+        fill(workers)
+        assert len(held) == cap, boundary
 
 
 class FailingStore:
@@ -108,6 +151,11 @@ class FailingStore:
         if self.down:
             raise StoreUnavailable("down")
         return self.inner.incr(key, amount, ttl_s=ttl_s)
+
+    def get(self, key):
+        if self.down:
+            raise StoreUnavailable("down")
+        return self.inner.get(key)
 
 
 def test_store_failure_admits_and_counts_the_slot_later():

@@ -187,3 +187,62 @@ def test_verification_is_off_by_default():
     plugin = make_plugin(Bot, {})
     plugin._resolve = lambda ip: pytest.fail("no DNS unless verify_crawlers")
     assert plugin.on_request(make_ctx(headers=GOOGLEBOT, client_ip="203.0.113.5")) is None
+
+
+# --------------------------------------------------------------------------- slow resolvers (issue 11 review)
+
+
+def test_plugin_timeout_follows_dns_timeout_and_a_smaller_one_is_refused():
+    from edge.plugins import DEFAULT_PLUGIN_TIMEOUT_S
+    margin = bot_module.DNS_TIMEOUT_MARGIN_S
+    config = lambda settings: Bot.Config.model_validate(settings)   # noqa: E731
+    assert config({"verify_crawlers": True}).timeout == pytest.approx(2 * 0.5 + margin)
+    assert config({"verify_crawlers": True, "dns_timeout": "2s"}).timeout == pytest.approx(4 + margin)
+    assert config({"verify_crawlers": True, "timeout": "3s"}).timeout == 3
+    assert config({}).timeout == DEFAULT_PLUGIN_TIMEOUT_S                 # no DNS, no floor
+    with pytest.raises(ConfigError, match="timeout"):
+        make_plugin(Bot, {"verify_crawlers": True, "timeout": "500ms"})
+
+
+def test_slow_resolver_costs_one_lookup_per_failure_ttl_and_no_503():
+    import gevent
+    from edge.plugins import Chain, _Entry
+    from edge.testing import _build, _CountingRegistry
+
+    plugin, config = _build(Bot, {"verify_crawlers": True}, None)
+    now = [1000.0]
+    plugin._clock = lambda: now[0]
+    lookups = Counter()
+
+    def slow(ip):
+        lookups[ip] += 1
+        gevent.sleep(30)   # a resolver that does not answer within dns_timeout
+
+    plugin._resolve = slow
+    sink = _CountingRegistry()
+    chain = Chain([_Entry("bot", plugin, config, "<test>", "Bot")], sink.record)
+    for _ in range(3):
+        answer = chain.run_request(make_ctx(headers=GOOGLEBOT, client_ip="66.249.66.1"))
+        assert answer is not None and answer.status == 403   # unverified, not a 503 from the chain's timeout
+    assert lookups["66.249.66.1"] == 1 and not sink.errors
+    now[0] += bot_module.CRAWLER_FAILURE_TTL_S + 1
+    chain.run_request(make_ctx(headers=GOOGLEBOT, client_ip="66.249.66.1"))
+    assert lookups["66.249.66.1"] == 2
+
+
+def test_verification_cut_from_outside_is_remembered_as_unverified():
+    class Cut(BaseException):
+        pass
+
+    plugin = make_plugin(Bot, {"verify_crawlers": True})
+    lookups = Counter()
+
+    def resolve(ip):
+        lookups[ip] += 1
+        raise Cut()   # what the plugin chain throws into a hook that overran its budget
+
+    plugin._resolve = resolve
+    with pytest.raises(Cut):
+        plugin.on_request(make_ctx(headers=GOOGLEBOT, client_ip="66.249.66.1"))
+    assert plugin.on_request(make_ctx(headers=GOOGLEBOT, client_ip="66.249.66.1")).status == 403
+    assert lookups["66.249.66.1"] == 1

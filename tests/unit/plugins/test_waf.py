@@ -338,3 +338,108 @@ def test_corpus_detection_and_false_positives_at_default_paranoia():
     assert r["false_positive_rate"] <= 0.01, [row["id"] for row, _ in r["false_positive_rows"]]
     for kind in ("sqli", "xss"):
         assert r["per_class"][kind]["rate"] >= 0.95
+
+
+# --------------------------------------------------------------------------- long values (issue 11 review)
+
+PAD = waf_module.MAX_VALUE_CHARS
+
+
+@pytest.mark.parametrize("ctx_args, body, location", [
+    ({"query": "q=" + "a" * PAD + "1%27+union+select+password+from+users--"}, None, "args:q"),
+    ({"query": "q=" + "a" * (3 * PAD + 77) + "1%27+union+select+password+from+users--"}, None, "args:q"),
+    ({"method": "POST", "headers": {"Content-Type": "application/json"}},
+     json.dumps({"c": " " * PAD + "<script>alert(1)</script>"}).encode(), "body:json:$.c"),
+    ({"method": "POST", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+     b"c=" + b"+" * PAD + b"%3Cscript%3Ealert(1)%3C/script%3E", "body:form:c"),
+    ({"method": "POST", "headers": {"Content-Type": "application/json"}},
+     b'{"c": "' + b" " * PAD + b"<script>alert(1)</script>", "body:raw"),
+])
+def test_payload_after_a_long_filler_is_caught(ctx_args, body, location):
+    v = verdict(waf({"mode": "detect"}), make_ctx(**ctx_args), body)
+    assert v is not None and v.attack and location in {m.location for m in v.matches}
+
+
+@pytest.mark.parametrize("offset", [PAD - 20, PAD - 509, 2 * PAD - 700])
+def test_payload_across_a_window_edge_is_caught(offset):
+    payload = "1' union select password from users--"
+    value = "a" * offset + payload + "a" * 100
+    v = verdict(waf({"mode": "detect"}), make_ctx(query="q=" + value.replace("'", "%27").replace(" ", "+")))
+    assert v is not None and v.attack
+
+
+def test_windows_cover_the_value_and_overlap():
+    value = "".join(chr(0x4E00 + i) for i in range(3 * PAD + 5))   # no piece repeats
+    parts = list(waf_module.windows(value))
+    assert all(len(p) <= PAD for p in parts) and parts[-1] == value[-len(parts[-1]):]
+    step = PAD - waf_module.WINDOW_OVERLAP
+    assert [value.find(p) for p in parts] == [i * step for i in range(len(parts))]
+    assert list(waf_module.windows("short")) == ["short"]
+
+
+def test_more_than_the_inspection_budget_is_an_anomaly_not_a_pass():
+    ctx = make_ctx(query="q=" + "a%27" * 6000)    # 12,000 characters inspected, budget 10,000
+    v = verdict(waf({"mode": "detect", "inspect_max_chars": 10000}), ctx)
+    assert v is not None and v.attack and ("args:q", "waf-inspect-limit") in locations(v)
+    # the budget spans the request: a body pushes it over after a head that fitted
+    plugin = waf({"mode": "detect", "inspect_max_chars": 10000})
+    ctx = make_ctx("POST", query="q=%27" + "a" * 6000, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    v = verdict(plugin, ctx, b"b=%27" + b"x" * 6000)
+    assert ("body:form:b", "waf-inspect-limit") in locations(v)
+    # the default holds a full-size body and head
+    plugin = waf({"mode": "detect", "body_max_bytes": 20000})
+    ctx = make_ctx("POST", query="q=%27" + "a" * 6000, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert verdict(plugin, ctx, b"b=%27" + b"x" * 19000) is None
+    # switched off by the operator: the rest passes uninspected, nothing is scored
+    plugin = waf({"mode": "detect", "inspect_max_chars": 100, "disable_rules": ["waf-inspect-limit"]})
+    assert verdict(plugin, make_ctx(query="q=" + "a%27" * 100)) is None
+    assert verdict(waf({"mode": "detect", "inspect_max_chars": 100}), make_ctx(query="q=" + "a%27" * 100)).attack
+
+
+# --------------------------------------------------------------------------- duplicate cookies (issue 11 review)
+
+
+@pytest.mark.parametrize("fields", [
+    ["id=1; id=1%27%20union%20select%20password%20from%20users--"],      # Django and http.cookies keep the last
+    ["id=1", "id=1' union select password from users--"],                 # a second Cookie field
+    ["id=1; \"1' union select password from users--\""],                   # no name: Django's "" cookie
+    ["id=1; id=\"<script>alert(1)</script>\""],                            # quoted
+])
+def test_every_cookie_pair_is_inspected(fields):
+    v = verdict(waf({"mode": "detect"}), make_ctx(headers=[("Cookie", f) for f in fields]))
+    assert v is not None and v.attack
+    assert {m.location for m in v.matches} <= {"cookie:id", "cookie:"}
+
+
+def test_cookie_pairs_keeps_duplicates_in_order():
+    assert waf_module.cookie_pairs(["a=1; b=2; a=3", "a=4;;c", 'd="x y"']) == [
+        ("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("", "c"), ("d", "x y")]
+
+
+def test_memo_holds_only_short_values_so_its_size_is_bounded():
+    plugin = waf({"mode": "detect"})
+    limit = waf_module.MEMO_VALUE_CHARS
+    for i in range(300):   # distinct long values in every place that memoises
+        long_value = f"{i}'" + "x" * 2000
+        plugin.on_request(make_ctx(query="q=" + long_value, headers={
+            "User-Agent": long_value, "Referer": f"https://example.com/p?q={long_value}"}))
+        plugin.on_request_body_complete(make_ctx("POST", headers={"Content-Type": "application/json"}),
+                                        json.dumps({"a": long_value}).encode(), False)
+    memo = plugin._memo
+    assert len(memo) <= waf_module.MEMO_SIZE
+    assert max((len(k) for k in memo), default=0) <= limit + len("\0url:")   # 2,000-character values are not kept
+    assert sum(len(k) for k in memo) <= waf_module.MEMO_SIZE * (limit + len("\0url:"))
+    # short values still are
+    plugin.on_request(make_ctx(query="q=it%27s"))
+    assert "it's" in memo
+
+
+def test_quoted_cookie_with_octal_escapes_is_inspected_as_python_reads_it():
+    from http.cookies import SimpleCookie
+    field = 'id="1\\047 or \\0471\\047=\\0471"'
+    jar = SimpleCookie()
+    jar.load(field)
+    assert jar["id"].value == "1' or '1'='1"   # what a Python (Django) backend gets
+    assert ("id", "1' or '1'='1") in waf_module.cookie_pairs([field])
+    v = verdict(waf({"mode": "detect"}), make_ctx(headers={"Cookie": field}))
+    assert v is not None and v.attack and ("cookie:id", "libinjection-sqli") in locations(v)
