@@ -39,7 +39,10 @@ def validate(cfg: EdgeConfig) -> list[str]:
     from edge.boot import Loaded, check_construction
     from edge.plugins import discover_plugins
 
+    from edge.tls import load_termination
+
     compile_routes(cfg)
+    load_termination(cfg)  # certificate files, key pairs, names
     return check_construction(Loaded(cfg.source, cfg, discover_plugins(cfg)))
 
 
@@ -60,8 +63,16 @@ def cmd_check(argv: list[str]) -> int:
     return 0
 
 
+def cmd_cert(argv: list[str]) -> int:
+    """Certificates: local-ca, issue NAME..., info (see docs/tls.md)."""
+    from edge.cli_cert import run
+
+    return run(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check": cmd_check,
+    "cert": cmd_cert,
 }
 
 

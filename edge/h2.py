@@ -84,7 +84,7 @@ def serve_stream(worker, req, addr, h2_conn, port: int) -> None:
     method = pseudo.get(":method", "")
     fields = stream_fields(stream.get_regular_headers())
     ended = stream.body_complete and not stream.body_size
-    scheme = worker.scheme
+    scheme = "https"  # edge negotiates HTTP/2 only by ALPN, on its TLS listeners (edge/tls.py)
     try:
         adm = admission.admit(method, pseudo.get(":path", ""), fields, authority=pseudo.get(":authority"),
                               http2=True, stream_ended=ended)

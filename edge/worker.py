@@ -17,6 +17,7 @@ many short-lived per-request objects.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import logging
 import socket
@@ -27,8 +28,10 @@ import gevent
 from gunicorn import sock as gunicorn_sock
 from gunicorn.workers.ggevent import GeventWorker
 
-from edge import h1, h2
+from edge import boot, certs, h1, h2, tls
 from edge.app import Proxy
+from edge.config import effective_listeners
+from edge.errors import StoreUnavailable
 from edge.context import UNKNOWN_CLIENT, RequestContext
 from edge.runtime import build_worker_state
 
@@ -37,6 +40,8 @@ log = logging.getLogger("edge.worker")
 IDLE_CLOSE_AFTER_S = 1.0  # a stopping worker closes keep-alive connections idle this long
 GC_GEN0_THRESHOLD = 50_000
 DEFAULT_TUNNEL_IDLE_S = 75.0  # when keepalive is 0 and no tunnel_idle_timeout is set
+EXPIRY_REPORT_INTERVAL_S = 3600.0  # certificate expiry gauges: at start, then hourly
+EXPIRY_MARKER_KEY = "edge:tls:expiry-report"  # in the node-local store: one worker per node reports
 
 
 class ConnectionInfo:
@@ -65,8 +70,15 @@ class EdgeWorker(GeventWorker):
         self.head_limits = h1.HeadLimits(server.max_request_line, server.max_header_fields,
                                          server.max_header_field_size, server.max_head_size)
         self.scheme = self.proxy.state.scheme
+        loaded = boot.current()
+        self.termination = loaded.termination if loaded is not None else None
+        # which listeners are TLS, by local port (or socket path): edge wraps them itself (edge/tls.py)
+        self.tls_listeners = {tls.listener_key(lc.bind): lc.tls for lc in effective_listeners(self.proxy.state.cfg)}
+        self.handshake_timeout_s = server.header_timeout
         self.idle_connections: dict = {}
         gevent.spawn(self._close_idle_when_stopping)
+        if self.termination is not None:
+            gevent.spawn(self._report_expiry)
         # Every request allocates a few dozen short-lived objects; with a thousand open
         # connections the cyclic collector's default gen0 threshold (700) makes it walk
         # all their greenlets and frames hundreds of times a second. Objects built at
@@ -109,15 +121,38 @@ class EdgeWorker(GeventWorker):
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
 
+    def _report_expiry(self) -> None:
+        """Days to expiry of every certificate as statsd gauges, at start and hourly, from one
+        worker per node: the one that takes the period's marker in the node-local store."""
+        state = self.proxy.state
+        store = state.local_store or state.store
+        while self.alive:
+            try:
+                mine = store is None or store.add(EXPIRY_MARKER_KEY, str(self.pid).encode(),
+                                                  ttl_s=EXPIRY_REPORT_INTERVAL_S * 0.9)
+            except StoreUnavailable as e:
+                mine = True  # a gauge sent twice is harmless; one never sent hides an expiry
+                log.debug("expiry gauges: node store unavailable (%s); reporting anyway", e)
+            if mine:
+                now = datetime.datetime.now(datetime.timezone.utc)
+                for name, days in certs.expiry_gauges(self.termination.certificates, now):
+                    self.proxy.metrics.gauge(name, days)
+            gevent.sleep(EXPIRY_REPORT_INTERVAL_S)
+
     def handle(self, listener, client, addr):
         try:
-            is_tls = isinstance(client, ssl.SSLSocket)
-            if is_tls and not self.cfg.do_handshake_on_connect:
-                client.do_handshake()
-            if is_tls and gunicorn_sock.is_http2_negotiated(client):
-                super().handle(listener, client, addr)  # gunicorn's HTTP/2 connection -> handle_http2_request
-                return
-            local_port = listener.getsockname()[1] if listener.family != socket.AF_UNIX else 0
+            if listener.family == socket.AF_UNIX:
+                local_port = 0
+                is_tls = self.tls_listeners.get("unix:" + listener.getsockname(), False)
+            else:
+                local_port = listener.getsockname()[1]
+                is_tls = self.tls_listeners.get(local_port, False)
+            if is_tls:
+                client = self.termination.wrap(client, self.handshake_timeout_s)
+                if gunicorn_sock.is_http2_negotiated(client):
+                    super().handle(listener, client, addr)  # gunicorn's HTTP/2 connection -> handle_http2_request
+                    return
+            scheme = "https" if is_tls else "http"
             chain = self.proxy.plugins.default_chain
             if chain.has_connect_hooks:
                 info = ConnectionInfo(addr[0], addr[1], local_port, is_tls) if isinstance(addr, tuple) else \
@@ -125,9 +160,9 @@ class EdgeWorker(GeventWorker):
                 answer = chain.run_connect(info)
                 if answer is not None:
                     ctx = RequestContext("GET", "/", client_ip=info.peer_ip, start=time.monotonic())
-                    h1.answer_and_close(self, client, info.peer_ip, self.proxy.answer(ctx, answer), ctx)
+                    h1.answer_and_close(self, client, info.peer_ip, self.proxy.answer(ctx, answer), ctx, scheme)
                     return
-            h1.serve(self, client, addr, local_port, self.scheme)
+            h1.serve(self, client, addr, local_port, scheme)
         except ssl.SSLError as e:
             log.debug("TLS error from %s: %s", addr, e)
         except OSError as e:
