@@ -1,0 +1,284 @@
+"""TLS termination end to end (issue 13): real handshakes against a real edge with 2 workers.
+
+One edge per module serves a plain and a TLS listener with three certificates (an
+exact name, a wildcard, a default); the reload and redirect tests start their own.
+Certificates come from ``edge.certs`` (the local CA tooling), so the client verifies
+them against that CA as a homelab browser would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import threading
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+from cryptography import x509
+
+from edge import certs
+from edge.launch import free_port, start_edge
+from tests.integration.h2client import h2_concurrent
+
+PATTERN = bytes(range(256)) * 256  # the origin's /bytes pattern (scripts/origin.py)
+
+
+def pattern(size: int) -> bytes:
+    return (PATTERN * (size // len(PATTERN) + 1))[:size]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca = d / "ca"
+    certs.make_local_ca(ca)
+    return SimpleNamespace(
+        ca=ca,
+        ca_pem=str(ca / certs.CA_CERT),
+        exact=certs.issue(["exact.test"], ca, d / "exact"),
+        wild=certs.issue(["*.wild.test"], ca, d / "wild"),
+        default=certs.issue(["default.test", "127.0.0.1"], ca, d / "default"),
+    )
+
+
+def _entry(issued) -> dict:
+    return {"cert": str(issued.cert_path), "key": str(issued.key_path)}
+
+
+def _config(origin, plain: int, secure: int, certificates: list[dict], **tls) -> dict:
+    return {
+        "server": {"listeners": [{"bind": f"127.0.0.1:{plain}"}, {"bind": f"127.0.0.1:{secure}", "tls": True}]},
+        "tls": {"certificates": certificates, **tls},
+        "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
+        "routes": [
+            {"name": "secure_only", "match": {"path": "/secure", "scheme": "https"}, "respond": {"body": "secure"}},
+            {"name": "acme", "match": {"path": "/.well-known/acme-challenge/"}, "respond": {"body": "challenge"}},
+            {"name": "app", "match": {"path": "/"}, "upstream": "app"},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def edge_tls(origin, pki, tmp_path_factory):
+    plain, secure = free_port(), free_port()
+    cfg = _config(origin, plain, secure, [_entry(pki.exact), _entry(pki.wild), _entry(pki.default)],
+                  default="default.test", http2_settings={"max_concurrent_streams": 32})
+    p = start_edge(cfg, workers=2, port=plain, work_dir=str(tmp_path_factory.mktemp("edge")))
+    p.plain, p.secure = plain, secure
+    yield p
+    p.stop()
+
+
+def served_certificate(port: int, server_name: str | None) -> x509.Certificate:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the test compares the certificate itself
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as s:
+            return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+
+
+def serial_of(path) -> int:
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).serial_number
+
+
+@pytest.mark.parametrize("server_name, expected", [
+    ("exact.test", "exact"),
+    ("EXACT.test", "exact"),
+    ("a.wild.test", "wild"),
+    ("b.a.wild.test", "default"),  # a wildcard covers one label only (RFC 6125 §6.4.3)
+    ("wild.test", "default"),
+    ("unknown.test", "default"),
+    (None, "default"),             # no SNI at all
+])
+def test_certificate_served_matches_the_sni_name(edge_tls, pki, server_name, expected):
+    got = served_certificate(edge_tls.secure, server_name)
+    assert got.serial_number == serial_of(getattr(pki, expected).cert_path)
+
+
+def test_served_chain_verifies_against_the_local_ca(edge_tls, pki):
+    ctx = ssl.create_default_context(cafile=pki.ca_pem)
+    with socket.create_connection(("127.0.0.1", edge_tls.secure), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="x.wild.test") as s:
+            assert s.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_tls_1_1_is_refused_by_edge(edge_tls):
+    # The client is set up so that *it* would accept TLS 1.1 (security level 0 lets OpenSSL 3
+    # offer it): the handshake then fails on edge's protocol_version alert, not on the client.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", edge_tls.secure), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError) as e:
+            ctx.wrap_socket(raw, server_hostname="exact.test")
+    assert "ALERT_PROTOCOL_VERSION" in str(e.value)  # an alert received from the server
+    # and TLS 1.2 with the same client works
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", edge_tls.secure), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="exact.test") as s:
+            assert s.version() == "TLSv1.2"
+
+
+def _forwarded_proto(body: dict) -> list[str]:
+    return [v for n, v in body["headers"] if n.lower() == "x-forwarded-proto"]
+
+
+def test_plain_and_tls_listeners_at_once_with_x_forwarded_proto_each(edge_tls, pki):
+    plain = requests.get(f"http://127.0.0.1:{edge_tls.plain}/echo", timeout=10)
+    secure = requests.get(f"https://127.0.0.1:{edge_tls.secure}/echo", timeout=10, verify=pki.ca_pem)
+    assert plain.status_code == secure.status_code == 200
+    assert _forwarded_proto(plain.json()) == ["http"]
+    assert _forwarded_proto(secure.json()) == ["https"]
+
+
+def test_route_with_match_scheme_answers_only_on_its_listener(edge_tls, pki):
+    secure = requests.get(f"https://127.0.0.1:{edge_tls.secure}/secure", timeout=10, verify=pki.ca_pem)
+    plain = requests.get(f"http://127.0.0.1:{edge_tls.plain}/secure", timeout=10)
+    assert secure.text == "secure"
+    assert plain.text.startswith("hello from origin")  # the next route: the origin
+
+
+def test_h2_concurrent_streams_reach_an_http11_origin_with_correct_bodies(edge_tls, pki):
+    sizes = [1000 * (i + 1) + i for i in range(10)]
+    paths = [f"/bytes/{n}" for n in sizes] + ["/chunked?n=3&size=1000&trailer=1", "/echo?h2=1"]
+    results = h2_concurrent(edge_tls.secure, paths, server_name="exact.test", cafile=pki.ca_pem)
+    for n, r in zip(sizes, results):
+        assert r.status == 200 and r.reset is None
+        assert r.data == pattern(n)
+    chunked, echo = results[-2], results[-1]
+    assert chunked.status == 200 and len(chunked.data) == 3000 and chunked.trailers
+    body = json.loads(echo.data)
+    assert body["version"] == "HTTP/1.1" and _forwarded_proto(body) == ["https"]
+
+
+def test_h2_error_mid_stream_resets_only_that_stream(edge_tls, pki):
+    results = h2_concurrent(edge_tls.secure, ["/bytes/5000", "/close-mid-body", "/bytes/7000"],
+                            server_name="exact.test", cafile=pki.ca_pem)
+    assert results[1].reset == 0x2  # INTERNAL_ERROR (RFC 9113 §7)
+    assert results[0].data == pattern(5000) and results[2].data == pattern(7000)
+    assert not results[0].goaway
+
+
+# --------------------------------------------------------------------------- reload
+
+
+def _download(port: int, ca_pem: str, size: int, rate: int, got: dict, started: threading.Event) -> None:
+    ctx = ssl.create_default_context(cafile=ca_pem)
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            with ctx.wrap_socket(raw, server_hostname="reload.test") as s:
+                got["serial"] = x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+                s.sendall(f"GET /bytes/{size}?rate={rate} HTTP/1.1\r\nHost: reload.test\r\n"
+                          "Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                    started.set()
+                got["data"] = data
+    except (OSError, ssl.SSLError) as e:
+        got["error"] = e
+    finally:
+        started.set()
+
+
+def test_hup_serves_a_replaced_certificate_while_a_download_on_the_old_one_completes(origin, pki, edge_factory,
+                                                                                       tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    first = certs.issue(["reload.test"], pki.ca, tmp_path / "first")
+    shutil.copy(first.cert_path, live / "site.pem")
+    shutil.copy(first.key_path, live / "site.key")
+    plain, secure = free_port(), free_port()
+    cfg = _config(origin, plain, secure, [{"cert": str(live / "site.pem"), "key": str(live / "site.key")}])
+    e = edge_factory(cfg, port=plain)
+    size, rate = 600_000, 200_000  # about three seconds
+    got: dict = {}
+    started = threading.Event()
+    t = threading.Thread(target=_download, args=(secure, pki.ca_pem, size, rate, got, started), daemon=True)
+    t.start()
+    assert started.wait(20)
+    assert got.get("serial") == serial_of(first.cert_path)
+
+    second = certs.issue(["reload.test"], pki.ca, tmp_path / "second")
+    shutil.copy(second.cert_path, live / "site.pem")
+    shutil.copy(second.key_path, live / "site.key")
+    e.reload()  # HUP; the old worker finishes the download meanwhile
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if served_certificate(secure, "reload.test").serial_number == serial_of(second.cert_path):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the replaced certificate was never served")
+    t.join(30)
+    assert "error" not in got, got.get("error")
+    head, _, body = got["data"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == pattern(size)
+
+
+def test_reload_with_a_mismatched_key_is_refused_and_the_old_certificate_kept(origin, pki, edge_factory, tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    first = certs.issue(["reload.test"], pki.ca, tmp_path / "first")
+    other = certs.issue(["other.test"], pki.ca, tmp_path / "other")
+    shutil.copy(first.cert_path, live / "site.pem")
+    shutil.copy(first.key_path, live / "site.key")
+    plain, secure = free_port(), free_port()
+    e = edge_factory(_config(origin, plain, secure, [{"cert": str(live / "site.pem"), "key": str(live / "site.key")}]),
+                     port=plain)
+    shutil.copy(other.key_path, live / "site.key")  # a deploy that got the key wrong
+    from edge.launch import ReloadRefused
+
+    with pytest.raises(ReloadRefused) as refused:
+        e.reload(wait=True)
+    assert "is not the key of" in str(refused.value)
+    assert served_certificate(secure, "reload.test").serial_number == serial_of(first.cert_path)
+
+
+# --------------------------------------------------------------------------- redirect
+
+
+@pytest.fixture(scope="module")
+def edge_redirect(origin, pki, tmp_path_factory):
+    plain, secure = free_port(), free_port()
+    cfg = _config(origin, plain, secure, [_entry(pki.default)], redirect_http=True)
+    p = start_edge(cfg, workers=2, port=plain, work_dir=str(tmp_path_factory.mktemp("edge")))
+    p.plain, p.secure = plain, secure
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("method, status", [("GET", 301), ("HEAD", 301), ("POST", 308), ("DELETE", 308)])
+def test_redirect_http_to_https(edge_redirect, method, status):
+    r = requests.request(method, f"http://127.0.0.1:{edge_redirect.plain}/a/b?x=1", allow_redirects=False,
+                         timeout=10)
+    assert r.status_code == status
+    assert r.headers["Location"] == f"https://127.0.0.1:{edge_redirect.secure}/a/b?x=1"
+
+
+def test_redirect_leaves_the_acme_challenge_on_http_and_https_unredirected(edge_redirect, pki):
+    r = requests.get(f"http://127.0.0.1:{edge_redirect.plain}/.well-known/acme-challenge/tok", allow_redirects=False,
+                     timeout=10)
+    assert r.status_code == 200 and r.text == "challenge"
+    s = requests.get(f"https://127.0.0.1:{edge_redirect.secure}/echo", allow_redirects=False, timeout=10,
+                     verify=pki.ca_pem)
+    assert s.status_code == 200 and _forwarded_proto(s.json()) == ["https"]
+    # following the redirect lands on the HTTPS listener
+    f = requests.get(f"http://127.0.0.1:{edge_redirect.plain}/echo", timeout=10, verify=pki.ca_pem)
+    assert f.status_code == 200 and f.url.startswith("https://") and _forwarded_proto(f.json()) == ["https"]
