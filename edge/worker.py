@@ -1,10 +1,13 @@
 """The gunicorn worker class: worker concerns only (accept, TLS/ALPN dispatch, stop, GC).
 
 Theory of operation. gunicorn's master forks this worker; gevent's StreamServer
-accepts connections (and wraps TLS). ``handle`` runs the ``on_connect`` plugin
-hook, then dispatches on ALPN: HTTP/2 connections go to gunicorn's HTTP/2
-connection code, which hands each stream to ``handle_http2_request`` and from
-there to ``edge.h2.serve_stream``; every other connection is served by
+accepts connections. ``handle`` wraps TLS on the listeners configured for it
+(``edge.tls.Termination``: SNI certificates, ALPN; gunicorn itself is given no
+certificate, since it would wrap every listener), runs the ``on_connect`` plugin
+hook, then dispatches on ALPN: HTTP/2 connections go to ``edge.h2conn.serve``
+(gunicorn's HTTP/2 connection code, its streams served concurrently), which hands
+each stream to ``handle_http2_request`` and from there to
+``edge.h2.serve_stream``; every other connection is served by
 ``edge.h1.serve`` (the HTTP/1 connection state machine, reading, writing and
 tunnelling). Both front ends pass ``edge.admission`` and ``edge.framing``
 (docs/request-path.md). Measured on this machine, the stock path (gunicorn's
@@ -28,7 +31,7 @@ import gevent
 from gunicorn import sock as gunicorn_sock
 from gunicorn.workers.ggevent import GeventWorker
 
-from edge import boot, certs, h1, h2, tls
+from edge import boot, certs, h1, h2, h2conn, tls
 from edge.app import Proxy
 from edge.config import effective_listeners
 from edge.errors import StoreUnavailable
@@ -150,7 +153,7 @@ class EdgeWorker(GeventWorker):
             if is_tls:
                 client = self.termination.wrap(client, self.handshake_timeout_s)
                 if gunicorn_sock.is_http2_negotiated(client):
-                    super().handle(listener, client, addr)  # gunicorn's HTTP/2 connection -> handle_http2_request
+                    h2conn.serve(self, listener, client, addr)  # streams -> handle_http2_request, concurrently
                     return
             scheme = "https" if is_tls else "http"
             chain = self.proxy.plugins.default_chain

@@ -282,3 +282,113 @@ def test_redirect_leaves_the_acme_challenge_on_http_and_https_unredirected(edge_
     # following the redirect lands on the HTTPS listener
     f = requests.get(f"http://127.0.0.1:{edge_redirect.plain}/echo", timeout=10, verify=pki.ca_pem)
     assert f.status_code == 200 and f.url.startswith("https://") and _forwarded_proto(f.json()) == ["https"]
+
+
+# --------------------------------------------------------------------------- HTTP/2 streams run concurrently
+
+
+def _h2_connect(port: int, ca_pem: str):
+    import h2.config
+    import h2.connection
+
+    ctx = ssl.create_default_context(cafile=ca_pem)
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname="exact.test")
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    return sock, conn
+
+
+def _h2_pump(sock, conn, until, results: dict, deadline_s: float = 20.0) -> None:
+    """Read frames until ``until(results)`` holds: results[sid] = {"status", "data", "ended"}."""
+    deadline = time.monotonic() + deadline_s
+    while not until(results):
+        assert time.monotonic() < deadline, f"HTTP/2 exchange did not complete: {results}"
+        data = sock.recv(65536)
+        assert data, "edge closed the connection"
+        _h2_take(sock, conn, data, results)
+
+
+def _h2_take(sock, conn, data: bytes, results: dict) -> None:
+    import h2.events
+
+    for ev in conn.receive_data(data):
+        sid = getattr(ev, "stream_id", None)
+        r = results.setdefault(sid, {"status": None, "data": b"", "ended": False})
+        if isinstance(ev, h2.events.ResponseReceived):
+            r["status"] = int(dict(ev.headers)[":status"])
+        elif isinstance(ev, h2.events.DataReceived):
+            r["data"] += ev.data
+            conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+        elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+            r["ended"] = True
+    pending = conn.data_to_send()
+    if pending:
+        sock.sendall(pending)
+
+
+def test_h2_stream_is_answered_while_another_waits_for_its_request_body(edge_tls, pki):
+    # Stream 1 is an upload whose body the client holds back; stream 3 must be answered
+    # meanwhile. Served one stream at a time (gunicorn's own loop), stream 3 would wait
+    # for stream 1's body, which never comes until stream 3 is answered.
+    sock, conn = _h2_connect(edge_tls.secure, pki.ca_pem)
+    try:
+        hdrs = [(":scheme", "https"), (":authority", "exact.test")]
+        conn.send_headers(1, [(":method", "POST"), (":path", "/echo"), *hdrs, ("content-length", "10")])
+        conn.send_data(1, b"12345")
+        conn.send_headers(3, [(":method", "GET"), (":path", "/bytes/300000"), *hdrs], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        results: dict = {}
+        _h2_pump(sock, conn, lambda r: r.get(3, {}).get("ended"), results)
+        assert results[3]["status"] == 200 and results[3]["data"] == pattern(300000)  # beyond the 64 KiB window
+        assert not results.get(1, {}).get("ended")
+        conn.send_data(1, b"67890", end_stream=True)
+        sock.sendall(conn.data_to_send())
+        _h2_pump(sock, conn, lambda r: r.get(1, {}).get("ended"), results)
+        echo = json.loads(results[1]["data"])
+        assert results[1]["status"] == 200 and echo["body_length"] == 10
+    finally:
+        sock.close()
+
+
+def test_h2_concurrent_uploads_arrive_whole(edge_tls, pki):
+    import hashlib
+
+    sock, conn = _h2_connect(edge_tls.secure, pki.ca_pem)
+    bodies = {1: bytes(range(256)) * 800, 3: b"x" * 150_000, 5: b"y" * 10}
+    try:
+        for sid, body in bodies.items():
+            conn.send_headers(sid, [(":method", "POST"), (":path", "/echo"), (":scheme", "https"),
+                                    (":authority", "exact.test"), ("content-length", str(len(body)))])
+        sock.sendall(conn.data_to_send())
+        results: dict = {}
+        left = dict(bodies)
+        deadline = time.monotonic() + 30
+        while left:  # send as the window allows, interleaving the streams
+            assert time.monotonic() < deadline, "uploads stalled"
+            for sid in list(left):
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if window > 0:
+                    chunk, left[sid] = left[sid][:window], left[sid][window:]
+                    conn.send_data(sid, chunk, end_stream=not left[sid])
+                    if not left[sid]:
+                        del left[sid]
+            sock.sendall(conn.data_to_send())
+            if left:  # wait for WINDOW_UPDATEs (edge credits the window as it forwards the body)
+                sock.settimeout(0.2)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    data = None
+                finally:
+                    sock.settimeout(20)
+                if data is not None:
+                    assert data, "edge closed the connection"
+                    _h2_take(sock, conn, data, results)
+        _h2_pump(sock, conn, lambda r: all(r.get(s, {}).get("ended") for s in bodies), results)
+        for sid, body in bodies.items():
+            echo = json.loads(results[sid]["data"])
+            assert echo["body_length"] == len(body) and echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+    finally:
+        sock.close()
