@@ -392,3 +392,21 @@ def test_h2_concurrent_uploads_arrive_whole(edge_tls, pki):
             assert echo["body_length"] == len(body) and echo["body_sha256"] == hashlib.sha256(body).hexdigest()
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sessions_resume_across_workers(edge_tls, pki, version):
+    # The contexts (and their ticket keys) are built in the master: a ticket issued by one
+    # worker resumes on the other. With a key per worker about half would not resume.
+    ctx = ssl.create_default_context(cafile=pki.ca_pem)
+    ctx.maximum_version = version
+    session, reused, tries = None, 0, 12
+    for i in range(tries + 1):
+        with socket.create_connection(("127.0.0.1", edge_tls.secure), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="exact.test", session=session) as s:
+                s.sendall(b"GET /secure HTTP/1.1\r\nHost: exact.test\r\nConnection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+                reused += bool(i) and s.session_reused
+                session = s.session
+    assert reused == tries
