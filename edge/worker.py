@@ -150,11 +150,10 @@ class EdgeWorker(GeventWorker):
             else:
                 local_port = listener.getsockname()[1]
                 is_tls = self.tls_listeners.get(local_port, False)
+            http2 = False
             if is_tls:
                 client = self.termination.wrap(client, self.handshake_timeout_s)
-                if gunicorn_sock.is_http2_negotiated(client):
-                    h2conn.serve(self, listener, client, addr)  # streams -> handle_http2_request, concurrently
-                    return
+                http2 = gunicorn_sock.is_http2_negotiated(client)
             scheme = "https" if is_tls else "http"
             chain = self.proxy.plugins.default_chain
             if chain.has_connect_hooks:
@@ -162,9 +161,14 @@ class EdgeWorker(GeventWorker):
                     ConnectionInfo(UNKNOWN_CLIENT, 0, 0, is_tls)
                 answer = chain.run_connect(info)
                 if answer is not None:
+                    if http2:
+                        return  # no HTTP/1 answer can be written on an HTTP/2 connection: it is closed
                     ctx = RequestContext("GET", "/", client_ip=info.peer_ip, start=time.monotonic())
                     h1.answer_and_close(self, client, info.peer_ip, self.proxy.answer(ctx, answer), ctx, scheme)
                     return
+            if http2:
+                h2conn.serve(self, listener, client, addr)  # streams -> handle_http2_request, concurrently
+                return
             h1.serve(self, client, addr, local_port, scheme)
         except ssl.SSLError as e:
             log.debug("TLS error from %s: %s", addr, e)

@@ -410,3 +410,17 @@ def test_sessions_resume_across_workers(edge_tls, pki, version):
                 reused += bool(i) and s.session_reused
                 session = s.session
     assert reused == tries
+
+
+def test_on_connect_refusal_applies_to_http2_connections_too(origin, pki, edge_factory, tmp_path):
+    from tests.integration.test_plugins import DENY_ON_CONNECT, write_plugins
+
+    d = write_plugins(tmp_path / "p", {"gate.py": DENY_ON_CONNECT})
+    plain, secure = free_port(), free_port()
+    cfg = _config(origin, plain, secure, [_entry(pki.default)])
+    edge_factory({**cfg, "plugin_dirs": [str(d)], "plugins": {"gate": {}}}, port=plain)
+    requests.get(f"{origin.url}/stats/reset", timeout=10)
+    assert requests.get(f"https://127.0.0.1:{secure}/echo", timeout=10, verify=pki.ca_pem).status_code == 403
+    refused = h2_concurrent(secure, ["/echo"], server_name="default.test", cafile=pki.ca_pem)
+    assert refused[0].status is None  # closed without serving the stream
+    assert requests.get(f"{origin.url}/stats", timeout=10).json()["requests"] == 1  # the backend saw none
