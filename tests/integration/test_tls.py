@@ -424,3 +424,35 @@ def test_on_connect_refusal_applies_to_http2_connections_too(origin, pki, edge_f
     refused = h2_concurrent(secure, ["/echo"], server_name="default.test", cafile=pki.ca_pem)
     assert refused[0].status is None  # closed without serving the stream
     assert requests.get(f"{origin.url}/stats", timeout=10).json()["requests"] == 1  # the backend saw none
+
+
+def test_days_to_expiry_gauge_from_one_worker(origin, pki, edge_factory, tmp_path):
+    import datetime
+    import re
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    plain, secure = free_port(), free_port()
+    cfg = _config(origin, plain, secure, [_entry(pki.exact), _entry(pki.wild)])
+    cfg["metrics"] = {"statsd": f"127.0.0.1:{listener.getsockname()[1]}", "prefix": "edgetest"}
+    e = edge_factory(cfg, port=plain)
+    gauge = re.compile(r"edgetest\.tls\.cert\.(exact_test|wildcard_wild_test)\.days_left:(-?\d+(?:\.\d+)?)\|g")
+    seen: list[tuple[str, float]] = []
+    deadline = time.monotonic() + 30
+    quiet_until = None
+    # every worker has booted (start_edge waits for it) and tried to report; read until both
+    # gauges came and then one more second, to see that a second worker did not send them too
+    while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
+        try:
+            lines = listener.recv(65536).decode().split("\n")
+        except socket.timeout:
+            continue
+        seen += [(m.group(1), float(m.group(2))) for m in map(gauge.fullmatch, lines) if m]
+        if quiet_until is None and {n for n, _ in seen} == {"exact_test", "wildcard_wild_test"}:
+            quiet_until = time.monotonic() + 1.0
+    listener.close()
+    assert sorted(n for n, _ in seen) == ["exact_test", "wildcard_wild_test"], (seen, e.log()[-2000:])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    expected = int((pki.exact.not_after - now).total_seconds() // 86400)
+    assert all(expected - 1 <= days <= expected for _, days in seen)
