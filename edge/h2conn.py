@@ -23,12 +23,15 @@ of a browser's page (head-of-line blocking inside edge).
 
 gunicorn's h2 state machine is pure Python and never yields, so each call into it is
 atomic between greenlets; only socket writes and waits yield. A graceful stop serves
-the streams already open, then closes with GOAWAY naming the last one (RFC 9113 §6.8).
+the streams already open, then closes with GOAWAY naming the last one (RFC 9113 §6.8);
+a connection with no stream running is closed that way at once by the stopping worker
+(``close_if_idle``), as idle HTTP/1 keep-alive connections are.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 
@@ -53,6 +56,25 @@ class ConcurrentConnection(HTTP2ServerConnection):
         super().__init__(cfg, sock, client_addr)
         self._write_lock = Semaphore()
         self._progress = Event()
+        self.running: set = set()  # greenlets of the streams being served
+        self.last_served = 0       # the highest stream id handed to a greenlet
+
+    def close_if_idle(self) -> bool:
+        """On a graceful stop: GOAWAY naming the last stream served, when none is running, and
+        wake the reader (blocked in recv) by shutting the socket. RFC 9113 §6.8: the client
+        may retry any later stream elsewhere. True if the connection is (now) closed."""
+        if self.running:
+            return self._closed
+        if not self._closed:
+            try:
+                self.close(last_stream_id=self.last_served)
+            except HTTP2ConnectionError:
+                pass  # the socket is already gone
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the peer
+        return True
 
     def wake(self) -> None:
         """Wake every stream waiting for frames (the reader processed a batch, or the connection ended)."""
@@ -104,8 +126,8 @@ def serve(worker, listener, sock, addr) -> None:
     """Serve one HTTP/2 connection (ALPN chose h2) until it closes (see the module docstring)."""
     listener_name = listener.getsockname()
     conn = ConcurrentConnection(worker.cfg, sock, addr)
-    streams: set = set()
-    last_served = 0
+    streams = conn.running
+    worker.h2_connections.add(conn)
     try:
         conn.initiate_connection()
         while not conn.is_closed and (worker.alive or streams):
@@ -119,15 +141,16 @@ def serve(worker, listener, sock, addr) -> None:
                 g = gevent.spawn(worker._serve_http2_stream, listener_name, req, sock, addr, conn)
                 streams.add(g)
                 g.link(streams.discard)
-                last_served = req.stream.stream_id
+                conn.last_served = req.stream.stream_id
         if not conn.is_closed:
             gevent.joinall(list(streams), timeout=worker.cfg.graceful_timeout)
-            conn.close(last_stream_id=last_served)
+            conn.close(last_stream_id=conn.last_served)
     except (HTTP2ConnectionError, HTTP2ProtocolError) as e:
         log.debug("HTTP/2 connection from %s ended: %s", addr, e)
     except (ssl.SSLError, OSError) as e:
         log.debug("HTTP/2 connection from %s failed: %s", addr, e)
     finally:
+        worker.h2_connections.discard(conn)
         conn.wake()  # streams waiting for frames see the connection closed
         if streams:
             gevent.joinall(list(streams), timeout=1.0)

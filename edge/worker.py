@@ -79,6 +79,7 @@ class EdgeWorker(GeventWorker):
         self.tls_listeners = {tls.listener_key(lc.bind): lc.tls for lc in effective_listeners(self.proxy.state.cfg)}
         self.handshake_timeout_s = server.header_timeout
         self.idle_connections: dict = {}
+        self.h2_connections: set = set()  # edge.h2conn connections: closed with GOAWAY on a graceful stop
         gevent.spawn(self._close_idle_when_stopping)
         if self.termination is not None:
             gevent.spawn(self._report_expiry)
@@ -104,10 +105,15 @@ class EdgeWorker(GeventWorker):
         idle ones would otherwise hold the old worker until their keep-alive timeout.
         Only connections idle for a while are closed: a client that is about to send
         on an active one would otherwise see its request cut (the keep-alive race).
+        HTTP/2 connections with no stream running get a GOAWAY naming the last stream
+        served, which tells the client what to retry (``edge.h2conn``).
         """
         while self.alive:
             gevent.sleep(0.1)
         while True:
+            for conn in list(self.h2_connections):
+                if conn.close_if_idle():
+                    self.h2_connections.discard(conn)
             cutoff = time.monotonic() - IDLE_CLOSE_AFTER_S
             for sock, since in list(self.idle_connections.items()):
                 if since < cutoff:

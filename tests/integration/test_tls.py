@@ -456,3 +456,28 @@ def test_days_to_expiry_gauge_from_one_worker(origin, pki, edge_factory, tmp_pat
     now = datetime.datetime.now(datetime.timezone.utc)
     expected = int((pki.exact.not_after - now).total_seconds() // 86400)
     assert all(expected - 1 <= days <= expected for _, days in seen)
+
+
+def test_idle_h2_connection_gets_goaway_on_reload(origin, pki, edge_factory):
+    import h2.events
+
+    plain, secure = free_port(), free_port()
+    e = edge_factory(_config(origin, plain, secure, [_entry(pki.exact)]), port=plain)
+    sock, conn = _h2_connect(secure, pki.ca_pem)
+    try:
+        conn.send_headers(1, [(":method", "GET"), (":path", "/bytes/10"), (":scheme", "https"),
+                              (":authority", "exact.test")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        results: dict = {}
+        _h2_pump(sock, conn, lambda r: r.get(1, {}).get("ended"), results)
+        e.reload()  # the connection is idle: the stopping worker closes it with GOAWAY (last stream 1)
+        goaway = None
+        deadline = time.monotonic() + 30
+        while goaway is None and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            assert data, "closed without GOAWAY"
+            goaway = next((ev for ev in conn.receive_data(data) if isinstance(ev, h2.events.ConnectionTerminated)),
+                          None)
+        assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == 1
+    finally:
+        sock.close()
