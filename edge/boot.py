@@ -231,11 +231,24 @@ def on_starting(server: Any) -> None:
     _routed = True
     if _current is not None:
         _log_warnings(_current)
+        _log_tls(_current)
+
+
+def _log_tls(loaded: Loaded) -> None:
+    """gunicorn's "Listening at: http://..." line does not know edge wraps TLS itself: say which listeners do."""
+    term = loaded.termination
+    if term is None:
+        return
+    tls_binds = [lc.bind for lc in effective_listeners(loaded.config) if lc.tls]
+    names = "; ".join(", ".join(c.names) for c in term.certificates)
+    log.info("TLS (edge) on %s: %d certificate(s): %s", ", ".join(tls_binds), len(term.certificates), names)
 
 
 def on_reload(server: Any) -> None:
     """Master, after a HUP (gunicorn rebuilt its log handlers; the level may have changed)."""
     route_to_gunicorn()
+    if _current is not None:
+        _log_tls(_current)
 
 
 def post_fork(server: Any, worker: Any) -> None:
