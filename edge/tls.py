@@ -271,10 +271,19 @@ class Termination:
         self.certificates = certificates
         self.config = tls
         contexts = [build_context(c, tls) for c in certificates]
-        self.table: SniTable[ssl.SSLContext] = SniTable([(c.names, ctx) for c, ctx in zip(certificates, contexts)],
-                                                        contexts[default])
+        self._entries = [(c.names, ctx) for c, ctx in zip(certificates, contexts)]
+        self.table: SniTable[ssl.SSLContext] = SniTable(self._entries, contexts[default])
         self.default_context = contexts[default]
         self.default_context.sni_callback = self._on_sni
+
+    def install(self, cert: Certificate) -> None:
+        """Serve ``cert`` from now on (in this process), ahead of any certificate already
+        serving its names: how a certificate obtained at run time (ACME) or renewed is used
+        without a restart. Handshakes already under way keep the table they started with."""
+        ctx = build_context(cert, self.config)
+        self._entries = [(cert.names, ctx), *self._entries]
+        self.certificates = (cert, *(c for c in self.certificates if c.cert_path != cert.cert_path))
+        self.table = SniTable(self._entries, self.table.default)  # one assignment: readers see old or new
 
     def _on_sni(self, sslsock, server_name: str | None, initial) -> None:
         chosen = self.table.pick(server_name)

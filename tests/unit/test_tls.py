@@ -258,3 +258,41 @@ def test_expiry_gauges_and_info_are_sorted_and_metric_safe(ca, tmp_path):
     assert lines[0].split()[:3] == ["10", "days", "*.soon.test"]
     assert lines[1].split()[:3] == ["100", "days", "late.test"]
     assert certs.info_lines(loaded, NOW + datetime.timedelta(days=50))[0].split()[0] == "EXPIRED"
+
+
+def test_install_serves_a_new_certificate_ahead_of_the_old_one(ca, tmp_path):
+    old = issue(ca, tmp_path / "old", "site.test")
+    t = load_termination(_cfg(tls={"certificates": [{"cert": str(old.cert_path), "key": str(old.key_path)}]}))
+    before = t.table.pick("site.test")
+    new = issue(ca, tmp_path / "new", "site.test", "extra.test")
+    t.install(load_certificate(CertificateConfig(cert=str(new.cert_path), key=str(new.key_path)), "FILE", "acme"))
+    assert t.table.pick("site.test") is not before
+    assert t.table.pick("extra.test") is t.table.pick("site.test")
+    assert t.table.pick("unknown.test") is t.default_context
+    assert [c.names for c in t.certificates] == [("site.test", "extra.test"), ("site.test",)]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_cert_commands_produce_what_openssl_verify_accepts(tmp_path):
+    import sys
+
+    def edge(*args):
+        return subprocess.run([sys.executable, "-m", "edge", "cert", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    made = edge("local-ca", "--dir", "ca")
+    assert made.returncode == 0, made.stderr
+    assert "update-ca-certificates" in made.stdout and "security add-trusted-cert" in made.stdout
+    assert "Firefox" in made.stdout
+    issued = edge("issue", "home.lan", "*.home.lan", "10.0.0.2", "--ca-dir", "ca", "--out", "out")
+    assert issued.returncode == 0, issued.stderr
+    check = subprocess.run(["openssl", "verify", "-CAfile", "ca/ca.pem", "out/home.lan.pem"], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert check.returncode == 0 and check.stdout.strip() == "out/home.lan.pem: OK", check.stderr
+    again = edge("local-ca", "--dir", "ca")
+    assert again.returncode == 1 and "already holds a CA" in again.stderr
+    (tmp_path / "edge.yaml").write_text(
+        "tls: {certificates: [{cert: out/home.lan.pem, key: out/home.lan.key}]}\nroutes: [{respond: {}}]\n")
+    info = edge("info", "--config", "edge.yaml")
+    assert info.returncode == 0, info.stderr
+    assert "home.lan, *.home.lan, 10.0.0.2" in info.stdout and "days" in info.stdout
