@@ -20,6 +20,9 @@ the workers through fork: a worker never reads a certificate file the master did
 validate, and a HUP that brings new files gives the new workers new contexts while
 the old workers finish their connections on the old ones.
 
+A certificate obtained while edge runs (ACME, a renewal) is added to a worker's
+``Termination`` with ``install``, which puts it ahead of older ones for its names.
+
 SNI. One context per certificate, all with the same settings; the default one (the
 context every connection starts on) has an ``sni_callback`` that switches the
 connection to the context ``SniTable.pick`` chooses: an exact name first, then a
