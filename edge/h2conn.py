@@ -19,7 +19,8 @@ of a browser's page (head-of-line blocking inside edge).
   the same bounds as gunicorn (``timeout`` for a stalled body or window);
 - every write takes ``_write_lock`` around "take h2's pending bytes, send them", so
   frames of different streams never interleave on the socket and leave in the order
-  h2 produced them.
+  h2 produced them; ``cork``/``uncork`` let a stream put its HEADERS, DATA and
+  END_STREAM into one write (``edge.h2._write``).
 
 gunicorn's h2 state machine is pure Python and never yields, so each call into it is
 atomic between greenlets; only socket writes and waits yield. A graceful stop serves
@@ -57,6 +58,7 @@ class ConcurrentConnection(HTTP2ServerConnection):
         self._write_lock = Semaphore()
         self._progress = Event()
         self.running: set = set()  # greenlets of the streams being served
+        self._corked = False       # frames are held in h2's buffer until uncork()
         self.last_served = 0       # the highest stream id handed to a greenlet
 
     def close_if_idle(self) -> bool:
@@ -82,8 +84,21 @@ class ConcurrentConnection(HTTP2ServerConnection):
         progress.set()
 
     def _send_pending_data(self) -> None:
+        if not self._corked:
+            self.flush()
+
+    def flush(self) -> None:
         with self._write_lock:  # take and send under one lock: no interleaving, no reordering
             super()._send_pending_data()
+
+    def cork(self) -> None:
+        """Hold frames back until ``uncork``; only around code that cannot wait (no other
+        greenlet runs meanwhile), except a send-window wait, which flushes and uncorks first."""
+        self._corked = True
+
+    def uncork(self) -> None:
+        self._corked = False
+        self.flush()
 
     def pump(self, stream_id=None) -> None:
         """A stream wants more request body: wait for the reader, at most ``timeout``."""
@@ -101,6 +116,14 @@ class ConcurrentConnection(HTTP2ServerConnection):
 
     def _wait_for_flow_control_window(self, stream_id, deadline=None) -> int:
         """Send window for ``stream_id``: > 0 available, 0 ``deadline`` passed, -1 stream or connection gone."""
+        corked, self._corked = self._corked, False
+        try:
+            self.flush()  # the peer credits the window for frames it received: never wait on held ones
+            return self._wait_for_window(stream_id, deadline)
+        finally:
+            self._corked = corked
+
+    def _wait_for_window(self, stream_id, deadline) -> int:
         while True:
             if self._closed:
                 return -1
