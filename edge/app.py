@@ -82,6 +82,12 @@ class Proxy:
             self.metrics.incr("internal_error")
             return self.error_reply(ctx, e)
 
+    def _arrived_over_tls(self, ctx: RequestContext) -> bool:
+        """A trusted proxy in front terminated TLS (``X-Forwarded-Proto: https``): redirecting
+        it to HTTPS would loop. Believed only from ``server.trusted_proxies``, as everywhere."""
+        return bool(self.trusted) and ctx.peer_ip in self.trusted and \
+            (ctx.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+
     def _to_https(self, ctx: RequestContext, host_value: str | None) -> Reply:
         """``tls.redirect_http``: a plain-HTTP request answered with its HTTPS address."""
         if not host_value:
@@ -117,7 +123,7 @@ class Proxy:
                 ctx.client_ip = rules.resolve_client_ip(ctx.peer_ip, xff, self.trusted)
 
         if ctx.scheme == "http" and self.https_redirect_port is not None and ctx.path != "*" \
-                and redirects_to_https(ctx.raw_path):
+                and redirects_to_https(ctx.raw_path) and not self._arrived_over_tls(ctx):
             return self._to_https(ctx, host_value)
         routes = self.routes_by_scheme.get(ctx.scheme, self.routes)
         route = routes.match(hostname, ctx.path, ctx.method, ctx.headers) if ctx.path != "*" else None

@@ -258,6 +258,7 @@ def test_reload_with_a_mismatched_key_is_refused_and_the_old_certificate_kept(or
 def edge_redirect(origin, pki, tmp_path_factory):
     plain, secure = free_port(), free_port()
     cfg = _config(origin, plain, secure, [_entry(pki.default)], redirect_http=True)
+    cfg["server"]["trusted_proxies"] = ["127.0.0.1/32"]  # the tests' client plays a TLS-terminating balancer too
     p = start_edge(cfg, workers=2, port=plain, work_dir=str(tmp_path_factory.mktemp("edge")))
     p.plain, p.secure = plain, secure
     yield p
@@ -481,3 +482,9 @@ def test_idle_h2_connection_gets_goaway_on_reload(origin, pki, edge_factory):
         assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == 1
     finally:
         sock.close()
+
+
+def test_no_redirect_for_a_trusted_proxy_that_terminated_tls(edge_redirect):
+    r = requests.get(f"http://127.0.0.1:{edge_redirect.plain}/echo", headers={"X-Forwarded-Proto": "https"},
+                     allow_redirects=False, timeout=10)
+    assert r.status_code == 200 and _forwarded_proto(r.json()) == ["https"]
