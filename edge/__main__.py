@@ -46,7 +46,10 @@ def validate(cfg: EdgeConfig) -> list[str]:
     from edge.boot import Loaded, check_construction
     from edge.plugins import discover_plugins
 
+    from edge.tls import load_termination
+
     compile_routes(cfg)
+    load_termination(cfg)  # certificate files, key pairs, names
     return check_construction(Loaded(cfg.source, cfg, discover_plugins(cfg)))
 
 
@@ -175,6 +178,11 @@ def cmd_drain(argv: list[str]) -> int:
 def cmd_undrain(argv: list[str]) -> int:
     """Put a drained server (POOL SERVER) back in rotation."""
     return _drain(argv, False, cmd_undrain)
+def cmd_cert(argv: list[str]) -> int:
+    """Certificates: local-ca, issue NAME..., info (see docs/tls.md)."""
+    from edge.cli_cert import run
+
+    return run(argv)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
@@ -182,6 +190,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "status": cmd_status,
     "drain": cmd_drain,
     "undrain": cmd_undrain,
+    "cert": cmd_cert,
 }
 
 

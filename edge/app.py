@@ -25,7 +25,8 @@ from edge.cookies import get_cookie
 from edge.errors import BadRequest, EdgeError, UnsendableRequest, UpstreamError
 from edge.logs import request_label
 from edge.plugins import UPSTREAM_SET_BY
-from edge.routing import Action
+from edge.routing import Action, scheme_tables
+from edge.tls import https_location, https_port, redirect_status, redirects_to_https
 from edge.upstream.selection import Affinity
 from edge.urlpath import normalize_path
 
@@ -62,6 +63,9 @@ class Proxy:
         self.state = state
         cfg = state.cfg
         self.routes = state.routes
+        # per request scheme (plain or TLS listener), for routes with match.scheme (edge/tls.py)
+        self.routes_by_scheme = scheme_tables(cfg, state.routes)
+        self.https_redirect_port = https_port(cfg) if cfg.tls is not None and cfg.tls.redirect_http else None
         self.pools = state.pools
         self.plugins = state.plugins
         self.metrics = state.metrics
@@ -94,6 +98,19 @@ class Proxy:
             self.metrics.incr("internal_error")
             return self.error_reply(ctx, e)
 
+    def _arrived_over_tls(self, ctx: RequestContext) -> bool:
+        """A trusted proxy in front terminated TLS (``X-Forwarded-Proto: https``): redirecting
+        it to HTTPS would loop. Believed only from ``server.trusted_proxies``, as everywhere."""
+        return bool(self.trusted) and ctx.peer_ip in self.trusted and \
+            (ctx.headers.get("X-Forwarded-Proto") or "").strip().lower() == "https"
+
+    def _to_https(self, ctx: RequestContext, host_value: str | None) -> Reply:
+        """``tls.redirect_http``: a plain-HTTP request answered with its HTTPS address."""
+        if not host_value:
+            raise BadRequest("a request without Host cannot be redirected to HTTPS")
+        location = https_location(host_value, ctx.raw_path, ctx.query, self.https_redirect_port)
+        return self.answer(ctx, Response.redirect(redirect_status(ctx.method), location), self.plugins.default_chain)
+
     def finish(self, ctx: RequestContext) -> None:
         """After the last byte: log phase of the plugins, then metrics."""
         route = ctx.route
@@ -123,7 +140,11 @@ class Proxy:
             if xff:
                 ctx.client_ip = rules.resolve_client_ip(ctx.peer_ip, xff, self.trusted)
 
-        route = self.routes.match(hostname, ctx.path, ctx.method, ctx.headers) if ctx.path != "*" else None
+        if ctx.scheme == "http" and self.https_redirect_port is not None and ctx.path != "*" \
+                and redirects_to_https(ctx.raw_path) and not self._arrived_over_tls(ctx):
+            return self._to_https(ctx, host_value)
+        routes = self.routes_by_scheme.get(ctx.scheme, self.routes)
+        route = routes.match(hostname, ctx.path, ctx.method, ctx.headers) if ctx.path != "*" else None
         if route is None:
             chain = self.plugins.default_chain
             answer = chain.run_request(ctx)

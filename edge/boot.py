@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from edge.config import DEFAULT_CONFIG_PATH, EdgeConfig, combine_errors, load_config
+from edge.config import DEFAULT_CONFIG_PATH, EdgeConfig, combine_errors, effective_listeners, load_config
 from edge.errors import ConfigError, PluginLoadError
 from edge.logs import route_to_gunicorn
 
@@ -57,6 +57,7 @@ class Loaded:
     config: EdgeConfig
     plugins: Any  # edge.plugins catalog: validated plugin classes, instantiated per worker
     warnings: tuple[str, ...] = ()  # transient plugin construction failures (workers retry them)
+    termination: Any = None  # edge.tls.Termination: certificates validated and contexts built here (see edge/tls.py)
 
 
 _current: Loaded | None = None  # set in the master only; read-only in workers (inherited by fork)
@@ -74,12 +75,14 @@ def validate(path: str, construct: bool = True) -> Loaded:
     module docstring); transient failures there are logged as warnings."""
     from edge.plugins import discover_plugins  # imports plugin code: only when validating
     from edge.routing import compile_routes
+    from edge.tls import load_termination
 
     cfg = load_config(path)
     compile_routes(cfg)  # a route table that cannot be built must refuse the start, not the first request
-    loaded = Loaded(path, cfg, discover_plugins(cfg))
+    termination = load_termination(cfg)  # certificates read and checked here; workers inherit the contexts
+    loaded = Loaded(path, cfg, discover_plugins(cfg), termination=termination)
     if construct:
-        loaded = Loaded(path, cfg, loaded.plugins, tuple(check_construction(loaded)))
+        loaded = Loaded(path, cfg, loaded.plugins, tuple(check_construction(loaded)), termination)
     return loaded
 
 
@@ -228,11 +231,24 @@ def on_starting(server: Any) -> None:
     _routed = True
     if _current is not None:
         _log_warnings(_current)
+        _log_tls(_current)
+
+
+def _log_tls(loaded: Loaded) -> None:
+    """gunicorn's "Listening at: http://..." line does not know edge wraps TLS itself: say which listeners do."""
+    term = loaded.termination
+    if term is None:
+        return
+    tls_binds = [lc.bind for lc in effective_listeners(loaded.config) if lc.tls]
+    names = "; ".join(", ".join(c.names) for c in term.certificates)
+    log.info("TLS (edge) on %s: %d certificate(s): %s", ", ".join(tls_binds), len(term.certificates), names)
 
 
 def on_reload(server: Any) -> None:
     """Master, after a HUP (gunicorn rebuilt its log handlers; the level may have changed)."""
     route_to_gunicorn()
+    if _current is not None:
+        _log_tls(_current)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -245,7 +261,7 @@ def gunicorn_settings(loaded: Loaded) -> dict[str, Any]:
     cfg = loaded.config
     s = cfg.server
     settings: dict[str, Any] = {
-        "bind": list(s.bind),
+        "bind": [lc.bind for lc in effective_listeners(cfg)],
         "workers": s.workers or (os.cpu_count() or 1),
         "worker_class": "edge.worker.EdgeWorker",
         "worker_connections": s.worker_connections,
@@ -274,10 +290,17 @@ def gunicorn_settings(loaded: Loaded) -> dict[str, Any]:
         settings["control_socket"] = s.control_socket
     else:
         settings["control_socket_disable"] = True
-    if cfg.tls is not None and cfg.tls.certfile is not None:  # acme alone: plain listeners until tls-front's SNI serves it
-        settings["certfile"] = cfg.tls.certfile
-        settings["keyfile"] = cfg.tls.keyfile
-        settings["http_protocols"] = "h2,h1" if cfg.tls.http2 else "h1"
+    if cfg.tls is not None:
+        # No certfile for gunicorn: it would wrap every listener in TLS. edge wraps the TLS
+        # listeners itself and offers h2 over ALPN (edge/tls.py); gunicorn's HTTP/2
+        # connection still serves the h2 ones, with these settings.
+        h2 = cfg.tls.http2_settings
+        settings.update({
+            "http2_max_concurrent_streams": h2.max_concurrent_streams,
+            "http2_initial_window_size": h2.initial_window_size,
+            "http2_max_frame_size": h2.max_frame_size,
+            "http2_max_header_list_size": h2.max_header_list_size,
+        })
     if cfg.metrics.statsd:
         settings["statsd_host"] = cfg.metrics.statsd
         settings["statsd_prefix"] = cfg.metrics.prefix

@@ -126,8 +126,34 @@ class ProxyProtocolConfig(Model):
         return self
 
 
+def _check_bind(item: str) -> str:
+    # gunicorn reads a bare "localhost" as localhost:8000 without a word (issue 8): an
+    # address edge listens on must say its port, so a forgotten one is a refused start.
+    if item.startswith(("unix:", "fd://")):
+        return item
+    try:
+        _host, port = split_host_port(item, 0)
+    except ValueError:
+        raise ValueError(f"expected 'host:port', '[ipv6]:port' or 'unix:/path' (got {item!r})") from None
+    if port == 0:
+        raise ValueError(f"no port in {item!r} (write 'host:port')")
+    return item
+
+
+class ListenerConfig(Model):
+    bind: Annotated[str, AfterValidator(_check_bind)] = Field(description="`host:port` or `unix:/path`")
+    tls: bool = Field(False, description="terminate TLS on this listener (needs the `tls` section)")
+
+
 class ServerConfig(Model):
-    bind: tuple[str, ...] = Field(("127.0.0.1:8080",), description="addresses to listen on, `host:port` or `unix:/path`")
+    bind: tuple[str, ...] = Field(
+        ("127.0.0.1:8080",), description="addresses to listen on, `host:port` or `unix:/path`; all of them TLS when "
+        "the `tls` section is set (use `listeners` to mix plain HTTP and HTTPS)"
+    )
+    listeners: tuple[ListenerConfig, ...] = Field(
+        (), description="instead of `bind`: addresses, each plain HTTP or TLS, e.g. `[{bind: '0.0.0.0:80'}, "
+        "{bind: '0.0.0.0:443', tls: true}]`"
+    )
     workers: int = Field(0, ge=0, description="worker processes; 0 means one per core")
     worker_connections: int = Field(10000, ge=1, description="concurrent connections per worker")
     keepalive: Duration = Field(
@@ -194,18 +220,15 @@ class ServerConfig(Model):
     @field_validator("bind")
     @classmethod
     def _bind(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        # gunicorn reads a bare "localhost" as localhost:8000 without a word (issue 8): an
-        # address edge listens on must say its port, so a forgotten one is a refused start.
         for item in v:
-            if item.startswith(("unix:", "fd://")):
-                continue
-            try:
-                _host, port = split_host_port(item, 0)
-            except ValueError:
-                raise ValueError(f"expected 'host:port', '[ipv6]:port' or 'unix:/path' (got {item!r})") from None
-            if port == 0:
-                raise ValueError(f"no port in {item!r} (write 'host:port')")
+            _check_bind(item)
         return v
+
+    @model_validator(mode="after")
+    def _bind_or_listeners(self) -> "ServerConfig":
+        if self.listeners and "bind" in self.model_fields_set:
+            raise ValueError("give bind or listeners, not both (a listener says its own bind address)")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -282,19 +305,93 @@ class AcmeConfig(Model):
         return self
 
 
+#: TLS 1.2 suites when ``tls.ciphers`` is not set: ECDHE key exchange (forward secrecy) with an
+#: AEAD cipher only, as in Mozilla's "intermediate" profile. TLS 1.3 suites are all AEAD and
+#: are not chosen by this list (OpenSSL configures them separately).
+MODERN_TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+class CertificateConfig(Model):
+    cert: str = Field(description="PEM certificate chain (leaf first)")
+    key: str = Field(description="PEM private key of `cert`")
+    names: tuple[str, ...] = Field(
+        (), description="names this certificate is served for (exact or `*.example.com`); empty: its DNS and IP "
+        "subject alternative names"
+    )
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for n in v:
+            n = n.strip().lower().rstrip(".")
+            # RFC 6125 §6.4.3: a wildcard is the whole left-most label, and matches one label only
+            if not n or ("*" in n and (not n.startswith("*.") or "*" in n[2:] or n.count(".") < 2)):
+                raise ValueError(f"a name is a host name or '*.domain.tld' (got {n!r})")
+            out.append(n)
+        return tuple(out)
+
+
+class Http2Settings(Model):
+    """gunicorn's HTTP/2 connection settings (sent to clients in SETTINGS)."""
+
+    max_concurrent_streams: int = Field(100, ge=1, le=2**31 - 1, description="streams a client may open at once "
+                                        "on one connection")
+    initial_window_size: int = Field(65535, ge=1, le=2**31 - 1, description="flow-control window per stream, bytes")
+    max_frame_size: int = Field(16384, ge=16384, le=16777215, description="largest frame payload accepted, bytes")
+    max_header_list_size: int = Field(65536, ge=1, description="largest decoded header list accepted, bytes "
+                                      "(HPACK bomb protection)")
+
+
 class TLSConfig(Model):
-    certfile: str | None = Field(None, description="PEM certificate chain served to clients")
+    certfile: str | None = Field(None, description="PEM certificate chain served to clients (shorthand for one "
+                                 "entry of `certificates`)")
     keyfile: str | None = Field(None, description="PEM private key of certfile")
+    certificates: tuple[CertificateConfig, ...] = Field(
+        (), description="certificates chosen by the client's SNI name (exact names before wildcards)"
+    )
+    default: str | None = Field(
+        None, description="a name of the certificate served to clients that send no SNI or an unknown name; "
+        "unset: the first certificate"
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="oldest TLS version accepted (1.0 and 1.1 never are)")
+    ciphers: str = Field(MODERN_TLS12_CIPHERS, description="OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are "
+                         "OpenSSL's defaults)")
     http2: bool = Field(True, description="offer HTTP/2 over ALPN (h2, then http/1.1)")
-    acme: AcmeConfig | None = Field(None, description="obtain and renew certificates automatically over ACME")
+    http2_settings: Http2Settings = Field(Http2Settings(), description="HTTP/2 connection settings")
+    acme: AcmeConfig | None = Field(None, description="obtain and renew certificates automatically over ACME (docs/tls.md)")
+    redirect_http: bool = Field(
+        False, description="answer requests on plain-HTTP listeners with a redirect to HTTPS (301 for GET/HEAD, "
+        "308 otherwise), except ACME HTTP-01 challenges (`/.well-known/acme-challenge/`)"
+    )
+
+    @field_validator("ciphers")
+    @classmethod
+    def _ciphers(cls, v: str) -> str:
+        import ssl
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+        except ssl.SSLError:
+            raise ValueError(f"OpenSSL accepts no cipher from {v!r}") from None
+        return v
 
     @model_validator(mode="after")
-    def _source(self) -> "TLSConfig":
+    def _pairs(self) -> "TLSConfig":
         if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile go together")
-        if self.certfile is None and self.acme is None:
-            raise ValueError("give certfile and keyfile, or acme")
+            missing = "keyfile" if self.keyfile is None else "certfile"
+            raise _KeyError(f"tls.{missing}", "required key is missing")  # they go together
+        if self.certfile is None and not self.certificates and self.acme is None:
+            raise _KeyError("tls.certificates", "no certificate: give certificates (or certfile and keyfile), or acme")
         return self
+
+    def all_certificates(self) -> tuple[CertificateConfig, ...]:
+        """``certfile``/``keyfile`` (first) and ``certificates``, in the order configured."""
+        first = (CertificateConfig(cert=self.certfile, key=self.keyfile),) if self.certfile else ()
+        return first + self.certificates
 
 
 # --------------------------------------------------------------------------- upstreams
@@ -736,6 +833,9 @@ class MatchConfig(Model):
         None, description="path condition; a plain string is a prefix"
     )
     methods: tuple[str, ...] = Field((), description="methods; empty matches any")
+    scheme: Literal["http", "https"] | None = Field(
+        None, description="only requests that arrived over plain HTTP (`http`) or TLS (`https`); unset matches both"
+    )
     headers: dict[str, str] = Field(
         {}, description="header name -> exact value, or `~regex` (RE2 syntax, searched in the value); all must match"
     )
@@ -1020,11 +1120,11 @@ class EdgeConfig(Model):
     @model_validator(mode="after")
     def _proxy_protocol_plain(self) -> "EdgeConfig":
         if self.tls is not None and self.server.proxy_protocol.enabled:
-            # gevent's server wraps TLS (and reads the ClientHello) before edge sees the socket,
-            # so the PROXY header, which comes first on the wire, cannot be read there.
-            raise _KeyError("server.proxy_protocol.enabled", "not supported with tls: the PROXY header precedes "
-                            "the TLS handshake, which gunicorn performs before edge sees the connection "
-                            "(terminate TLS at the balancer, or send X-Forwarded-For from a trusted proxy)")
+            # The PROXY header comes before the TLS ClientHello on the wire; edge reads it in
+            # chunks, which could take ClientHello bytes the handshake then misses.
+            raise _KeyError("server.proxy_protocol.enabled", "not supported together with tls yet: the PROXY header "
+                            "precedes the TLS handshake on the same bytes (terminate TLS at the balancer, or "
+                            "send X-Forwarded-For from a trusted proxy)")
         return self
 
     @model_validator(mode="after")
@@ -1033,11 +1133,35 @@ class EdgeConfig(Model):
             # the lease and the published challenge answers must be seen by every worker (edge.acme)
             raise _KeyError("tls.acme", "needs a store shared by the workers: store.backend local, redis or memcached "
                             "(memory is one worker's own)")
+        _check_listeners(self)
         for i, route in enumerate(self.routes):
             if route.upstream is not None and route.upstream not in self.upstreams:
                 known = ", ".join(sorted(self.upstreams)) or "none defined"
                 raise _KeyError(f"routes[{i}].upstream", f"unknown upstream {route.upstream!r} (known: {known})")
         return self
+
+
+def effective_listeners(cfg: "EdgeConfig") -> tuple[ListenerConfig, ...]:
+    """``server.listeners``, or one listener per ``server.bind`` address (TLS when ``tls`` is set)."""
+    if cfg.server.listeners:
+        return cfg.server.listeners
+    return tuple(ListenerConfig(bind=b, tls=cfg.tls is not None) for b in cfg.server.bind)
+
+
+def _check_listeners(cfg: "EdgeConfig") -> None:
+    listeners = cfg.server.listeners
+    if not listeners:
+        return
+    tls_by_port: dict[Any, bool] = {}
+    for i, lc in enumerate(listeners):
+        if lc.tls and cfg.tls is None:
+            raise _KeyError(f"server.listeners[{i}].tls", "a TLS listener needs the tls section (its certificates)")
+        # edge tells a connection's listener by its local port (or socket path)
+        port = lc.bind if lc.bind.startswith(("unix:", "fd://")) else split_host_port(lc.bind, 0)[1]
+        if tls_by_port.setdefault(port, lc.tls) != lc.tls:
+            raise _KeyError(f"server.listeners[{i}]", f"port {port} is both a TLS and a plain listener")
+    if cfg.tls is not None and not any(lc.tls for lc in listeners):
+        raise _KeyError("server.listeners", "the tls section is set but no listener has tls: true")
 
 
 class _KeyError(ValueError):

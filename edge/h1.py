@@ -778,9 +778,9 @@ def serve(worker, sock, addr, listener_port: int, scheme: str, initial: bytes = 
             conn.waits.release()
 
 
-def answer_and_close(worker, sock, peer_ip: str, reply: Reply, ctx: RequestContext) -> None:
+def answer_and_close(worker, sock, peer_ip: str, reply: Reply, ctx: RequestContext, scheme: str = "http") -> None:
     """Write one reply on a fresh connection and close it (an ``on_connect`` refusal)."""
-    conn = Connection(worker, sock, peer_ip, 0, worker.scheme)
+    conn = Connection(worker, sock, peer_ip, 0, scheme)
     conn.state = State.WRITING
     conn.write(ctx, reply, False, True)
 

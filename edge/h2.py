@@ -84,7 +84,7 @@ def serve_stream(worker, req, addr, h2_conn, port: int) -> None:
     method = pseudo.get(":method", "")
     fields = stream_fields(stream.get_regular_headers())
     ended = stream.body_complete and not stream.body_size
-    scheme = worker.scheme
+    scheme = "https"  # edge negotiates HTTP/2 only by ALPN, on its TLS listeners (edge/tls.py)
     try:
         adm = admission.admit(method, pseudo.get(":path", ""), fields, authority=pseudo.get(":authority"),
                               http2=True, stream_ended=ended)
@@ -172,23 +172,36 @@ def _write(proxy, date: str, h2_conn, sid: int, ctx: RequestContext, reply: Repl
         if h2_conn.send_response(sid, reply.status, fields, body):
             ctx.bytes_sent += len(body)
         return
-    head_sent = False
+    head_sent = ended = False
+    # edge.h2conn's connection can hold frames back while no wait is possible ("cork"), so
+    # the HEADERS, a DATA frame and, for the chunk that completes a known length, its
+    # END_STREAM leave in one write instead of three; gunicorn's own connection cannot.
+    cork = getattr(h2_conn, "cork", None)
     try:
-        for chunk in body:
+        for chunk in body:  # the next chunk may take a while: everything before it was flushed
             if not chunk:
                 continue
-            if not head_sent:
-                if not h2_conn.send_response_headers(sid, reply.status, fields):
-                    raise ClientDisconnected("HTTP/2 stream closed before the reply")
-                head_sent = True
-            if not h2_conn.send_data(sid, chunk):
-                raise ClientDisconnected("HTTP/2 stream closed or stalled mid-reply")
+            last = plan.announce_length and ctx.bytes_sent + len(chunk) == reply.length
+            if cork is not None:
+                cork()
+            try:
+                if not head_sent:
+                    if not h2_conn.send_response_headers(sid, reply.status, fields):
+                        raise ClientDisconnected("HTTP/2 stream closed before the reply")
+                    head_sent = True
+                if not h2_conn.send_data(sid, chunk, end_stream=last):
+                    raise ClientDisconnected("HTTP/2 stream closed or stalled mid-reply")
+            finally:
+                if cork is not None:
+                    h2_conn.uncork()
             ctx.bytes_sent += len(chunk)
+            ended = last
         if plan.announce_length:
             framing.check_complete(reply.length, ctx.bytes_sent)
         if not head_sent:
             h2_conn.send_response_headers(sid, reply.status, fields)
-        h2_conn.end_stream(sid, trailers=_trailers(proxy, ctx, reply) if plan.trailers else None)
+        if not ended:
+            h2_conn.end_stream(sid, trailers=_trailers(proxy, ctx, reply) if plan.trailers else None)
     except EdgeError as e:
         if isinstance(e, ClientDisconnected):
             raise

@@ -140,7 +140,7 @@ class EdgeProcess(Process):
         """
         full = keep_instance_sections(self.config(), config, self.config_path.parent)
         self.config_path.write_text(yaml.safe_dump(full, sort_keys=False))
-        self.tls = "tls" in full
+        self.tls = _probe_is_tls(full, self.port)
         self.errorlog = full["server"].get("errorlog")
 
     def reload(self, *, wait: bool = False, timeout_s: float = 30.0) -> None:
@@ -202,7 +202,8 @@ def edge_config(config: dict[str, Any], port: int, workers: int) -> dict[str, An
     """``config`` with the server section filled in for a test instance on ``port``."""
     out = dict(config)
     server = dict(out.get("server") or {})
-    server.setdefault("bind", [f"127.0.0.1:{port}"])
+    if "listeners" not in server:  # a config with listeners says its own addresses (one of them on ``port``)
+        server.setdefault("bind", [f"127.0.0.1:{port}"])
     server.setdefault("workers", workers)
     server.setdefault("loglevel", "info")
     server.setdefault("graceful_timeout", "5s")
@@ -236,7 +237,8 @@ def start_edge(
         cwd=str(REPO), env=proc_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     out.close()
-    p = EdgeProcess(proc, port, log_path, config_path, tls=bool((full.get("tls") or {}).get("certfile")), errorlog=full["server"].get("errorlog"))
+    p = EdgeProcess(proc, port, log_path, config_path, tls=_probe_is_tls(full, port),
+                    errorlog=full["server"].get("errorlog"))
     if wait:
         try:
             wait_for_port("127.0.0.1", port, timeout_s=20, proc=proc)
@@ -245,6 +247,14 @@ def start_edge(
             p.stop()
             raise RuntimeError(f"edge did not start:\n{p.log()}") from None
     return p
+
+
+def _probe_is_tls(config: dict[str, Any], port: int) -> bool:
+    """Whether the listener on ``port`` (the one probed) speaks TLS."""
+    listeners = (config.get("server") or {}).get("listeners")
+    if not listeners:
+        return "tls" in config
+    return any(lc.get("tls", False) for lc in listeners if str(lc["bind"]).endswith(f":{port}"))
 
 
 def wait_for_workers(p: EdgeProcess, workers: int, timeout_s: float = 20.0, tls: bool = False) -> None:

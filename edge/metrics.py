@@ -19,6 +19,7 @@ Names (after the configured prefix, default ``edge``):
   ``plugin.<name>.init_ok``                counter, a plugin built on a retry
   ``plugin.<name>.unknown_upstream``       counter, the plugin chose a pool that does not exist
   ``internal_error``                       counter, per bug caught by the request path
+  ``tls.cert.<first name>.days_left``      gauge, whole days to a certificate's expiry (hourly, one worker per node)
 gunicorn's own metrics (``gunicorn.requests``, ``gunicorn.workers``...) go to the same
 statsd host under the same prefix (gunicorn.conf.py).
 
@@ -88,6 +89,14 @@ class Metrics:
             return
         try:
             self._client.incr(name, count)
+        except OSError:
+            self.dropped += 1
+
+    def gauge(self, name: str, value: float) -> None:
+        if self._client is None and not self._retry():
+            return
+        try:
+            self._client.gauge(name, value)
         except OSError:
             self.dropped += 1
 

@@ -311,8 +311,12 @@ def host_key(host: str) -> str:
 # --------------------------------------------------------------------------- compile
 
 
-def compile_routes(cfg: EdgeConfig) -> RouteTable:
-    """Compile ``cfg.routes``; raise ConfigError for what the schema cannot see."""
+def compile_routes(cfg: EdgeConfig, scheme: str | None = None) -> RouteTable:
+    """Compile ``cfg.routes``; raise ConfigError for what the schema cannot see.
+
+    With ``scheme`` (``http`` or ``https``), routes whose ``match.scheme`` names the
+    other one are left out of the matching (they keep their index): the table for the
+    requests of that kind of listener (``scheme_tables``)."""
     source = cfg.source
     routes: list[Route] = []
     seen_names: dict[str, int] = {}
@@ -328,6 +332,8 @@ def compile_routes(cfg: EdgeConfig) -> RouteTable:
         seen_names[name] = i
         route = _build_route(i, name, rc, source, cfg)
         routes.append(route)
+        if scheme is not None and rc.match.scheme not in (None, scheme):
+            continue
 
         kind, arg, arg2, path_rank = _path_test(rc)
         methods = frozenset(rc.match.methods) or None
@@ -571,3 +577,11 @@ def _fixed_response(rc: RouteConfig) -> Response:
         else:
             headers.add(name, value)
     return Response(r.status, headers, r.body)
+
+
+def scheme_tables(cfg: EdgeConfig, table: RouteTable) -> dict[str, RouteTable]:
+    """The route table per request scheme: ``table`` itself for both unless a route has
+    a ``match.scheme`` condition."""
+    if not any(rc.match.scheme for rc in cfg.routes):
+        return {"http": table, "https": table}
+    return {"http": compile_routes(cfg, "http"), "https": compile_routes(cfg, "https")}

@@ -90,3 +90,63 @@ def h2_exchange(port: int, path: str, *, method: str = "GET", authority: str | N
     finally:
         sock.close()
     return out
+
+
+def h2_concurrent(port: int, paths: list[str], *, server_name: str = "localhost", cafile: str | None = None,
+                  timeout_s: float = 20.0) -> list[H2Result]:
+    """All ``paths`` as concurrent GET streams on one HTTP/2 connection; one result per path, in order.
+
+    Every HEADERS frame goes out before any response is read, so the streams are open
+    at the same time on the server."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if cafile is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # our own test certificate
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    sock = ctx.wrap_socket(raw, server_hostname=server_name)
+    assert sock.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    by_sid: dict[int, H2Result] = {}
+    order = []
+    for path in paths:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", server_name),
+                                (":path", path)], end_stream=True)
+        by_sid[sid] = H2Result()
+        order.append(sid)
+    sock.sendall(conn.data_to_send())
+    open_streams = set(order)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while open_streams and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                out = by_sid.get(getattr(ev, "stream_id", None))
+                if isinstance(ev, h2.events.ResponseReceived):
+                    hs = dict(ev.headers)
+                    out.status = int(hs.pop(":status"))
+                    out.headers = hs
+                elif isinstance(ev, h2.events.DataReceived):
+                    out.data += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    out.trailers = dict(ev.headers)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    open_streams.discard(ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    out.reset = ev.error_code
+                    open_streams.discard(ev.stream_id)
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    for r in by_sid.values():
+                        r.goaway = True
+                    open_streams.clear()
+            pending = conn.data_to_send()
+            if pending:
+                sock.sendall(pending)
+    finally:
+        sock.close()
+    return [by_sid[sid] for sid in order]
