@@ -1149,6 +1149,10 @@ def effective_listeners(cfg: "EdgeConfig") -> tuple[ListenerConfig, ...]:
 
 
 def _check_listeners(cfg: "EdgeConfig") -> None:
+    if cfg.tls is not None and cfg.tls.acme is not None and all(lc.tls for lc in effective_listeners(cfg)):
+        # RFC 8555 §8.3: the CA fetches http://<name>/.well-known/acme-challenge/<token> on port 80
+        raise _KeyError("tls.acme", "the http-01 challenge needs a plain-HTTP listener: list it in server.listeners "
+                        "(e.g. [{bind: '0.0.0.0:80'}, {bind: '0.0.0.0:443', tls: true}])")
     listeners = cfg.server.listeners
     if not listeners:
         return

@@ -42,8 +42,12 @@ def pebble(tmp_path_factory, http_port):
     p.stop()
 
 
-def acme_config(pebble, storage, origin, **acme):
+def acme_config(pebble, storage, origin, http_port=None, https_port=None, **acme):
+    """tls.acme on a plain-HTTP listener (``http_port``: where Pebble validates HTTP-01, or a free
+    port) next to an HTTPS listener (``https_port``) that serves what ACME obtained."""
     return {
+        "server": {"listeners": [{"bind": f"127.0.0.1:{http_port or free_port()}"},
+                                 {"bind": f"127.0.0.1:{https_port or free_port()}", "tls": True}]},
         "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
         "routes": [{"match": {"path": "/"}, "upstream": "app"}],
         "tls": {"acme": {"directory": pebble.directory, "accept_terms": True, "email": "ops@edge.test",
@@ -70,7 +74,9 @@ def served_certificate(port: int, name: str, roots: bytes) -> dict:
 def test_certificate_obtained_once_with_two_workers_and_served(pebble, http_port, origin, tmp_path, edge_factory):
     storage = tmp_path / "acme"
     orders_before = pebble.log().count("POST /order-plz")
-    e = edge_factory(acme_config(pebble, storage, origin, renew_before="30s"), workers=2, port=http_port)
+    https_port = free_port()
+    e = edge_factory(acme_config(pebble, storage, origin, http_port, https_port, renew_before="30s"), workers=2,
+                     port=http_port)
     until(lambda: cert_path(storage, pebble).exists(), timeout_s=60)
     facts = cert_facts(cert_path(storage, pebble).read_bytes())
     assert facts.names == frozenset(NAMES)
@@ -88,14 +94,12 @@ def test_certificate_obtained_once_with_two_workers_and_served(pebble, http_port
     assert requests.get(f"{e.url}/.well-known/acme-challenge/bad%20token").status_code == 404
     assert requests.get(f"{e.url}/echo").status_code == 200
 
-    # Served: edge with the stored certificate and key (the single-certificate path) presents the
-    # ACME certificate for both names, and it chains to Pebble's root.
-    tls = edge_factory({"upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
-                        "routes": [{"match": {"path": "/"}, "upstream": "app"}],
-                        "tls": {"certfile": str(cert_path(storage, pebble)), "keyfile": str(key)}}, workers=1)
+    # Served by the same edge, without a restart: its HTTPS listener presents the ACME certificate
+    # for both names (it served a self-signed stand-in before), chaining to Pebble's root, from
+    # every worker (several handshakes).
     roots = pebble.roots_pem()
-    for name in NAMES:
-        peer = served_certificate(tls.port, name, roots)
+    for name in NAMES * 3:
+        peer = served_certificate(https_port, name, roots)
         assert ("DNS", name) in peer["subjectAltName"]
 
 
@@ -103,8 +107,9 @@ def test_renewed_when_due_and_loaded_without_restart(pebble, http_port, origin, 
     storage = tmp_path / "acme"
     # due 4 s after issue: the first certificate is renewed while edge runs
     # (retry_initial: a certificate found due already at issue, on a slow machine, is retried soon)
-    e = edge_factory(acme_config(pebble, storage, origin, renew_before=f"{VALIDITY_S - 4}s", retry_initial="1s"),
-                     workers=2, port=http_port)
+    https_port = free_port()
+    e = edge_factory(acme_config(pebble, storage, origin, http_port, https_port, renew_before=f"{VALIDITY_S - 4}s",
+                                 retry_initial="1s"), workers=2, port=http_port)
     until(lambda: cert_path(storage, pebble).exists(), timeout_s=60)
     first = cert_facts(cert_path(storage, pebble).read_bytes()).fingerprint
     until(lambda: cert_facts(cert_path(storage, pebble).read_bytes()).fingerprint != first, timeout_s=60)
@@ -112,6 +117,12 @@ def test_renewed_when_due_and_loaded_without_restart(pebble, http_port, origin, 
     assert second.names == frozenset(NAMES)
     # every worker swapped in the new certificate (a log line per load), with no restart
     until(lambda: e.log().count("acme: loaded the certificate") >= 4, timeout_s=30)
+    from cryptography import x509
+
+    renewed = x509.load_pem_x509_certificates(cert_path(storage, pebble).read_bytes())[0].serial_number
+    roots = pebble.roots_pem()
+    until(lambda: all(int(served_certificate(https_port, NAMES[0], roots)["serialNumber"], 16) == renewed
+                      for _ in range(3)), timeout_s=30)
     assert e.log().count("Booting worker") == 2
     # never two orders at once: each "ordering" line is followed by its "obtained" before the next
     events = re.findall(r"acme: (ordering|obtained) a certificate", e.log())
@@ -121,9 +132,10 @@ def test_renewed_when_due_and_loaded_without_restart(pebble, http_port, origin, 
 def test_failed_orders_back_off(pebble, origin, tmp_path, edge_factory):
     """Without the CA bundle Pebble's HTTPS is not trusted: every order fails, and the waits double."""
     storage = tmp_path / "acme"
-    cfg = acme_config(pebble, storage, origin, retry_initial="300ms", retry_max="1s")
+    port = free_port()
+    cfg = acme_config(pebble, storage, origin, port, retry_initial="300ms", retry_max="1s")
     del cfg["tls"]["acme"]["ca_bundle"]
-    e = edge_factory(cfg, workers=1)
+    e = edge_factory(cfg, workers=1, port=port)
     until(lambda: "failed (3 in a row" in e.log(), timeout_s=60)
     log = e.log()
     assert re.search(r"failed \(1 in a row; next try in 0s\)", log)   # 0.3 s, printed rounded
@@ -141,7 +153,7 @@ def test_a_fleet_sharing_redis_orders_once_and_serves_the_same_certificate(pebbl
     store = {"backend": "redis", "url": redis_server.url, "key_prefix": f"acme-fleet-{os.getpid()}:"}
     nodes = []
     for i, port in enumerate((http_port, free_port())):
-        cfg = acme_config(pebble, tmp_path / f"node{i}", origin, renew_before="30s")
+        cfg = acme_config(pebble, tmp_path / f"node{i}", origin, port, renew_before="30s")
         cfg["store"] = store
         nodes.append(edge_factory(cfg, workers=2, port=port))
     paths = [cert_path(tmp_path / f"node{i}", pebble) for i in range(2)]

@@ -158,10 +158,22 @@ def test_acme_needs_a_store_shared_by_the_workers():
     from edge.errors import ConfigError
 
     acme = {"names": ["a.example"], "accept_terms": True}
+    listeners = [{"bind": "127.0.0.1:80"}, {"bind": "127.0.0.1:443", "tls": True}]
     with pytest.raises(ConfigError) as e:
-        parse_config({"tls": {"acme": acme}, "store": {"backend": "memory"}}, "FILE")
+        parse_config({"tls": {"acme": acme}, "store": {"backend": "memory"}, "server": {"listeners": listeners}}, "FILE")
     assert str(e.value).startswith("FILE: tls.acme: needs a store shared by the workers")
-    parse_config({"tls": {"acme": acme}, "store": {"backend": "memory"}, "server": {"workers": 1}}, "FILE")
+    parse_config({"tls": {"acme": acme}, "store": {"backend": "memory"}, "server": {"workers": 1, "listeners": listeners}},
+                 "FILE")
+
+
+def test_acme_needs_a_plain_http_listener_for_http01():
+    from edge.config import parse_config
+    from edge.errors import ConfigError
+
+    acme = {"names": ["a.example"], "accept_terms": True}
+    with pytest.raises(ConfigError) as e:
+        parse_config({"tls": {"acme": acme}, "server": {"bind": ["127.0.0.1:443"]}}, "FILE")
+    assert "FILE: tls.acme: the http-01 challenge needs a plain-HTTP listener" in str(e.value)
 
 
 @pytest.mark.parametrize("days, backs_off", [(90, False), (10, True)])

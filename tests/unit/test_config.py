@@ -135,7 +135,7 @@ def error_of(path):
         ),
         (
             "tls: {certfile: a.pem}\n",
-            "FILE: tls: certfile and keyfile go together",
+            "FILE: tls.keyfile: required key is missing",
         ),
         (
             "- server\n",

@@ -123,7 +123,7 @@ def test_builders_round_trip(header):
     ({"proxy_protocol": {"enabled": True, "trusted": ["10.0.0.0/8"], "timeout": "0s"}}, False,
      "server.proxy_protocol.timeout"),
     ({"proxy_protocol": {"enabled": True, "trusted": ["10.0.0.0/8"]}}, True,
-     "server.proxy_protocol.enabled: not supported with tls"),
+     "server.proxy_protocol.enabled: not supported together with tls"),
 ])
 def test_config_errors(server, tls, error):
     from edge.config import parse_config

@@ -126,7 +126,7 @@ def test_listeners_mix_plain_and_tls():
     ({"server": {"listeners": [{"bind": "localhost"}]}},
      "FILE: server.listeners[0].bind: no port in 'localhost' (write 'host:port')"),
     ({"tls": {"keyfile": "k"}}, "FILE: tls.certfile: required key is missing"),
-    ({"tls": {}}, "FILE: tls.certificates: no certificate: give certificates (or certfile and keyfile)"),
+    ({"tls": {}}, "FILE: tls.certificates: no certificate: give certificates (or certfile and keyfile), or acme"),
     ({"tls": {"certificates": [{"cert": "c", "key": "k", "names": ["a.*.com"]}]}},
      "FILE: tls.certificates[0].names: a name is a host name or '*.domain.tld' (got 'a.*.com')"),
     ({"tls": {"certfile": "c", "keyfile": "k", "min_version": "1.1"}},
