@@ -99,3 +99,44 @@ def test_node_wide_cap_across_two_workers(tmp_path, origin):
     s.close()
     assert reply.status == 200
     edge.stop()
+
+
+def test_tls_clients_that_never_finish_a_handshake_count_and_time_out(tmp_path, origin):
+    """A TCP connection to a TLS listener holds its place from accept, not from the end of its
+    handshake, and a handshake that never comes is cut at server.header_timeout."""
+    import socket
+    import ssl
+
+    from edge.tls import generate_self_signed
+
+    cert, key = generate_self_signed(tmp_path / "cert", ("localhost", "127.0.0.1"))
+    config = {"server": {"max_connections_per_ip": 2, "header_timeout": "1s"},
+              "tls": {"certfile": str(cert), "keyfile": str(key)},
+              "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
+              "routes": [{"match": {"path": "/"}, "upstream": "app"}]}
+    (tmp_path / "edge").mkdir()
+    edge = start_edge(config, workers=1, work_dir=str(tmp_path / "edge"))
+    try:
+        silent = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.0.2", 0), timeout=10)
+            silent.append(s)
+        time.sleep(0.3)  # both accepted and counted
+        extra = socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.0.2", 0), timeout=10)
+        started = time.monotonic()
+        assert extra.recv(1) == b""            # over the cap: closed at once, before any handshake
+        assert time.monotonic() - started < 0.9  # well before the handshake timeout
+        extra.close()
+        # another address is served meanwhile
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", edge.port), source_address=("127.0.0.3", 0), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert t.recv(12).startswith(b"HTTP/1.1 200")
+        for s in silent:                       # the silent ones are cut at the handshake timeout
+            assert s.recv(1) == b""
+            s.close()
+    finally:
+        edge.stop()
