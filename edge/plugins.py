@@ -671,29 +671,36 @@ class Chain:
                 hook_name: str, budgeted: bool) -> Iterator[bytes]:
         active = filters
         call = self._call_budgeted if budgeted else None
-        for chunk in itertools.chain(chunks, (None,)):
-            end = chunk is None
-            data = b"" if end else chunk
-            dead = None
-            for entry, f in active:
-                try:
-                    out = call(entry, f, ctx, data, end) if call else f(ctx, data, end)
-                except (Exception, PluginTimeout) as exc:
-                    if budgeted and isinstance(exc, ClientError):
-                        # a request-body filter refusing the request (limits: 413): not a failure;
-                        # the request path answers exc.status and abandons the backend request
-                        raise
-                    if self._failed(entry, hook_name, exc, ctx) is not None:
-                        raise _plugin_error(entry, hook_name, exc) from exc
-                    # fail-open: this chunk passes unchanged; the filter sits out the rest of this body
-                    dead = (dead or set()) | {entry}
-                    continue
-                if out is not None:
-                    data = out
-            if dead:
-                active = tuple(h for h in active if h[0] not in dead)
-            if data:
-                yield data
+        try:
+            for chunk in itertools.chain(chunks, (None,)):
+                end = chunk is None
+                data = b"" if end else chunk
+                dead = None
+                for entry, f in active:
+                    try:
+                        out = call(entry, f, ctx, data, end) if call else f(ctx, data, end)
+                    except (Exception, PluginTimeout) as exc:
+                        if budgeted and isinstance(exc, ClientError):
+                            # a request-body filter refusing the request (limits: 413): not a failure;
+                            # the request path answers exc.status and abandons the backend request
+                            raise
+                        if self._failed(entry, hook_name, exc, ctx) is not None:
+                            raise _plugin_error(entry, hook_name, exc) from exc
+                        # fail-open: this chunk passes unchanged; the filter sits out the rest of this body
+                        dead = (dead or set()) | {entry}
+                        continue
+                    if out is not None:
+                        data = out
+                if dead:
+                    active = tuple(h for h in active if h[0] not in dead)
+                if data:
+                    yield data
+        finally:
+            # Closed early (a client abort, a failing filter): what the filters read from is closed
+            # too, so a backend body gives its connection and server slot back now, not at a GC pass.
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     @staticmethod
     def _call_budgeted(entry: _Entry, f: Callable[..., Any], ctx: Any, data: bytes, end: bool) -> Any:

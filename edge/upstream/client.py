@@ -562,6 +562,7 @@ class UpstreamPool:
                             log.info("upstream %s: retrying %s on another server after %s from %s",
                                      self.name, method, failed.cause.value, server.authority)
                             idx = nxt
+                            fresh_tried = 0  # the fresh-connection allowance is per server
                             continue
                     error = failed.error
                     if not state.resendable:
@@ -571,30 +572,17 @@ class UpstreamPool:
                 reply._latency = time.monotonic() - started_at
                 reply._pool = self
                 active = -1
-                status = reply.status
-                outcome = self.health.outcome_of(status)
-                verdicts.done(outcome, "" if outcome is Outcome.SUCCESS else f"status {status} (on_5xx)")
-                cause = STATUS_CAUSES.get(status)
-                if cause is not None:
-                    if status == 503:
-                        self._hold_on_retry_after(reply)
-                    reply = _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
-                    state = replay.state() if replay is not None else _NOTHING_PULLED
-                    if policy.decide(method, cause, state, len(tried), fresh_tried) is Action.NEXT_SERVER:
-                        nxt = self._retry_to(cause, tried, affinity)
-                        if nxt is not None:
-                            log.info("upstream %s: retrying %s on another server after %d from %s",
-                                     self.name, method, status, server.authority)
-                            _discard(reply, p)
-                            idx = nxt
-                            first = None
-                            continue
-                    if replay is not None:
-                        replay.release()
-                    return reply  # no retry: the client gets the backend's own answer
-                if replay is not None:
-                    replay.release()  # no retry after a response: the kept chunks can go
-                return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+                try:
+                    settled = self._after_head(verdicts, method, reply, p, parser, conn, t, deadline, replay, policy,
+                                               tried, fresh_tried, affinity, server)
+                except BaseException:
+                    reply.close()  # whatever went wrong after the head, the slot and the connection go back
+                    raise
+                if isinstance(settled, UpstreamReply):
+                    return settled
+                idx = settled  # a 5xx retried on another server
+                first = None
+                fresh_tried = 0
         except UpstreamError:
             raise  # the backend's doing: the finally below records the failure
         except BaseException:
@@ -606,6 +594,33 @@ class UpstreamPool:
         finally:
             if active >= 0:  # failed or interrupted before a reply took over the count
                 self._finished(active, time.monotonic() - started_at, False)
+
+    def _after_head(self, verdicts, method, reply, p, parser, conn, t, deadline, replay, policy, tried, fresh_tried,
+                    affinity, server) -> "UpstreamReply | int":
+        """The response head arrived (the reply holds the server's in-flight count): the reply to
+        return, or the index of the server a retried 5xx goes to (this response discarded)."""
+        status = reply.status
+        outcome = self.health.outcome_of(status)
+        verdicts.done(outcome, "" if outcome is Outcome.SUCCESS else f"status {status} (on_5xx)")
+        cause = STATUS_CAUSES.get(status)
+        if cause is not None:
+            if status == 503:
+                self._hold_on_retry_after(reply)
+            reply = _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
+            state = replay.state() if replay is not None else _NOTHING_PULLED
+            if policy.decide(method, cause, state, len(tried), fresh_tried) is Action.NEXT_SERVER:
+                nxt = self._retry_to(cause, tried, affinity)
+                if nxt is not None:
+                    log.info("upstream %s: retrying %s on another server after %d from %s",
+                             self.name, method, status, server.authority)
+                    _discard(reply, p)
+                    return nxt
+            if replay is not None:
+                replay.release()
+            return reply  # no retry: the client gets the backend's own answer
+        if replay is not None:
+            replay.release()  # no retry after a response: the kept chunks can go
+        return _attach_body(reply, p, parser, conn, method, t, deadline, self.limits)
 
     def _finished(self, index: int, latency_s: float, ok: bool | None) -> int:
         """Release the in-flight count of ``index``; wake a queued request when that opened a slot. Returns -1."""
@@ -707,7 +722,7 @@ class _Verdicts:
             self.health.observe(index, outcome, now, now - self.start, error)
 
     def failed(self, exc: BaseException) -> None:
-        self.done(_OUTCOME_OF_ERROR.get(type(exc), Outcome.NO_VERDICT), str(exc) if isinstance(exc, UpstreamError) else "")
+        self.done(_outcome_of_error(exc), str(exc) if isinstance(exc, UpstreamError) else "")
 
 
 # What an attempt's failure says about the server (outlier detection, health.py). An invalid
@@ -718,6 +733,15 @@ _OUTCOME_OF_ERROR = {
     ReadTimeout: Outcome.TIMEOUT,
     SendTimeout: Outcome.TIMEOUT,
 }
+
+
+def _outcome_of_error(exc: BaseException) -> Outcome:
+    """By the error's class or its nearest listed base (TLSHandshakeError is a ConnectError)."""
+    for cls in type(exc).__mro__:
+        outcome = _OUTCOME_OF_ERROR.get(cls)
+        if outcome is not None:
+            return outcome
+    return Outcome.NO_VERDICT
 
 
 def _discard(reply: UpstreamReply, p: _Parse) -> None:
@@ -979,7 +1003,9 @@ def _apply_keepalive_hint(conn: PooledConnection, value: str) -> None:
         name, _, num = part.strip().partition("=")
         num = num.strip()
         if name.strip().lower() == "timeout" and num.isascii() and num.isdigit():
-            conn.expires = time.monotonic() + max(0, int(num) - 1)
+            # a huge number (thousands of digits) must not cost an int() of it: a day is a bound
+            seconds = int(num) if len(num) <= 5 else 86400
+            conn.expires = time.monotonic() + max(0, seconds - 1)
 
 
 def _finish(conn: PooledConnection, reusable: bool) -> None:

@@ -345,6 +345,11 @@ def _gm_year(epoch: float) -> int:
     return year
 
 
+#: delay-seconds longer than this many digits are read as 10**this (int() of thousands of digits is
+#: slow, and float() of them overflows): any such value is far above every cap
+MAX_DELAY_DIGITS = 9
+
+
 def parse_retry_after(value: str, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value, or None when it is invalid.
 
@@ -353,7 +358,8 @@ def parse_retry_after(value: str, now: float) -> float | None:
     """
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(int(value))
+        # 1*DIGIT has no upper bound; a day's worth of digits is plenty (the caller caps the hold)
+        return float(int(value)) if len(value) <= MAX_DELAY_DIGITS else float(10 ** MAX_DELAY_DIGITS)
     when = parse_http_date(value, now)
     if when is None:
         return None

@@ -370,3 +370,19 @@ def test_closing_a_reply_closes_its_connection_even_before_the_body_started(star
     reply, conn = _reply_with_body(started)
     reply.close()
     assert conn.sock.closed
+
+
+def test_retry_after_with_thousands_of_digits_is_a_long_wait_not_an_error():
+    from edge.upstream.retry import parse_retry_after
+
+    assert parse_retry_after("9" * 5000, 0.0) == 1e9
+    assert parse_retry_after("120", 0.0) == 120.0
+
+
+def test_a_tls_handshake_failure_counts_as_a_connect_failure_for_outlier_detection():
+    from edge.errors import TLSHandshakeError
+    from edge.upstream.client import _outcome_of_error
+    from edge.upstream.health import Outcome
+
+    assert _outcome_of_error(TLSHandshakeError("bad certificate")) is Outcome.CONNECT_FAILURE
+    assert _outcome_of_error(ValueError("not the server's doing")) is Outcome.NO_VERDICT
