@@ -18,7 +18,7 @@ import logging
 import time
 
 from edge import http as rules
-from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse
+from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse, close_body
 from edge.errors import BadRequest, EdgeError, UnsendableRequest, UpstreamError
 from edge.logs import request_label
 from edge.plugins import UPSTREAM_SET_BY
@@ -37,6 +37,9 @@ def reply_from_response(resp: Response) -> Reply:
 
 # The answer to "OPTIONS *" (shared, like a fixed route's response): the usual methods; CONNECT is refused by admission.
 SERVER_OPTIONS = Response(204, [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
+
+# The client's validators and ranges, replaced by the cache's own when it revalidates (RFC 9111 §4.3.1).
+_CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"})
 
 
 class Proxy:
@@ -59,6 +62,7 @@ class Proxy:
         self.client_errors = state.client_errors
         self.route_timeouts = state.route_timeouts
         self.access_log = state.access_log
+        self.cache = state.cache  # edge.cache.cache.Cache, or None when no route caches
 
     # ------------------------------------------------------------------ entry
 
@@ -129,6 +133,24 @@ class Proxy:
         return self._forward(ctx, route, chain, body)
 
     def _forward(self, ctx: RequestContext, route, chain, body: RequestBody | None) -> Reply:
+        cache = self.cache
+        if cache is not None and cache.routes[route.index] is not None:
+            return cache.handle(self, ctx, route, chain, body)  # edge.cache.cache: lookup, then forward()/relay()
+        return self.forward(ctx, route, chain, body)
+
+    def forward(self, ctx: RequestContext, route, chain, body: RequestBody | None, tap=None) -> Reply:
+        """Send the request to the backend and relay its answer (``tap``: see ``relay``)."""
+        try:
+            up = self.exchange(ctx, route, chain, body)
+        except UpstreamError as e:
+            return self.upstream_failed(ctx, chain, e)
+        return self.relay(ctx, chain, up, tap)
+
+    def exchange(self, ctx: RequestContext, route, chain, body: RequestBody | None, conditional=None):
+        """One exchange with the route's pool: the ``UpstreamReply`` (head read, body to stream).
+
+        ``conditional``: the cache revalidating: the client's own validators and ranges are
+        replaced by these request fields. An ``UpstreamError`` is logged, counted and raised."""
         pool = self.pools.get(ctx.upstream)
         if pool is None:
             raise self._unknown_upstream(ctx, route)
@@ -146,6 +168,9 @@ class Proxy:
             forwarded=self.forwarded,
             via=self.via,
         )
+        if conditional is not None:
+            headers = [(n, v) for n, v in headers if n.lower() not in _CLIENT_VALIDATORS]
+            headers.extend(conditional)
         hh = route.host_header
         # an HTTP/1.0 request may come without Host: the server's address is sent then (None)
         host = (ctx.host or None) if hh == "pass" else (None if hh == "upstream" else hh)
@@ -164,36 +189,73 @@ class Proxy:
         try:
             up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)))
         except UpstreamError as e:
-            ctx.error = e
             log.warning("%s %s (request id %s) -> upstream %s: %s", ctx.method, ctx.raw_path, self.request_id_of(ctx) or "-",
                         pool.name, e)
             self.metrics.incr(f"upstream.{pool.name}.{e.metric}")
-            custom = chain.run_error(ctx, e)
-            if custom is not None:
-                return self.answer(ctx, custom, None)
-            return self.error_reply(ctx, e)
+            raise
         ctx.upstream_addr = up.server.authority
         ctx.upstream_time = time.monotonic() - started
-        out_headers = rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
-        resp = UpstreamResponse(up.status, up.reason, Headers.wrap(out_headers), up.body)
+        return up
+
+    def response_headers(self, up) -> list[tuple[str, str]]:
+        """A backend's response fields as they go to clients (hop-by-hop and hidden ones removed, Via)."""
+        return rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
+
+    def upstream_failed(self, ctx: RequestContext, chain, e: UpstreamError) -> Reply:
+        """The backend failed: the plugins' error phase may answer, else ``e.status``."""
+        ctx.error = e
+        custom = chain.run_error(ctx, e)
+        if custom is not None:
+            return self.answer(ctx, custom, None)
+        return self.error_reply(ctx, e)
+
+    def relay(self, ctx: RequestContext, chain, up, tap=None) -> Reply:
+        """The backend's answer to the client, through the response phase and body filters.
+
+        ``tap(up, headers) -> (headers, body)`` (the cache) sees the head as it goes to
+        clients before the plugins do, and may change it and wrap the body iterator."""
+        out_headers = self.response_headers(up)
+        body = up.body
+        if tap is not None:
+            out_headers, body = tap(up, out_headers)
+        resp = UpstreamResponse(up.status, up.reason, Headers.wrap(out_headers), body)
         chain.run_response(ctx, resp)
         if resp.replacement is not None:
+            close_body(body)
             up.close()
             return self.answer(ctx, resp.replacement, None)
         out = resp.headers.items()
         if chain.has_response_hooks and up.status != 101:
             out = rules.without_framing(out)  # a plugin may have added framing fields: the writer owns them
-        reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), out, up.body, up.length)
+        reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), out, body, up.length)
         if up.status == 101:
             reply.upgrade = (up.upgrade_sock, up.upgrade_data)
             reply.body = None
             reply.length = None
-        elif up.body is not None:
+        elif body is not None:
             if chain.has_body_filters:
-                reply.body = chain.filter_body(ctx, up.body)
+                reply.body = chain.filter_body(ctx, body)
                 reply.length = None
             else:
                 reply.trailers_from = up
+        ctx.status = reply.status
+        ctx.response_headers = resp.headers
+        return reply
+
+    def reply_stored(self, ctx: RequestContext, chain, status: int, headers: list[tuple[str, str]], body, length: int | None) -> Reply:
+        """A response from the cache: the response phase and body filters see it as they see a backend's."""
+        resp = UpstreamResponse(status, STATUS_REASONS.get(status, ""), Headers.wrap(headers), body)
+        chain.run_response(ctx, resp)
+        if resp.replacement is not None:
+            close_body(body)
+            return self.answer(ctx, resp.replacement, None)
+        out = resp.headers.items()
+        if chain.has_response_hooks:
+            out = rules.without_framing(out)
+        reply = Reply(resp.status, STATUS_REASONS.get(resp.status, ""), out, body, length)
+        if body is not None and chain.has_body_filters:
+            reply.body = chain.filter_body(ctx, body if not isinstance(body, bytes) else iter((body,)))
+            reply.length = None
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply

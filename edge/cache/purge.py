@@ -134,3 +134,59 @@ def purge_url(store, url: str, soft: bool, now: float, index_ttl_s: float, attem
         if store.cas(key, raw, new, ttl_s=ttl_s):
             return True
     raise RuntimeError(f"{url}: the entry kept changing under this purge; try again")
+
+
+# ---------------------------------------------------------------------------------------- purge requests
+
+
+def _split_url(url: str) -> tuple[str | None, str, str, str]:
+    """(scheme or None, host, path, query) of ``http://host/path?q`` or ``host/path?q``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = None, url
+    else:
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) URL: {url!r}")
+    host, slash, tail = rest.partition("/")
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    path, _, query = ("/" + tail if slash else "/").partition("?")
+    return scheme, host, path, query
+
+
+def prefix_value(prefix: str) -> str:
+    """What a prefix rule compares with ``keys.url_without_scheme``: ``host/path...``."""
+    scheme, host, path, query = _split_url(prefix)
+    host = keys.normalize_host(scheme, host) if scheme else host.lower()
+    return f"{host}{path}" + (f"?{query}" if query else "")
+
+
+def url_keys(url: str, key_rules=None) -> list[str]:
+    """The cache URLs a purge of ``url`` removes: both schemes unless it names one."""
+    scheme, host, path, query = _split_url(url)
+    schemes = (scheme,) if scheme else ("http", "https")
+    rules = key_rules or keys.IDENTITY
+    return [keys.cache_url(s, host, path, query, rules) for s in schemes]
+
+
+def purge(store, *, urls=(), prefixes=(), tags=(), soft: bool = False, now: float, max_ttl_s: float,
+          rules_for=None) -> list[str]:
+    """Run the purges on ``store``; one report line per item.
+
+    ``rules_for(host, path) -> KeyRules`` gives the route's query normalisation for a URL."""
+    lines = []
+    mode = "soft" if soft else "hard"
+    for url in urls:
+        scheme, host, path, _q = _split_url(url)
+        rules = rules_for(host, path) if rules_for is not None else None
+        found = [u for u in url_keys(url, rules) if purge_url(store, u, soft, now, max_ttl_s)]
+        lines.append(f"{mode} purge {url}: {'purged ' + ', '.join(found) if found else 'not in cache'}")
+    for prefix in prefixes:
+        value = prefix_value(prefix)
+        n = add_ban(store, Ban(now, "prefix", value, soft, now + max_ttl_s), now)
+        lines.append(f"{mode} purge of prefix {value}: rule added ({n} live rules)")
+    for tag in tags:
+        n = add_ban(store, Ban(now, "tag", tag, soft, now + max_ttl_s), now)
+        lines.append(f"{mode} purge of tag {tag}: rule added ({n} live rules)")
+    return lines
