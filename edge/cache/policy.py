@@ -49,6 +49,7 @@ Choices left open by the RFCs (also in docs/cache.md, "How edge decides"):
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -121,7 +122,6 @@ _RFC850_RE = re.compile(r"[A-Za-z]{6,9}, (\d{2})-([A-Za-z]{3})-(\d{2}) (\d{2}):(
 _ASCTIME_RE = re.compile(r"[A-Za-z]{3} ([A-Za-z]{3}) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})")
 
 
-@lru_cache(maxsize=1024)
 def parse_http_date(value: str) -> float | None:
     """Seconds since the epoch for an HTTP-date, or None when ``value`` is not one.
 
@@ -131,6 +131,13 @@ def parse_http_date(value: str) -> float | None:
     in the past that had the same last two digits" when it looks 50 years ahead; this
     module has no clock, and the window gives that answer until 2019+50).
     """
+    if len(value) > 64:
+        return None   # no HTTP-date is that long; keeps attacker-sized values out of the memo
+    return _parse_http_date(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_http_date(value: str) -> float | None:
     v = value.strip()
     m = _IMF_RE.fullmatch(v)
     if m:
@@ -212,7 +219,9 @@ class CacheControl:
         if name not in self.directives:
             return False
         arg = self.directives[name]
-        if arg is None:
+        # §4.2.1: "If directives conflict ..., the most restrictive directive should be
+        # honored": a repeated no-cache/private with different arguments is unqualified.
+        if arg is None or name in self.conflicts:
             return True
         names = tuple(n.strip().lower() for n in arg.split(",") if n.strip())
         # §5.2.2.4 / §5.2.2.7: the qualified form lists field names; an empty list
@@ -335,6 +344,9 @@ def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
             yield name, arg
 
 
+_MEMO_MAX_CHARS = 512
+
+
 @lru_cache(maxsize=4096)
 def _parse_cc_joined(joined: str) -> CacheControl:
     directives: dict[str, str | None] = {}
@@ -364,7 +376,9 @@ def parse_cache_control(values: Iterable[str]) -> CacheControl:
     joined = ",".join(values)
     if not joined:
         return EMPTY_CC
-    return _parse_cc_joined(joined)
+    # memoised only when short: values repeat, but an attacker's 8 KiB field must not
+    # pin memory in the memo
+    return _parse_cc_joined(joined) if len(joined) <= _MEMO_MAX_CHARS else _parse_cc_joined.__wrapped__(joined)
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,7 +475,6 @@ def _sf_member(s: str, i: int) -> tuple[object, int]:
     return item, _sf_params(s, i)
 
 
-@lru_cache(maxsize=1024)
 def parse_sf_dictionary(value: str) -> dict[str, object] | None:
     """RFC 8941 §4.2.2 Dictionary -> {key: value} (parameters dropped), None when invalid.
 
@@ -498,6 +511,11 @@ def parse_sf_dictionary(value: str) -> dict[str, object] | None:
     return out
 
 
+@lru_cache(maxsize=1024)
+def _targeted_cc_memo(value: str) -> CacheControl | None:
+    return _targeted_cc(value)
+
+
 def _targeted_cc(value: str) -> CacheControl | None:
     """A targeted field's value as a CacheControl, or None when empty or invalid.
 
@@ -506,6 +524,9 @@ def _targeted_cc(value: str) -> CacheControl | None:
     Cache-Control argument forms: true -> no argument; an integer -> delta-seconds (a
     negative or non-integer one is an invalid argument, hence stale, as in Cache-Control);
     a string or token -> the string; an inner list of strings -> comma-joined field names.
+    §2.2: "Implementations SHOULD NOT consume values that violate these inferred
+    constraints" (a decimal max-age): such a freshness directive makes the response stale,
+    as an invalid Cache-Control one does, rather than being coerced.
     """
     d = parse_sf_dictionary(value)
     if not d:
@@ -649,13 +670,16 @@ class ServeStale:
     age: float
     ttl: float   # negative: how long ago it went stale
     revalidate_in_background: bool
-    reason: str  # "max-stale" | "stale-while-revalidate" | "stale-if-error" | "origin-down"
+    reason: str  # "max-stale" | "stale-while-revalidate" | "stale-if-error"
 
 
 @dataclass(frozen=True, slots=True)
 class Revalidate:
     """Send the request with these conditional header fields (§4.3.1) and wait.
 
+    The request's own If-None-Match / If-Modified-Since / If-Range are replaced by
+    ``headers`` (they concern the client's copy, not edge's); the client's conditions are
+    then answered from the updated stored response (``client_conditional``).
     ``reason`` is the Cache-Status ``fwd`` value: "stale" or "request"."""
 
     headers: tuple[tuple[str, str], ...]
@@ -714,7 +738,8 @@ def effective_cache_control(response_headers: Headers, settings: PolicySettings)
                 found.setdefault(lk, []).append(v)
         for name in settings.targeted_fields:
             if name in found:
-                cc = _targeted_cc(", ".join(found[name]))
+                joined = ", ".join(found[name])
+                cc = _targeted_cc_memo(joined) if len(joined) <= _MEMO_MAX_CHARS else _targeted_cc(joined)
                 if cc is not None:
                     return cc, True
     return parse_cache_control(header_values(response_headers, "cache-control")), False
@@ -749,7 +774,7 @@ def storable(method: str, status: int, request_headers: Headers, response_header
     if method not in STORABLE_METHODS:
         return StoreVerdict(False, "method")
     # §3: "the response status code is final"
-    if status < 200 or status > 999:
+    if status < 200:
         return StoreVerdict(False, "status")
     cc, _targeted = effective_cache_control(response_headers, settings)
     # §3: "if the response status code is 206 or 304, or the must-understand cache directive
@@ -994,6 +1019,13 @@ def response_facts(request_time: float, response_time: float, status: int, respo
     )
 
 
+def worth_storing(facts: StoredFacts, settings: PolicySettings = DEFAULT_SETTINGS) -> bool:
+    """False for a storable response that could never be served: never fresh, no
+    validator to revalidate it with, and no stale window (RFC 5861 or the route's)."""
+    return (facts.freshness_lifetime > 0 or facts.has_validator
+            or facts.stale_if_error_s is not None or settings.serve_stale_on_error_s > 0)
+
+
 def current_age(facts: StoredFacts, now: float) -> float:
     """§4.2.3: ``resident_time = now - response_time; current_age = corrected_initial_age +
     resident_time``."""
@@ -1142,10 +1174,11 @@ def _with_request_directives(facts: StoredFacts, req_cc: CacheControl, age: floa
     if ms is not None and ms >= 0 and not facts.must_revalidate and -ttl <= ms:
         return ServeStale(age, ttl, False, "max-stale")
     if "max-age" in req_cc or "min-fresh" in req_cc:
-        # an explicit client bound already rejected a fresher answer; RFC 5861 windows do not
-        # override the client's own limits
-        return validate("request") if only_if_cached or not origin_down else _stale(
-            facts, req_cc, age, ttl, settings, origin_down, only_if_cached)
+        # §5.2.1.1: "Unless the max-stale request directive is also present, the client does
+        # not wish to receive a stale response": the origin's RFC 5861 permissions do not
+        # override the client's own bound (stale_on_error() still honours a request
+        # stale-if-error when the revalidation fails).
+        return validate("request")
     return _stale(facts, req_cc, age, ttl, settings, origin_down, only_if_cached)
 
 
@@ -1160,7 +1193,7 @@ def _stale(facts: StoredFacts, req_cc: CacheControl, age: float, ttl: float, set
         if swr is not None and stale_for <= swr and not origin_down:
             return ServeStale(age, ttl, True, "stale-while-revalidate")
         if origin_down and _stale_error_window(facts, req_cc, stale_for, settings):
-            return ServeStale(age, ttl, False, "origin-down")
+            return ServeStale(age, ttl, False, "stale-if-error")
     if only_if_cached:
         # §5.2.1.7: nothing usable without contacting the origin.
         return OnlyIfCachedMiss()
@@ -1258,7 +1291,8 @@ def secondary_key(vary_names: Sequence[str], request_headers: Headers) -> str | 
 # §4.3 validation
 # ---------------------------------------------------------------------------------------
 
-def merge_304(stored_headers: Headers, fresh_headers: Headers) -> list[tuple[str, str]]:
+def merge_304(stored_headers: Headers, fresh_headers: Headers,
+              response_time: float | None = None) -> list[tuple[str, str]]:
     """Update a stored response's header fields from a 304 (§4.3.4) or HEAD (§4.3.5) response.
 
     §3.2: "the cache MUST add each header field in the provided response to the stored
@@ -1269,7 +1303,17 @@ def merge_304(stored_headers: Headers, fresh_headers: Headers) -> list[tuple[str
     Content-Length header field." Every line of a replaced field is replaced (a field's
     value is the combination of its lines); the stored order is kept and new fields are
     appended.
+
+    The stored Age and Date described the first response as it arrived; the updated
+    response's age starts from the 304 (§4.2.3 with the new response_time), so a stored
+    Age the 304 does not repeat is dropped, and a 304 without Date gets ``response_time``
+    (RFC 9110 §6.6.1, as ``headers_to_store``) when given.
     """
+    fresh_headers = list(fresh_headers)
+    if response_time is not None and header_first(fresh_headers, "date") is None:
+        fresh_headers.append(("Date", format_http_date(response_time)))
+    if header_first(fresh_headers, "age") is None:
+        stored_headers = [(k, v) for k, v in stored_headers if k.lower() != "age"]
     drop = set(_NOT_UPDATED) | connection_options(header_values(fresh_headers, "connection"))
     new: dict[str, list[tuple[str, str]]] = {}
     for k, v in fresh_headers:
@@ -1499,7 +1543,8 @@ def invalidation_targets(method: str, status: int, request_uri: str, response_he
     However, a cache MUST NOT trigger an invalidation under these conditions if the origin
     (Section 4.3.1 of [HTTP]) of the URI to be invalidated differs from that of the target
     URI. This helps prevent denial-of-service attacks." "Non-error" is 2xx or 3xx (§4.4:
-    "a non-error status code ... (i.e., 2xx, 3xx)" in RFC 7234 §4.4 wording).
+    RFC 7234 §4.4: "Here, a "non-error response" is one with a 2xx (Successful) or 3xx
+    (Redirection) status code."
     """
     if method in SAFE_METHODS or not 200 <= status < 400:
         return []
@@ -1538,7 +1583,7 @@ class RangeDecision:
 
 
 FULL = RangeDecision(200)
-_RANGE_SPEC_RE = re.compile(r"(\d*)[ \t]*-[ \t]*(\d*)")
+_RANGE_SPEC_RE = re.compile(r"(\d*)-(\d*)")
 
 
 def _parse_ranges(value: str) -> list[tuple[int | None, int | None]] | None:
@@ -1679,7 +1724,7 @@ def cache_status(*, name: str = "edge", hit: bool = False, fwd: str | None = Non
         if collapsed:
             parts.append("collapsed")
     if ttl is not None:
-        parts.append(f"ttl={int(ttl) if ttl >= 0 else -int(-ttl + 0.999999)}")
+        parts.append(f"ttl={math.floor(ttl)}")
     if key is not None:
         parts.append(f"key={_sf_string(key)}")
     if detail is not None:
@@ -1698,9 +1743,11 @@ def age_header(age: float) -> str:
 def downstream_strip(settings: PolicySettings = DEFAULT_SETTINGS) -> tuple[str, ...]:
     """Targeted fields removed before the client (lower case).
 
-    RFC 9213 §2.1 leaves it to the field's definition; for CDN-Cache-Control §3 says
-    CDNs "MAY forward" it, and other caches ("Targeted fields that are not on a cache's
-    target list MUST NOT change that cache's behavior") can ignore it, so edge passes it
-    on; an edge-specific field means nothing past edge and is removed (``strip_targeted``).
+    RFC 9213 §3: "CDN caches that use CDN-Cache-Control will typically forward this header
+    so that downstream CDN caches can use it as well. However, they MAY remove it when this
+    is undesirable", so edge passes CDN-Cache-Control on; an edge-specific field means
+    nothing past edge and is listed in ``strip_targeted`` by the config. (§2.1 "Targeted
+    fields that are not on a cache's target list ... MUST be passed through" concerns the
+    others, which edge never touches.)
     """
     return settings.strip_targeted
