@@ -1073,12 +1073,17 @@ def conditional_headers(stored: Sequence[StoredFacts], request_headers: Headers 
     return tuple(out)
 
 
+_REQ_FIRST = frozenset("cCpPiI")
+
+
 def _request_facts(request_headers: Headers) -> tuple[CacheControl, bool]:
     """(request directives, has If-Match/If-Unmodified-Since) in one pass over the fields."""
     cc_values: list[str] | None = None
     pragma = False
     origin_only = False
     for k, v in request_headers:
+        if k[:1] not in _REQ_FIRST:
+            continue   # the hot path of a hit: most request fields are none of these
         lk = k.lower()
         if lk == "cache-control":
             if cc_values is None:
@@ -1433,7 +1438,7 @@ def _single_date(values: list[str]) -> float | None:
 
 
 def client_conditional(request_method: str, request_headers: Headers, stored_headers: Headers,
-                       now: float | None = None) -> int | None:
+                       now: float | None = None, stored_status: int = 200) -> int | None:
     """304, 412 or None (serve normally) for the request's preconditions against a stored
     response, in the order of RFC 9110 §13.2.2.
 
@@ -1449,8 +1454,15 @@ def client_conditional(request_method: str, request_headers: Headers, stored_hea
     requests with If-Match/If-Unmodified-Since (RFC 9111 §4.3.2), so from the cache only
     steps 3 and 4 apply; steps 1 and 2 are kept for completeness.
     ``now`` (optional) is the time a stored response without Last-Modified or Date is
-    compared with.
+    compared with. Only a stored 200 is evaluated: RFC 9111 §4.3.2 "If a cache receives a
+    request that can be satisfied by reusing a stored 200 (OK) or 206 (Partial Content)
+    response ... the cache SHOULD evaluate any applicable conditional header field
+    preconditions"; RFC 9110 §13.2.1 "A server MUST ignore all received preconditions if its
+    response to the same request without those conditions ... would have been a status code
+    other than a 2xx (Successful) or 412": other stored statuses are served whole.
     """
+    if stored_status != 200:
+        return None
     if_match: list[str] = []
     ius: list[str] = []
     inm: list[str] = []

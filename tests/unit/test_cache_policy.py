@@ -563,6 +563,12 @@ def test_client_conditional(method, req, stored, expected, section):
     assert P.client_conditional(method, req, stored, T0) == expected, section
 
 
+@pytest.mark.parametrize("status", [203, 204, 404, 301])
+def test_client_conditional_only_for_stored_200(status):
+    # RFC 9111 §4.3.2 (200/206), RFC 9110 §13.2.1 (ignore unless 2xx): served whole
+    assert P.client_conditional("GET", [("If-None-Match", '"v1"')], S, T0, stored_status=status) is None
+
+
 # ---------------------------------------------------------------------------------------
 # §4.4 invalidation
 # ---------------------------------------------------------------------------------------
