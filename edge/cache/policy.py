@@ -304,7 +304,13 @@ EMPTY_CC = CacheControl()
 
 def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
     """Yield (name, argument) from one Cache-Control field value: commas inside a
-    quoted-string do not split, ``\\x`` in a quoted-string is ``x`` (RFC 9110 §5.6.4)."""
+    quoted-string do not split, ``\\x`` in a quoted-string is ``x`` (RFC 9110 §5.6.4).
+
+    §5.2: ``cache-directive = token [ "=" ( token / quoted-string ) ]`` has no whitespace
+    around "=": ``max-age =60`` or ``max-age= 60`` keeps its name but its argument is
+    marked invalid (a leading space), so a delta-seconds value there reads as invalid,
+    hence stale (§4.2.1), while field-name lists are unaffected.
+    """
     i, n = 0, len(value)
     while i < n:
         # skip OWS and empty list elements (RFC 9110 §5.6.1: "a recipient MUST accept
@@ -316,10 +322,12 @@ def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
         j = i
         while j < n and value[j] not in "=,":
             j += 1
-        name = value[i:j].strip(" \t").lower()
+        raw_name = value[i:j]
+        name = raw_name.strip(" \t").lower()
         arg: str | None = None
         if j < n and value[j] == "=":
             j += 1
+            spaced = raw_name[-1:] in (" ", "\t") or value[j:j + 1] in (" ", "\t")
             while j < n and value[j] in " \t":
                 j += 1
             if j < n and value[j] == '"':
@@ -339,6 +347,8 @@ def _split_directives(value: str) -> Iterable[tuple[str, str | None]]:
                 while j < n and value[j] != ",":
                     j += 1
                 arg = value[k:j].strip(" \t")
+            if spaced:
+                arg = " " + arg
         i = j + 1
         if name:
             yield name, arg
