@@ -104,11 +104,12 @@ _NOT_STORED = HOP_BY_HOP | {"proxy-authenticate", "proxy-authentication-info", "
 # RFC 9111 §3.2: when updating stored header fields the cache excepts "The Content-Length
 # header field" and "fields that are automatically processed and removed by the recipient"
 # (Content-Range, the example the RFC gives), besides the fields excepted from storage
-# (§3.1). Content-Encoding and Content-Type are kept as stored too: edge stores the
-# content as received and a 304 may not change what it means (§3.2 "SHOULD limit such
-# omission to those fields necessary to assure integrity of the stored response").
-_NOT_UPDATED = _NOT_STORED | {"content-length", "content-range", "content-encoding", "content-type",
-                              "transfer-encoding"}
+# (§3.1). Content-Encoding is kept as stored too: the stored bytes may be an encoding edge
+# made (compression), and §3.2 names it: "Updating that stored metadata with a different
+# Content-Encoding header field would be problematic" ("SHOULD limit such omission to
+# those fields necessary to assure integrity of the stored response": Content-Type is
+# updated, edge keeps the bytes as received, not a parse of them).
+_NOT_UPDATED = _NOT_STORED | {"content-length", "content-range", "content-encoding", "transfer-encoding"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -857,7 +858,9 @@ def headers_to_store(response_headers: Headers, response_time: float,
     sent in the response to a subsequent request without successful revalidation",
     §5.2.2.4: edge never sends them from the cache) and, in a shared cache, by
     ``private="..."`` (§5.2.2.7: "a shared cache MUST NOT store the specified field
-    name(s)"). Set-Cookie is dropped when the route's ``set_cookie`` is ``strip``.
+    name(s)"). Set-Cookie is dropped unless the route's ``set_cookie`` is ``store`` (with
+    ``refuse`` a response carrying one is never stored, but a 304 merged into a stored
+    response can bring one: the client that asked gets it, the stored copy does not).
     RFC 9110 §6.6.1: "A recipient with a clock that receives a response message without a
     Date header field MUST record the time it was received and append a corresponding
     Date header field to the message's header section if it is cached".
@@ -871,7 +874,7 @@ def headers_to_store(response_headers: Headers, response_time: float,
     pv = cc.private
     if settings.shared and isinstance(pv, tuple):
         drop.update(pv)
-    if settings.set_cookie == "strip":
+    if settings.set_cookie != "store":
         drop.add("set-cookie")
     out = [(k, v) for k, v in response_headers if k.lower() not in drop]
     date = header_first(out, "date")
