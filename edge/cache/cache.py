@@ -190,7 +190,7 @@ class Cache:
             return proxy.answer(ctx, Response.error(504, "not in cache (only-if-cached)"), chain)
         self.metrics.incr("cache.miss")
         fill = Fill(h, url, now)
-        if found is PASS or ctx.method != "GET" or not _coalescable(req_headers) or self.coalesce_wait_s <= 0:
+        if found is PASS or self.coalesce_wait_s <= 0:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
         return self._coalesce(proxy, ctx, route, rc, chain, body, fill)
 
@@ -338,11 +338,17 @@ class Cache:
         sleep_s = POLL_FIRST_S
         waited = False
         req_headers = ctx.headers.items()
+        # a plain GET may lead; others (HEAD, ranges, validators, credentials) have nothing to
+        # store for everyone, but wait for a fill in progress and are answered from it
+        lead = ctx.method == "GET" and _coalescable(req_headers)
         try:
             while True:
-                token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
-                if token is not None:
-                    fill.lock = token
+                if lead:
+                    token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
+                    if token is not None:
+                        fill.lock = token
+                        return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
+                elif store.get(lock_key) is None:
                     return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
                 # someone fetches it: wait for the committed object, the pass mark, or the lock to go
                 while time.monotonic() < deadline:
@@ -355,13 +361,15 @@ class Cache:
                         return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
                     if rec is not None:
                         found = self._load(fill.h, req_headers)
-                        if isinstance(found, Entry) and not found.soft:
+                        if isinstance(found, Entry):
                             now = time.time()
                             d = policy.lookup(ctx.method, req_headers, found.obj.facts, now, rc.settings)
-                            if type(d) is policy.Fresh:
+                            if type(d) is policy.Fresh and not found.soft:
                                 self.metrics.incr("cache.coalesced")
                                 status = policy.cache_status(name=self.name, fwd="uri-miss", collapsed=True, ttl=d.ttl)
                                 return self._serve(proxy, ctx, chain, rc, found.obj, now, status, d.age)
+                            # stored but not fresh for this request (max-age=0, no-cache...): the usual way
+                            return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
                     if lock_key not in got:
                         break  # the leader gave up or its object does not fit this request: try to lead
                 if time.monotonic() >= deadline:
