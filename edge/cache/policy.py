@@ -527,6 +527,10 @@ def _targeted_cc_memo(value: str) -> CacheControl | None:
     return _targeted_cc(value)
 
 
+_DELTA_DIRECTIVES = frozenset({"max-age", "s-maxage", "min-fresh", "max-stale", "stale-while-revalidate",
+                               "stale-if-error"})
+
+
 def _targeted_cc(value: str) -> CacheControl | None:
     """A targeted field's value as a CacheControl, or None when empty or invalid.
 
@@ -548,6 +552,11 @@ def _targeted_cc(value: str) -> CacheControl | None:
             directives[k] = None
         elif isinstance(v, bool):
             continue   # "?0": the directive is false, i.e. absent
+        elif k in _DELTA_DIRECTIVES and not isinstance(v, int):
+            # §2.2: "the max-age directive ... has an integer value": a String, Token or
+            # Decimal there is not consumed; the directive stays, with an invalid value
+            # (stale), rather than being coerced.
+            directives[k] = "invalid"
         elif isinstance(v, int):
             directives[k] = str(v)
         elif isinstance(v, tuple):
