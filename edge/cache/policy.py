@@ -1547,6 +1547,24 @@ def client_conditional(request_method: str, request_headers: Headers, stored_hea
     return None
 
 
+_NOT_MODIFIED_FIELDS = frozenset({"content-location", "date", "etag", "vary", "cache-control", "expires"})
+
+
+def not_modified_headers(stored_headers: Headers) -> list[tuple[str, str]]:
+    """The stored fields a 304 answered from the cache carries (RFC 9110 §15.4.5).
+
+    "The server generating a 304 response MUST generate any of the following header fields
+    that would have been sent in a 200 (OK) response to the same request: Content-Location,
+    Date, ETag, and Vary; Cache-Control and Expires". "a sender SHOULD NOT generate
+    representation metadata other than the above listed fields unless said metadata exists
+    for the purpose of guiding cache updates (e.g., Last-Modified might be useful if the
+    response does not have an ETag field)". The caller adds Age and Cache-Status.
+    """
+    has_etag = header_first(stored_headers, "etag") is not None
+    return [(k, v) for k, v in stored_headers
+            if k.lower() in _NOT_MODIFIED_FIELDS or (not has_etag and k.lower() == "last-modified")]
+
+
 # ---------------------------------------------------------------------------------------
 # §4.4 invalidation
 # ---------------------------------------------------------------------------------------

@@ -584,6 +584,18 @@ def test_client_conditional_only_for_stored_200(status):
     assert P.client_conditional("GET", [("If-None-Match", '"v1"')], S, T0, stored_status=status) is None
 
 
+@pytest.mark.parametrize("stored,expected,section", [
+    ([("Date", "d"), ("ETag", '"a"'), ("Content-Type", "t"), ("Vary", "X"), ("Cache-Control", "max-age=5"),
+      ("Expires", "e"), ("Content-Location", "/c"), ("Last-Modified", "lm"), ("Content-Length", "9")],
+     [("Date", "d"), ("ETag", '"a"'), ("Vary", "X"), ("Cache-Control", "max-age=5"), ("Expires", "e"),
+      ("Content-Location", "/c")], "RFC 9110 §15.4.5 MUST fields; no other metadata"),
+    ([("Date", "d"), ("Last-Modified", "lm"), ("Content-Type", "t")], [("Date", "d"), ("Last-Modified", "lm")],
+     "RFC 9110 §15.4.5 Last-Modified when there is no ETag"),
+])
+def test_not_modified_headers(stored, expected, section):
+    assert P.not_modified_headers(stored) == expected, section
+
+
 # ---------------------------------------------------------------------------------------
 # §4.4 invalidation
 # ---------------------------------------------------------------------------------------
