@@ -49,6 +49,7 @@ Choices left open by the RFCs (also in docs/cache.md, "How edge decides"):
 from __future__ import annotations
 
 import calendar
+import email.utils
 import math
 import re
 from dataclasses import dataclass, field
@@ -165,7 +166,6 @@ def _parse_http_date(value: str) -> float | None:
 
 def format_http_date(ts: float) -> str:
     """IMF-fixdate (RFC 9110 §5.6.7: "a sender MUST generate ... IMF-fixdate")."""
-    import email.utils
     return email.utils.formatdate(ts, usegmt=True)
 
 
@@ -179,9 +179,6 @@ def parse_delta_seconds(value: str | None) -> int | None:
         return None
     n = int(value)
     return DELTA_MAX if n > DELTA_MAX else n
-
-
-_INVALID = object()   # a directive whose argument was present but unusable
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,12 +440,8 @@ def _sf_bare_item(s: str, i: int) -> tuple[object, int]:
         return (float(text) if "." in text else int(text)), m.end()
     m = _SF_TOKEN_RE.match(s, i)
     if m:
-        return _SFToken(m.group(0)), m.end()
+        return m.group(0), m.end()   # an sf-token reads as its text
     raise _SFError("bad item")
-
-
-class _SFToken(str):
-    """An sf-token (kept apart from sf-string only for tests' sake)."""
 
 
 def _sf_params(s: str, i: int) -> int:
