@@ -131,3 +131,27 @@ def test_current_age_grows_with_time(dt1, dt2):
     f = P.response_facts(1e9, 1e9, 200, [("Cache-Control", "max-age=60")])
     lo, hi = sorted((dt1, dt2))
     assert P.current_age(f, 1e9 + lo) <= P.current_age(f, 1e9 + hi)
+
+
+field_names = st.sampled_from(["Cache-Control", "CDN-Cache-Control", "Expires", "Date", "Age", "Last-Modified",
+                               "ETag", "Vary", "Pragma", "If-None-Match", "If-Modified-Since", "Set-Cookie",
+                               "Authorization", "Connection", "X-Other"])
+header_lists = st.lists(st.tuples(field_names, st.text(max_size=40)), max_size=8)
+
+
+@given(header_lists, header_lists, st.integers(100, 599), st.floats(-1e6, 1e7, allow_nan=False), st.booleans())
+def test_policy_never_raises_on_any_fields(resp, req, status, dt, down):
+    # whatever an origin or client sends, the policy answers with a value, never an exception
+    t0 = 1.8e9
+    P.storable("GET", status, req, resp)
+    stored = P.headers_to_store(resp, t0)
+    f = P.response_facts(t0, t0, status, stored)
+    d = P.lookup("GET", req, f, t0 + dt, origin_down=down)
+    assert type(d) in (P.Fresh, P.ServeStale, P.Revalidate, P.Fetch, P.OnlyIfCachedMiss)
+    P.stale_on_error(f, t0 + dt, P.DEFAULT_SETTINGS, 503, req)
+    P.client_conditional("GET", req, stored, t0)
+    P.merge_304(stored, resp, t0)
+    P.select_by_validator(resp, [f])
+    P.secondary_key(f.vary, req)
+    P.invalidation_targets("POST", 200, "http://h/p", resp)
+    assert P.age_header(P.current_age(f, t0 + dt)).isdigit()
