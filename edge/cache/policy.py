@@ -1267,7 +1267,18 @@ def stale_on_error(facts: StoredFacts, now: float, settings: PolicySettings = DE
 # §4.1 Vary
 # ---------------------------------------------------------------------------------------
 
-def _normalise_value(values: list[str]) -> str:
+# Request fields whose list members are case-insensitive tokens with parameters: content
+# codings (RFC 9110 §8.4.1 "All content codings are case-insensitive"), charsets
+# (§8.3.2) and language tags (§8.5.1, "case-insensitive"); and among them the one whose
+# member order carries no meaning (§12.5.3 Accept-Encoding: preference is by qvalue, and
+# edge's compression picks by its own order among equals). Accept-Language keeps its
+# order: origins commonly read it as a preference.
+_CASELESS_LISTS = frozenset({"accept-encoding", "accept-charset", "accept-language"})
+_UNORDERED_LISTS = frozenset({"accept-encoding"})
+_PARAM_OWS_RE = re.compile(r"[ \t]*([;=])[ \t]*")
+
+
+def _normalise_value(values: list[str], name: str = "") -> str:
     # §4.1: "The header fields from two requests are defined to match if and only if those
     # in the first request can be transformed to those in the second request by applying
     # any of the following: adding or removing whitespace, where allowed in the header
@@ -1276,8 +1287,13 @@ def _normalise_value(values: list[str]) -> str:
     # to have identical semantics, according to the header field's specification (e.g.,
     # reordering field values when order is not significant; case-normalization, where
     # values are defined to be case-insensitive)".
-    joined = ",".join(values)
-    return ",".join(p.strip(" \t") for p in joined.split(",")).strip(",") if joined else ""
+    members = [m.strip(" \t") for v in values for m in v.split(",")]
+    members = [m for m in members if m]   # RFC 9110 §5.6.1: empty list elements
+    if name in _CASELESS_LISTS:
+        members = [_PARAM_OWS_RE.sub(r"\1", m).lower() for m in members]
+        if name in _UNORDERED_LISTS:
+            members.sort()
+    return ",".join(members)
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\x00": "\\0"})
@@ -1288,7 +1304,9 @@ def secondary_key(vary_names: Sequence[str], request_headers: Headers) -> str | 
 
     One string: for each name (lower case, sorted) ``name:value`` on its own line, the
     value normalised (lines combined with ",", whitespace around commas and at the ends
-    removed; a field absent is distinct from an empty one). None for ``Vary: *``: §4.1 "A
+    and empty members removed; Accept-Encoding/-Charset/-Language members lower-cased
+    without whitespace around ";" and "=", Accept-Encoding's sorted; a field absent is
+    distinct from an empty one). None for ``Vary: *``: §4.1 "A
     stored response with a Vary header field value containing a member "*" always fails to
     match." Empty string when there is nothing to vary on.
     """
@@ -1303,7 +1321,7 @@ def secondary_key(vary_names: Sequence[str], request_headers: Headers) -> str | 
         if not vals:
             parts.append(n)
         else:
-            parts.append(n + ":" + _normalise_value(vals).translate(_ESCAPES))
+            parts.append(n + ":" + _normalise_value(vals, n).translate(_ESCAPES))
     return "\n".join(parts)
 
 

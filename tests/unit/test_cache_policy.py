@@ -466,6 +466,14 @@ def test_stale_on_error(rcc, dt, status, kw, req, ok, section):
     (["A", "B"], [("A", "1"), ("B", "2")], [("b", "2"), ("a", "1")], True, "§4.1 names case-insensitive"),
     (["B, A"], [("A", "1"), ("B", "2")], [("A", "1"), ("B", "2")], True, "order of Vary names"),
     (["X"], [("X", "a\nb")], [("X", "a"), ("Y", "b")], False, "no forged line boundary"),
+    (["X"], [("X", "a,,b, ")], [("X", "a,b")], True, "RFC 9110 §5.6.1 empty list elements"),
+    (["Accept-Encoding"], [("Accept-Encoding", "GZIP;Q=0.5, br")], [("Accept-Encoding", "br, gzip ; q=0.5")],
+     True, "§4.1 case-normalisation and reordering where order is not significant (RFC 9110 §8.4.1)"),
+    (["Accept-Language"], [("Accept-Language", "EN-us, de")], [("Accept-Language", "en-US,de")], True,
+     "§4.1 language tags are case-insensitive (RFC 9110 §8.5.1)"),
+    (["Accept-Language"], [("Accept-Language", "en, de")], [("Accept-Language", "de, en")], False,
+     "Accept-Language order kept: origins read it as a preference"),
+    (["X-Custom"], [("X-Custom", "A")], [("X-Custom", "a")], False, "§4.1 unknown fields: case kept"),
 ])
 def test_secondary_key(vary, a, b, same, section):
     names = [n.strip() for v in vary for n in v.split(",")]
