@@ -8,14 +8,16 @@ these functions at four moments:
    (RFC 9111 §3); ``headers_to_store()`` gives the header fields to keep (§3.1);
    ``response_facts()`` computes once the numbers and flags needed later
    (``StoredFacts``: freshness lifetime, corrected initial age, validators, the
-   directives that matter) so that a hit never parses a header again.
+   directives that matter) so that a hit never parses a header again;
+   ``worth_storing()`` skips a storable response that could never be served.
 2. A request arrives and a stored response was found for its key (and secondary key,
    ``secondary_key()``, §4.1): ``lookup()`` returns a ``Decision``: ``Fresh``
    (serve it), ``ServeStale`` (serve it stale, possibly revalidating in the
    background: RFC 5861), ``Revalidate`` (send a conditional request: §4.3.1),
    ``Fetch`` (forward unconditionally) or ``OnlyIfCachedMiss`` (504, §5.2.1.7).
    Before serving, ``client_conditional()`` answers the client's own conditional
-   request (RFC 9110 §13.2.2) and ``ranges()`` its Range (RFC 9110 §14).
+   request (RFC 9110 §13.2.2; a 304 carries ``not_modified_headers()``) and
+   ``ranges()`` its Range (RFC 9110 §14).
 3. The origin answers a revalidation: ``select_by_validator()`` picks the stored
    responses a 304 updates (§4.3.4), ``merge_304()`` updates their header fields
    (§3.2); an error or no answer goes to ``stale_on_error()`` (RFC 5861 §4, §4.2.4).
