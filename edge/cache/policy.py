@@ -1223,11 +1223,13 @@ def _stale(facts: StoredFacts, req_cc: CacheControl, age: float, ttl: float, set
 
 
 def _stale_error_window(facts: StoredFacts, req_cc: CacheControl, stale_for: float,
-                        settings: PolicySettings) -> bool:
+                        settings: PolicySettings, rfc5861: bool = True) -> bool:
     # RFC 5861 §4: stale-if-error in a response or in a request ("the client is willing to
     # accept a stale response if there is an error"), the larger window applies; the route
     # window is the out-of-band permission of RFC 9111 §4.2.4.
     window = settings.serve_stale_on_error_s
+    if not rfc5861:
+        return stale_for <= window
     if facts.stale_if_error_s is not None:
         window = max(window, facts.stale_if_error_s)
     if req_cc:
@@ -1246,10 +1248,15 @@ def stale_on_error(facts: StoredFacts, now: float, settings: PolicySettings = DE
     response status code being returned." RFC 9111 §5.2.2.2: with must-revalidate (and
     proxy-revalidate / s-maxage in a shared cache, §5.2.2.8, §5.2.2.10) "if a cache is
     disconnected, the cache MUST generate an error message rather than reuse the stale
-    response"; unqualified no-cache forbids reuse without validation (§5.2.2.4).
+    response"; unqualified no-cache forbids reuse without validation (§5.2.2.4). The route
+    window applies to any 5xx: RFC 9111 §4.3.3 "if a cache receives a 5xx (Server Error)
+    response while attempting to validate a response, it can either forward this response
+    to the requesting client or act as if the server failed to respond. In the latter case,
+    the cache can send a previously stored response, subject to its constraints".
     """
-    if status_or_none is not None and status_or_none not in ERROR_STATUSES:
+    if status_or_none is not None and status_or_none < 500:
         return False
+    rfc5861 = status_or_none is None or status_or_none in ERROR_STATUSES
     if facts.must_revalidate or facts.no_cache:
         return False
     age = current_age(facts, now)
@@ -1262,7 +1269,7 @@ def stale_on_error(facts: StoredFacts, now: float, settings: PolicySettings = DE
     if req_cc and ("no-cache" in req_cc or "max-age" in req_cc or "min-fresh" in req_cc) \
             and req_cc.stale_if_error is None:
         return False
-    return _stale_error_window(facts, req_cc, stale_for, settings)
+    return _stale_error_window(facts, req_cc, stale_for, settings, rfc5861)
 
 
 # ---------------------------------------------------------------------------------------

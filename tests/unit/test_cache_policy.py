@@ -431,6 +431,8 @@ SOE = [
     ("max-age=60, stale-if-error=30", 80, 503, {}, [], True, "RFC 5861 §4 503"),
     ("max-age=60, stale-if-error=30", 80, 404, {}, [], False, "RFC 5861 §4 only 500/502/503/504"),
     ("max-age=60, stale-if-error=30", 80, 501, {}, [], False, "RFC 5861 §4 501 is not an error here"),
+    ("max-age=60", 80, 501, {"serve_stale_on_error_s": 30}, [], True, "§4.3.3 route window: any 5xx"),
+    ("max-age=60", 80, 404, {"serve_stale_on_error_s": 30}, [], False, "§4.3.3 only 5xx"),
     ("max-age=60, stale-if-error=30", 95, 500, {}, [], False, "RFC 5861 §4 window"),
     ("max-age=60", 80, 502, {}, [], False, "§4.2.4 no permission"),
     ("max-age=60", 80, 502, {"serve_stale_on_error_s": 30}, [], True, "route window"),
