@@ -60,6 +60,7 @@ from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
+from edge.fields import is_token
 from edge.http import HOP_BY_HOP, connection_options
 
 Headers = Sequence[tuple[str, str]]
@@ -614,6 +615,10 @@ class PolicySettings:
                 raise ValueError(f"{name}: must be >= 0 or None (got {v})")
         if self.set_cookie not in SET_COOKIE_MODES:
             raise ValueError(f"set_cookie: must be one of {', '.join(SET_COOKIE_MODES)} (got {self.set_cookie!r})")
+        for name in ("targeted_fields", "strip_targeted"):
+            for f in getattr(self, name):
+                if not is_token(f):
+                    raise ValueError(f"{name}: {f!r} is not a field name (RFC 9110 §5.1 token)")
         object.__setattr__(self, "targeted_fields", tuple(f.lower() for f in self.targeted_fields))
         object.__setattr__(self, "strip_targeted", tuple(f.lower() for f in self.strip_targeted))
 

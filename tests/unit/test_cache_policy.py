@@ -721,6 +721,7 @@ def test_downstream_strip_keeps_cdn_cache_control():
 @pytest.mark.parametrize("kw", [
     {"heuristic_fraction": 2}, {"heuristic_max_s": -1}, {"serve_stale_on_error_s": -1},
     {"default_ttl_s": -1}, {"forced_ttl_s": -5}, {"set_cookie": "eat"},
+    {"targeted_fields": ("bad field",)}, {"strip_targeted": ("a:b",)},
 ])
 def test_settings_validation(kw):
     with pytest.raises(ValueError):
