@@ -55,7 +55,7 @@ from edge.cache import keys, policy, purge, records
 from edge.cache.keys import KeyRules
 from edge.cache.records import PASS, StoredObject, VaryIndex
 
-records.register(policy.StoredFacts)
+records.register(policy.StoredFacts, flat=True)  # plain values only (policy.StoredFacts docstring)
 from edge.context import Response
 from edge.errors import EdgeError, StoreUnavailable, UpstreamError
 

@@ -40,18 +40,29 @@ _DC = "\x00dc"
 _ENUM = "\x00en"
 _MAP = "\x00mp"
 
+_FLAT = "\x00fl"
+
 _TYPES: dict[str, type] = {}
+# dataclasses whose fields are plain values (StoredFacts): written as one tuple of their
+# field values and rebuilt with one call, the per-hit decode path (no per-field walk)
+_FLAT_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-def register(*types: type) -> None:
-    """Allow these dataclasses / enums to be rebuilt from records."""
+def register(*types: type, flat: bool = False) -> None:
+    """Allow these dataclasses / enums to be rebuilt from records; ``flat``: their fields hold
+    only values marshal takes as they are (str, bytes, numbers, bools, None, tuples of those)."""
     for t in types:
         _TYPES[t.__qualname__] = t
+        if flat:
+            _FLAT_FIELDS[t] = tuple(f.name for f in dataclasses.fields(t))
 
 
 def _flatten(v: Any) -> Any:
     if v is None or isinstance(v, (str, bytes, bool, int, float)):
         return v
+    names = _FLAT_FIELDS.get(type(v))
+    if names is not None:
+        return (_FLAT, type(v).__qualname__, tuple([getattr(v, n) for n in names]))
     if isinstance(v, enum.Enum):
         return (_ENUM, type(v).__qualname__, v.value)
     if dataclasses.is_dataclass(v):
@@ -70,6 +81,8 @@ def _rebuild(v: Any) -> Any:
         if type(v) is frozenset:
             return frozenset(_rebuild(x) for x in v)
         return v
+    if v and v[0] == _FLAT:
+        return _TYPES[v[1]](*v[2])
     if v and v[0] == _DC:
         cls = _TYPES[v[1]]
         return cls(*(_rebuild(x) for x in v[2:]))

@@ -164,3 +164,9 @@ def test_route_settings_merge_over_the_cache_section():
     assert s.forced_ttl_s == 10.0 and s.set_cookie == "strip" and s.serve_stale_on_error_s == 5.0
     assert s.targeted_fields == ("edge-cache-control", "cdn-cache-control")
     assert rc.strip_fields == frozenset({"edge-cache-control"})
+
+
+def test_flat_registered_facts_are_one_tuple_in_the_record():
+    obj = _obj()
+    t = marshal.loads(obj.encode())
+    assert t[5][0] == "\x00fl" and len(t[5][2]) == len(policy.StoredFacts.__dataclass_fields__)
