@@ -238,7 +238,13 @@ class Cache:
             if _only_if_cached(req_headers):
                 return proxy.answer(ctx, Response.error(504, "stored response is purged (only-if-cached)"), chain)
             return self._revalidate(proxy, ctx, route, rc, chain, body, url, h, entry, cond, now)
-        d = policy.lookup(ctx.method, req_headers, obj.facts, now, rc.settings)
+        facts = obj.facts
+        if not (facts.public or facts.must_revalidate) and _has_authorization(req_headers):
+            # RFC 9111 §3.5: "A shared cache MUST NOT use a cached response to a request with an
+            # Authorization header field ... unless" public, must-revalidate or s-maxage allows it
+            self.metrics.incr("cache.miss")
+            return self._fetch(proxy, ctx, route, rc, chain, body, Fill(h, url, now), "request")
+        d = policy.lookup(ctx.method, req_headers, facts, now, rc.settings)
         kind = type(d)
         if kind is policy.Fresh:
             self.metrics.incr("cache.hit")
@@ -265,14 +271,18 @@ class Cache:
             age = policy.current_age(obj.facts, now)
         strip = rc.strip_fields
         headers = [(n, v) for n, v in obj.headers if n.lower() not in strip] if strip else list(obj.headers)
-        headers.append(("Age", policy.age_header(age)))
+        age_value = policy.age_header(age)
+        headers.append(("Age", age_value))
         headers.append(("Cache-Status", status_value))
         req = ctx.headers.items()
         method = ctx.method
-        code = policy.client_conditional(method, req, obj.headers, now) if _has_conditional(req) else None
+        code = policy.client_conditional(method, req, obj.headers, now, obj.status) if _has_conditional(req) else None
         if code == 304:
-            # RFC 9110 §15.4.5: the fields a 200 would carry, without the content's own
-            return proxy.reply_stored(ctx, chain, 304, [(n, v) for n, v in headers if n.lower() not in _NOT_IN_304], None, None)
+            # RFC 9110 §15.4.5: the fields a 304 must carry, plus this cache's Age and Cache-Status
+            out = policy.not_modified_headers(_strip(list(obj.headers), strip))
+            out.append(("Age", age_value))
+            out.append(("Cache-Status", status_value))
+            return proxy.reply_stored(ctx, chain, 304, out, None, None)
         if code == 412:
             return proxy.answer(ctx, Response(412, [("Cache-Status", status_value)], b""), chain)
         if method == "GET" and obj.status == 200 and ctx.headers.get("range") is not None:
@@ -346,6 +356,11 @@ class Cache:
                 if lead:
                     token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
                     if token is not None:
+                        # a fill may have been committed between our lookup and the lock
+                        found = self._load(fill.h, req_headers)
+                        if isinstance(found, Entry):
+                            store.release_lock(lock_key, token)
+                            return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, time.time())
                         fill.lock = token
                         return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
                 elif store.get(lock_key) is None:
@@ -416,21 +431,23 @@ class Cache:
     def _refresh(self, rc, entry: Entry, fresh_headers, request_time: float, response_time: float) -> StoredObject:
         """A 304 updates the stored head and freshness (RFC 9111 §3.2, §4.3.4) and keeps the body."""
         obj = entry.obj
-        fresh = [(n, v) for n, v in fresh_headers if n.lower() not in _NOT_STORED and n.lower() not in _SURROGATE]
-        merged = policy.merge_304(list(obj.headers), fresh)
+        fresh = [(n, v) for n, v in fresh_headers if n.lower() not in _SURROGATE]
+        merged = policy.merge_304(list(obj.headers), fresh, response_time)
         facts = policy.response_facts(request_time, response_time, obj.status, merged, rc.settings)
+        stored = [(n, v) for n, v in policy.headers_to_store(merged, response_time, rc.settings) if n.lower() not in _NOT_STORED]
         now = time.time()
         ttl_s = self._store_ttl(facts, now)
         if obj.body is None:
             ttl_s = min(ttl_s, obj.expires_at - now)  # the chunks were written with the old TTL
-        new = dataclasses.replace(obj, headers=tuple(merged), facts=facts, stored_at=now, soft_purged=False,
+        new = dataclasses.replace(obj, headers=tuple(stored), facts=facts, stored_at=now, soft_purged=False,
                                   expires_at=now + ttl_s)
         if ttl_s > 0:
             try:
                 self.store.set(entry.record_key, new.encode(), ttl_s)
             except StoreUnavailable as e:
                 self.health.failed(e)
-        return new
+        # this client gets the merged fields (RFC 9111 §4.3.4), the store keeps what §3.1 allows
+        return dataclasses.replace(new, headers=tuple(n_v for n_v in merged if n_v[0].lower() not in _NOT_STORED))
 
     def _revalidate_in_background(self, proxy, ctx, route, rc, chain, url, h, entry: Entry) -> None:
         """stale-while-revalidate (RFC 5861 §3): one request of the fleet refreshes the object."""
@@ -498,6 +515,12 @@ class Cache:
             stored = [(n, v) for n, v in policy.headers_to_store(without, response_time, rc.settings)
                       if n.lower() not in _NOT_STORED]
             facts = policy.response_facts(fill.request_time, response_time, up.status, received, rc.settings)
+            if not policy.worth_storing(facts, rc.settings):
+                # never fresh, no validator, no stale window: storing it would only take room
+                self._pass(fill, "not-worth-storing")
+                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+                                                                                   detail="not-worth-storing"))]
+                return _strip(out_headers, rc.strip_fields), body
             names = facts.vary
             secondary = policy.secondary_key(names, req_headers) if names else None
             ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
@@ -678,6 +701,13 @@ def _has_conditional(headers) -> bool:
     for n, _ in headers:
         ln = n.lower()
         if ln.startswith("if-") and ln != "if-range":
+            return True
+    return False
+
+
+def _has_authorization(headers) -> bool:
+    for n, _ in headers:
+        if n.lower() == "authorization":
             return True
     return False
 
