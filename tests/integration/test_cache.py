@@ -96,6 +96,12 @@ def test_miss_then_hit_with_age_and_cache_status(env):
         assert r.headers["Cache-Status"].startswith("edge; hit")
         assert int(r.headers["Age"]) >= 0
     assert env.count(p)["count"] == 1
+    only = {"Cache-Control": "only-if-cached"}
+    assert env.get(p, headers=only).status_code == 200
+    # RFC 9111 §5.2.1.7: nothing stored -> 504, and the request never reaches the origin
+    missing = env.path("only", cc="max-age=60")
+    assert env.get(missing, headers=only).status_code == 504
+    assert env.count(missing)["count"] == 0
 
 
 def test_head_is_answered_from_the_stored_get(env):
@@ -281,6 +287,13 @@ def test_purge_by_url_hard_and_soft(env):
     r = env.get(p)
     assert "fwd=uri-miss" in r.headers["Cache-Status"]
     assert env.count(p)["count"] == 3
+    v = env.path("purl-vary", cc="max-age=60", vary="Accept-Language")
+    for lang in ("en", "fr"):
+        env.get(v, headers={"Accept-Language": lang})
+    env.purge(env.edge.url + v)  # every variant goes with the URL
+    for lang in ("en", "fr"):
+        assert "fwd=uri-miss" in env.get(v, headers={"Accept-Language": lang}).headers["Cache-Status"]
+    assert env.count(v)["count"] == 4
 
 
 def test_purge_by_prefix_and_tag_reaches_every_worker(env):
