@@ -11,6 +11,7 @@ Names (after the configured prefix, default ``edge``):
   ``plugin.<name>.init_ok``                counter, a plugin built on a retry
   ``plugin.<name>.unknown_upstream``       counter, the plugin chose a pool that does not exist
   ``internal_error``                       counter, per bug caught by the request path
+  ``cache.<event>``                        counter, per cache event (hit, miss, stored, store_unavailable...: docs/cache.md)
 gunicorn's own metrics (``gunicorn.requests``, ``gunicorn.workers``...) go to the same
 statsd host under the same prefix (gunicorn.conf.py).
 
