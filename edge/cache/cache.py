@@ -341,60 +341,67 @@ class Cache:
 
     def _coalesce(self, proxy, ctx, route, rc, chain, body, fill: Fill):
         """Concurrent misses of one URL: one leader fetches, the others wait for its object."""
+        try:
+            found = self._await_fill(ctx, fill)
+        except StoreUnavailable as e:
+            # decided before anything went to the backend: a plain pass-through
+            self.health.failed(e)
+            return proxy.forward(ctx, route, chain, body)
+        if not isinstance(found, Entry):
+            return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")  # leading, or done waiting
+        now = time.time()
+        req_headers = ctx.headers.items()
+        if not found.soft and not _has_authorization(req_headers):
+            d = policy.lookup(ctx.method, req_headers, found.obj.facts, now, rc.settings)
+            if type(d) is policy.Fresh:
+                self.metrics.incr("cache.coalesced")
+                status = policy.cache_status(name=self.name, fwd="uri-miss", collapsed=True, ttl=d.ttl)
+                return self._serve(proxy, ctx, chain, rc, found.obj, now, status, d.age)
+        # stored, but not fresh for this request (max-age=0, no-cache, credentials...): the usual way
+        return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
+
+    def _await_fill(self, ctx, fill: Fill) -> Entry | None:
+        """Take the fill lock (None: this request leads, ``fill.lock`` set), or wait for the
+        leader's object (an ``Entry``), its pass mark or the end of ``coalesce_wait`` (None)."""
         store = self.store
         lock_key = keys.fill_lock_key(fill.h)
         url_key = keys.url_key(fill.h)
         deadline = time.monotonic() + self.coalesce_wait_s
         sleep_s = POLL_FIRST_S
-        waited = False
         req_headers = ctx.headers.items()
         # a plain GET may lead; others (HEAD, ranges, validators, credentials) have nothing to
         # store for everyone, but wait for a fill in progress and are answered from it
         lead = ctx.method == "GET" and _coalescable(req_headers)
-        try:
-            while True:
-                if lead:
-                    token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
-                    if token is not None:
-                        # a fill may have been committed between our lookup and the lock
-                        found = self._load(fill.h, req_headers)
-                        if isinstance(found, Entry):
-                            store.release_lock(lock_key, token)
-                            return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, time.time())
-                        fill.lock = token
-                        return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
-                elif store.get(lock_key) is None:
-                    return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
-                # someone fetches it: wait for the committed object, the pass mark, or the lock to go
-                while time.monotonic() < deadline:
-                    gevent.sleep(sleep_s)
-                    sleep_s = min(sleep_s * 2, POLL_MAX_S)
-                    waited = True
-                    got = store.get_many([url_key, lock_key])
-                    rec = records.decode(got.get(url_key))
-                    if rec is PASS:
-                        return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
-                    if rec is not None:
-                        found = self._load(fill.h, req_headers)
-                        if isinstance(found, Entry):
-                            now = time.time()
-                            d = policy.lookup(ctx.method, req_headers, found.obj.facts, now, rc.settings)
-                            if type(d) is policy.Fresh and not found.soft:
-                                self.metrics.incr("cache.coalesced")
-                                status = policy.cache_status(name=self.name, fwd="uri-miss", collapsed=True, ttl=d.ttl)
-                                return self._serve(proxy, ctx, chain, rc, found.obj, now, status, d.age)
-                            # stored but not fresh for this request (max-age=0, no-cache...): the usual way
-                            return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
-                    if lock_key not in got:
-                        break  # the leader gave up or its object does not fit this request: try to lead
-                if time.monotonic() >= deadline:
-                    self.metrics.incr("cache.coalesce_timeout")
-                    return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
-        except StoreUnavailable as e:
-            self.health.failed(e)
-            if fill.lock is not None or waited:
-                pass  # the fetch below stores nothing: the store is down
-            return proxy.forward(ctx, route, chain, body)
+        while True:
+            if lead:
+                token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
+                if token is not None:
+                    # a fill may have been committed between our lookup and the lock
+                    found = self._load(fill.h, req_headers)
+                    if isinstance(found, Entry):
+                        store.release_lock(lock_key, token)
+                        return found
+                    fill.lock = token
+                    return None
+            elif store.get(lock_key) is None:
+                return None
+            # someone fetches it: wait for the committed object, the pass mark, or the lock to go
+            while time.monotonic() < deadline:
+                gevent.sleep(sleep_s)
+                sleep_s = min(sleep_s * 2, POLL_MAX_S)
+                got = store.get_many([url_key, lock_key])
+                rec = records.decode(got.get(url_key))
+                if rec is PASS:
+                    return None
+                if rec is not None:
+                    found = self._load(fill.h, req_headers)
+                    if isinstance(found, Entry):
+                        return found
+                if lock_key not in got:
+                    break  # the leader gave up or its object does not fit this request: try to lead
+            if time.monotonic() >= deadline:
+                self.metrics.incr("cache.coalesce_timeout")
+                return None
 
     def _revalidate(self, proxy, ctx, route, rc, chain, body, url, h, entry: Entry, cond, now: float):
         """RFC 9111 §4.3: ask the backend whether the stored response is still good."""
