@@ -317,7 +317,7 @@ class Cache:
         """The stored body from ``offset``, ``length`` bytes, read chunk by chunk."""
         end = offset + length
         first, last = offset // CHUNK_BYTES, (end - 1) // CHUNK_BYTES if length else -1
-        h = obj.url and keys.digest(obj.url)
+        h = keys.digest(obj.url)
         n = first
         while n <= last:
             batch = [keys.chunk_key(h, obj.version, i) for i in range(n, min(last + 1, n + CHUNKS_PER_READ))]
@@ -325,8 +325,13 @@ class Cache:
             for i, k in enumerate(batch, start=n):
                 piece = got.get(k)
                 if piece is None:
-                    # evicted under us (local store over its size): the client sees a truncated body
+                    # evicted under us (a store over its size bound): this client gets a 502, or a cut
+                    # body if the head is out; the URL record goes so the next request fetches again
                     self.metrics.incr("cache.chunk_missing")
+                    try:
+                        self.store.delete(keys.url_key(h))
+                    except StoreUnavailable as e:
+                        self.health.failed(e)
                     raise CacheBodyLost(f"cached body chunk {i} of {obj.url} is gone")
                 lo = max(offset - i * CHUNK_BYTES, 0)
                 hi = min(end - i * CHUNK_BYTES, len(piece))
@@ -676,6 +681,7 @@ class CacheBodyLost(EdgeError):
 
     status = 502
     metric = "cache_body_lost"
+    public = "stored response lost"
 
 
 # responses refused because of this request, not the URL: no hit-for-pass mark

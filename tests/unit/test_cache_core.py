@@ -170,3 +170,30 @@ def test_flat_registered_facts_are_one_tuple_in_the_record():
     obj = _obj()
     t = marshal.loads(obj.encode())
     assert t[5][0] == "\x00fl" and len(t[5][2]) == len(policy.StoredFacts.__dataclass_fields__)
+
+
+def test_a_missing_body_chunk_cuts_the_reply_and_drops_the_url_record():
+    from edge.cache.cache import CHUNK_BYTES, Cache, CacheBodyLost
+
+    class Counter:
+        def __init__(self):
+            self.names = []
+
+        def incr(self, name):
+            self.names.append(name)
+
+    cfg = parse_config({"upstreams": {"a": {"servers": ["127.0.0.1:1"]}}, "routes": [{"upstream": "a"}],
+                        "cache": {"enabled": True}})
+    store, metrics = MemoryStore(), Counter()
+    cache = Cache(cfg.cache, [route_cache(cfg.cache, cfg.routes[0].cache)], store, metrics)
+    obj = _obj(body=None, version="v1", chunks=2, length=CHUNK_BYTES + 10)
+    h = keys.digest(obj.url)
+    store.set(keys.url_key(h), obj.encode(), 100)
+    store.set(keys.chunk_key(h, "v1", 0), b"a" * CHUNK_BYTES, 100)
+    store.set(keys.chunk_key(h, "v1", 1), b"b" * 10, 100)
+    assert b"".join(cache._body(obj, 0, obj.length)) == b"a" * CHUNK_BYTES + b"b" * 10
+    assert b"".join(cache._body(obj, CHUNK_BYTES - 2, 5)) == b"aabbb"     # a range across the boundary
+    store.delete(keys.chunk_key(h, "v1", 1))
+    with pytest.raises(CacheBodyLost):
+        b"".join(cache._body(obj, 0, obj.length))
+    assert store.get(keys.url_key(h)) is None and "cache.chunk_missing" in metrics.names
