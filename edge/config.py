@@ -538,7 +538,7 @@ class RouteCacheConfig(Model):
         None, ge=0, description="how long past its freshness a stored response may be served when the backend is down "
         "or answers 5xx; default: `cache.serve_stale_on_error`",
     )
-    set_cookie: Literal["refuse", "strip"] | None = Field(None, description="responses with Set-Cookie; default: `cache.set_cookie`")
+    set_cookie: Literal["refuse", "strip", "store"] | None = Field(None, description="responses with Set-Cookie; default: `cache.set_cookie`")
 
     @field_validator("ignore_params")
     @classmethod
@@ -591,9 +591,10 @@ class CacheConfig(Model):
     )
     sort_query: bool = Field(False, description="order query parameters by name in cache keys")
     ignore_params: tuple[str, ...] = Field((), description="query parameters left out of cache keys")
-    set_cookie: Literal["refuse", "strip"] = Field(
-        "refuse", description="a response with Set-Cookie: `refuse` to store it, or `strip`: store it without its "
-        "Set-Cookie fields (the client that caused the fetch still gets them)",
+    set_cookie: Literal["refuse", "strip", "store"] = Field(
+        "refuse", description="a response with Set-Cookie: `refuse` to store it; `strip`: store it without its "
+        "Set-Cookie fields (the client that caused the fetch still gets them); `store`: store it as it is, as RFC 9111 "
+        "allows (Set-Cookie does not inhibit caching): every client then gets that cookie",
     )
     strip_surrogate_headers: bool = Field(
         True, description="remove `Surrogate-Key` and `Cache-Tag` (the purge tags) from responses before they reach clients",
