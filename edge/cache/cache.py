@@ -792,7 +792,7 @@ def build_cache(cfg, routes, store, metrics) -> Cache | None:
     if not any(per_route):
         return None
     owns = False
-    if cc.store is not None:
+    if cc.store is not None and cc.store != cfg.store:  # the same settings: the same store, opened once
         from edge.store import build_store
 
         store = build_store(cc.store)
