@@ -317,3 +317,10 @@ def test_purge_by_prefix_and_tag_reaches_every_worker(env):
         assert "n=2" in env.get(a).text and "n=2" in env.get(b).text
         assert "n=1" in env.get(other).text
     assert env.count(other)["count"] == 1
+    soft = env.path("soft-tag", cc="max-age=60", etag='"s"', tag="group3")
+    env.get(soft)
+    env.purge("--soft", "--tag", "group3")  # stale now: the next request revalidates (304), body kept
+    until(lambda: "fwd=stale" in env.get(soft).headers["Cache-Status"], timeout_s=10)
+    r = env.get(soft)
+    assert "n=1" in r.text and from_cache(r)  # revalidated once, then fresh again
+    assert env.count(soft) == {"count": 2, "conditional": 1, "methods": ["GET", "GET"]}
