@@ -630,9 +630,21 @@ class Cache:
                 fill.lock = None
         except StoreUnavailable as e:
             self.health.failed(e)
+            self._release_after_failure(fill)
         except Exception:  # a bug must not kill the worker's hub; the client already has its answer
             log.exception("storing %s failed", fill.url)
             self.metrics.incr("cache.store_error")
+            self._release_after_failure(fill)
+
+    def _release_after_failure(self, fill: Fill) -> None:
+        """Let the waiters go to the backend now rather than at the end of their wait."""
+        if fill.lock is None:
+            return
+        try:
+            self.store.release_lock(keys.fill_lock_key(fill.h), fill.lock)
+        except StoreUnavailable:
+            pass  # the store is down: the lock expires with its TTL (coalesce_wait + 1 s)
+        fill.lock = None
 
     def _generation(self, url_key: str, names: tuple[str, ...]) -> str:
         """The generation variants of these ``Vary`` names are stored under (a new index if needed)."""
