@@ -76,7 +76,8 @@ Endpoints (any method unless noted; HEAD always gets the headers only)
     the head), ``location``, ``nolength=1`` (chunked). While ``/cache-fail?status=S`` is set,
     every ``/cache/`` request is counted and answered S (``status=0`` clears it).
 ``/cache-count?path=/cache/NAME``
-    JSON ``{"count": requests, "conditional": of which conditional, "methods": [...]}``.
+    JSON ``{"count": requests, "conditional": of which conditional, "methods": [...], "arrivals": [...]}``
+    (arrivals: ``time.monotonic()`` of each request's head, in order).
 
 Every response (except the raw fault endpoints above) carries ``Server: origin``,
 ``X-Powered-By: demo``, ``X-Origin: NAME`` and ``X-Conn-Requests: <n>`` (the request's
@@ -166,7 +167,7 @@ class Origin:
         self.connections = 0
         self.requests = 0
         self._ids = itertools.count(1)
-        self.cache_counts: dict[str, list] = {}  # /cache/ path -> [count, conditional count, methods]
+        self.cache_counts: dict[str, list] = {}  # /cache/ path -> [count, conditional count, methods, arrivals]
         self.cache_fail = 0  # status every /cache/ request gets while non-zero
 
     def handle(self, sock, address) -> None:
@@ -410,8 +411,8 @@ class Connection:
             return self.cache(req)
         if path == "/cache-count":
             self.drain(req)
-            c = self.origin.cache_counts.get(req.args().get("path", ""), [0, 0, []])
-            self.respond_json({"count": c[0], "conditional": c[1], "methods": c[2]})
+            c = self.origin.cache_counts.get(req.args().get("path", ""), [0, 0, [], []])
+            self.respond_json({"count": c[0], "conditional": c[1], "methods": c[2], "arrivals": c[3]})
             return False
         if path == "/cache-fail":
             self.drain(req)
@@ -525,8 +526,9 @@ class Connection:
         """Configurable cacheable answers with per-path counters (see the module docstring)."""
         self.drain(req)
         args = req.args()
-        c = self.origin.cache_counts.setdefault(req.path, [0, 0, []])
+        c = self.origin.cache_counts.setdefault(req.path, [0, 0, [], []])
         c[0] += 1
+        c[3].append(time.monotonic())
         conditional = req.get("if-none-match") is not None or req.get("if-modified-since") is not None
         if conditional:
             c[1] += 1
