@@ -65,7 +65,7 @@ def cmd_purge(argv: list[str]) -> int:
     import time
 
     from edge.cache import purge
-    from edge.cache.cache import route_cache
+    from edge.cache.cache import cache_store_config, route_cache
     from edge.context import Headers
     from edge.errors import EdgeError
     from edge.http import split_host_port
@@ -96,7 +96,7 @@ def cmd_purge(argv: list[str]) -> int:
         route = routes.match(name.lower(), path, "GET", Headers())
         return route_cache(cfg.cache, route.config.cache).keys if route is not None else None
 
-    store = build_store(cfg.cache.store or cfg.store)
+    store = build_store(cache_store_config(cfg))
     try:
         lines = purge.purge(store, urls=args.urls, prefixes=args.prefix, tags=args.tag, soft=args.soft, now=time.time(),
                             max_ttl_s=cfg.cache.max_ttl, rules_for=rules_for)

@@ -551,7 +551,9 @@ class CacheConfig(Model):
 
     enabled: bool = Field(False, description="cache responses on every forwarding route (a route's `cache.enabled` overrides)")
     store: StoreConfig | None = Field(
-        None, description="a store of its own for cached objects; unset: the main `store` (its key prefix keeps cache keys apart)"
+        None, description="a store of its own for cached objects; unset: the main `store` when it is remote (redis, "
+        "memcached), or, when it is `local`, a sibling LMDB directory `<store.path>-cache` with the same size bound (so "
+        "cached objects never evict rate-limit states)"
     )
     max_object_size: PositiveSize = Field(
         8 * 1024 * 1024,

@@ -791,6 +791,25 @@ def route_cache(cc, rcc) -> RouteCache:
     )
 
 
+def cache_store_config(cfg):
+    """The store settings the cache uses (also ``python -m edge purge``'s).
+
+    ``cache.store`` when given. Otherwise a remote main store is shared as it is, but a
+    ``local`` one gets a sibling LMDB environment (``<path>-cache``, same size bound): the
+    local store evicts the entries that expire soonest when it is full, so cached objects
+    (long TTLs, large) in the same environment would push out the rate-limit states
+    (short TTLs) first.
+    """
+    if cfg.cache.store is not None:
+        return cfg.cache.store
+    main = cfg.store
+    if main.backend != "local":
+        return main
+    from edge.store.local import default_path
+
+    return main.model_copy(update={"path": (main.path or default_path(main.key_prefix)) + "-cache"})
+
+
 def build_cache(cfg, routes, store, metrics) -> Cache | None:
     """The worker's cache, or None when no forwarding route caches."""
     from edge.routing import Action
@@ -804,9 +823,10 @@ def build_cache(cfg, routes, store, metrics) -> Cache | None:
     if not any(per_route):
         return None
     owns = False
-    if cc.store is not None and cc.store != cfg.store:  # the same settings: the same store, opened once
+    scfg = cache_store_config(cfg)
+    if scfg != cfg.store:  # the same settings: the same store, opened once
         from edge.store import build_store
 
-        store = build_store(cc.store)
+        store = build_store(scfg)
         owns = True
     return Cache(cc, per_route, store, metrics, owns_store=owns)

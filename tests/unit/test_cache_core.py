@@ -197,3 +197,17 @@ def test_a_missing_body_chunk_cuts_the_reply_and_drops_the_url_record():
     with pytest.raises(CacheBodyLost):
         b"".join(cache._body(obj, 0, obj.length))
     assert store.get(keys.url_key(h)) is None and "cache.chunk_missing" in metrics.names
+
+
+@pytest.mark.parametrize("store,cache_store,expected", [
+    ({"backend": "local", "path": "/tmp/x"}, None, {"backend": "local", "path": "/tmp/x-cache"}),
+    ({"backend": "redis", "url": "redis://127.0.0.1:1"}, None, {"backend": "redis", "url": "redis://127.0.0.1:1"}),
+    ({"backend": "local", "path": "/tmp/x"}, {"backend": "memory"}, {"backend": "memory"}),
+])
+def test_cache_store_settings(store, cache_store, expected):
+    from edge.cache.cache import cache_store_config
+
+    cfg = parse_config({"upstreams": {"a": {"servers": ["127.0.0.1:1"]}}, "routes": [{"upstream": "a"}],
+                        "store": store, "cache": {"enabled": True, "store": cache_store}})
+    got = cache_store_config(cfg)
+    assert {k: getattr(got, k) for k in expected} == expected
