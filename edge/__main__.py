@@ -178,11 +178,63 @@ def cmd_drain(argv: list[str]) -> int:
 def cmd_undrain(argv: list[str]) -> int:
     """Put a drained server (POOL SERVER) back in rotation."""
     return _drain(argv, False, cmd_undrain)
+
+
 def cmd_cert(argv: list[str]) -> int:
     """Certificates: local-ca, issue NAME..., info (see docs/tls.md)."""
     from edge.cli_cert import run
 
     return run(argv)
+
+
+def cmd_purge(argv: list[str]) -> int:
+    """Purge cached responses by URL, prefix or surrogate key, on the store itself (docs/cache.md)."""
+    import time
+
+    from edge.cache import purge
+    from edge.cache.cache import cache_store_config, route_cache
+    from edge.context import Headers
+    from edge.errors import EdgeError
+    from edge.http import split_host_port
+    from edge.store import build_store
+
+    parser = argparse.ArgumentParser(prog="edge purge", description=cmd_purge.__doc__)
+    parser.add_argument("--config", help=f"configuration file (default: $EDGE_CONFIG or {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--soft", action="store_true", help="mark stale (the next request revalidates) instead of deleting")
+    parser.add_argument("urls", nargs="*", metavar="URL", help="a URL to purge, every variant (both schemes without one)")
+    parser.add_argument("--prefix", action="append", default=[], metavar="URL", help="purge every URL starting so")
+    parser.add_argument("--tag", action="append", default=[], metavar="TAG", help="purge every response with this Surrogate-Key/Cache-Tag")
+    args = parser.parse_args(argv)
+    if not (args.urls or args.prefix or args.tag):
+        parser.error("give at least one URL, --prefix or --tag")
+    try:
+        cfg = load_config(args.config)
+        routes = compile_routes(cfg)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    def rules_for(host: str, path: str):
+        # the matching route's query normalisation, so the key is the one requests use
+        try:
+            name, _port = split_host_port(host, 0)
+        except ValueError:
+            name = host
+        route = routes.match(name.lower(), path, "GET", Headers())
+        return route_cache(cfg.cache, route.config.cache).keys if route is not None else None
+
+    store = build_store(cache_store_config(cfg))
+    try:
+        lines = purge.purge(store, urls=args.urls, prefixes=args.prefix, tags=args.tag, soft=args.soft, now=time.time(),
+                            max_ttl_s=cfg.cache.max_ttl, rules_for=rules_for)
+    except (ValueError, RuntimeError, EdgeError) as e:
+        print(f"edge purge: {e}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    for line in lines:
+        print(line)
+    return 0
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
@@ -191,6 +243,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "drain": cmd_drain,
     "undrain": cmd_undrain,
     "cert": cmd_cert,
+    "purge": cmd_purge,
 }
 
 

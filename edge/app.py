@@ -20,7 +20,7 @@ import time
 from edge import http as rules
 from edge.acme import CHALLENGE_PREFIX
 from edge.compress.compressor import Compressor
-from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse
+from edge.context import STATUS_REASONS, Headers, Reply, RequestBody, RequestContext, Response, UpstreamResponse, close_body
 from edge.cookies import get_cookie
 from edge.errors import BadRequest, EdgeError, UnsendableRequest, UpstreamError
 from edge.logs import request_label
@@ -43,6 +43,9 @@ def reply_from_response(resp: Response) -> Reply:
 # The answer to "OPTIONS *" (shared, like a fixed route's response): the usual methods; CONNECT is refused by admission.
 SERVER_OPTIONS = Response(204, [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
 
+# The client's validators and ranges, replaced by the cache's own when it revalidates (RFC 9111 §4.3.1).
+_CLIENT_VALIDATORS = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"})
+
 
 def _affinity_key(ctx: RequestContext, affinity: tuple[Affinity, str | None]) -> str | None:
     """The value a hash or sticky pool balances this request on (None: the request has none)."""
@@ -54,6 +57,14 @@ def _affinity_key(ctx: RequestContext, affinity: tuple[Affinity, str | None]) ->
     if kind is Affinity.HEADER:
         return ctx.headers.get(name)
     return get_cookie(ctx.headers, name)  # COOKIE, STICKY
+
+
+class _Answered(Exception):
+    """A plugin answered the request from its whole body, before the backend was contacted:
+    the reply, carried past the exchange (which otherwise returns a backend's answer)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
 
 
 class Proxy:
@@ -81,12 +92,15 @@ class Proxy:
         self.access_log = state.access_log
         self.compressor = Compressor.from_config(cfg)  # None when no route compresses
         self.acme = state.acme  # answers ACME HTTP-01 challenges (edge.acme), None without tls.acme
+        self.cache = state.cache  # edge.cache.cache.Cache, or None when no route caches
 
     # ------------------------------------------------------------------ entry
 
     def handle(self, ctx: RequestContext, body: RequestBody | None) -> Reply:
         try:
             return self._handle(ctx, body)
+        except _Answered as a:
+            return a.reply
         except UnsendableRequest as e:
             # a plugin or the configuration made the request invalid: the client logged it once, count it too
             self.metrics.incr(e.metric)
@@ -178,6 +192,24 @@ class Proxy:
         return self.answer(ctx, Response(200, [("Content-Type", "application/octet-stream")], answer))
 
     def _forward(self, ctx: RequestContext, route, chain, body: RequestBody | None) -> Reply:
+        cache = self.cache
+        if cache is not None and cache.routes[route.index] is not None:
+            return cache.handle(self, ctx, route, chain, body)  # edge.cache.cache: lookup, then forward()/relay()
+        return self.forward(ctx, route, chain, body)
+
+    def forward(self, ctx: RequestContext, route, chain, body: RequestBody | None, tap=None) -> Reply:
+        """Send the request to the backend and relay its answer (``tap``: see ``relay``)."""
+        try:
+            up = self.exchange(ctx, route, chain, body)
+        except UpstreamError as e:
+            return self.upstream_failed(ctx, chain, e)
+        return self.relay(ctx, chain, up, tap)
+
+    def exchange(self, ctx: RequestContext, route, chain, body: RequestBody | None, conditional=None):
+        """One exchange with the route's pool: the ``UpstreamReply`` (head read, body to stream).
+
+        ``conditional``: the cache revalidating: the client's own validators and ranges are
+        replaced by these request fields. An ``UpstreamError`` is logged, counted and raised."""
         pool = self.pools.get(ctx.upstream)
         if pool is None:
             raise self._unknown_upstream(ctx, route)
@@ -195,6 +227,9 @@ class Proxy:
             forwarded=self.forwarded,
             via=self.via,
         )
+        if conditional is not None:
+            headers = [(n, v) for n, v in headers if n.lower() not in _CLIENT_VALIDATORS]
+            headers.extend(conditional)
         hh = route.host_header
         # an HTTP/1.0 request may come without Host: the server's address is sent then (None)
         host = (ctx.host or None) if hh == "pass" else (None if hh == "upstream" else hh)
@@ -210,7 +245,7 @@ class Proxy:
                 # a plugin here needs the whole body (a WAF): read it before the backend is contacted
                 early, body_iter, body_length = chain.inspect_request_body(ctx, body_iter, body_length)
                 if early is not None:
-                    return self.answer(ctx, early, chain)
+                    raise _Answered(self.answer(ctx, early, chain))
             if chain.has_request_body_filters:
                 body_iter = chain.filter_request_body(ctx, body_iter)
                 body_length = None
@@ -221,40 +256,60 @@ class Proxy:
             up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)),
                                affinity=affinity)
         except UpstreamError as e:
-            ctx.error = e
             log.warning("%s %s (request id %s) -> upstream %s: %s", ctx.method, ctx.raw_path, self.request_id_of(ctx) or "-",
                         pool.name, e)
             self.metrics.incr(f"upstream.{pool.name}.{e.metric}")
-            custom = chain.run_error(ctx, e)
-            if custom is not None:
-                return self.answer(ctx, custom, None)
-            return self.error_reply(ctx, e)
+            raise
         ctx.upstream_addr = up.server.authority
         ctx.upstream_time = time.monotonic() - started
-        out_headers = rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
-        resp = UpstreamResponse(up.status, up.reason, Headers.wrap(out_headers), up.body)
+        return up
+
+    def response_headers(self, up) -> list[tuple[str, str]]:
+        """A backend's response fields as they go to clients (hop-by-hop and hidden ones removed, Via)."""
+        return rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
+
+    def upstream_failed(self, ctx: RequestContext, chain, e: UpstreamError) -> Reply:
+        """The backend failed: the plugins' error phase may answer, else ``e.status``."""
+        ctx.error = e
+        custom = chain.run_error(ctx, e)
+        if custom is not None:
+            return self.answer(ctx, custom, None)
+        return self.error_reply(ctx, e)
+
+    def relay(self, ctx: RequestContext, chain, up, tap=None) -> Reply:
+        """The backend's answer to the client, through the response phase and body filters.
+
+        ``tap(up, headers) -> (headers, body)`` (the cache) sees the head as it goes to
+        clients before the plugins do, and may change it and wrap the body iterator."""
+        out_headers = self.response_headers(up)
+        body = up.body
+        if tap is not None:
+            out_headers, body = tap(up, out_headers)
+        resp = UpstreamResponse(up.status, up.reason, Headers.wrap(out_headers), body)
         chain.run_response(ctx, resp)
         if resp.replacement is not None:
+            close_body(body)
             up.close()
             return self.answer(ctx, resp.replacement, None)
         out = resp.headers.items()
         if chain.has_response_hooks and up.status != 101:
             out = rules.without_framing(out)  # a plugin may have added framing fields: the writer owns them
-        if pool.sticky is not None and up.status != 101:
+        pool = self.pools.get(ctx.upstream)
+        if pool is not None and pool.sticky is not None and up.status != 101:
             # Pin the client to the server that answered, unless its cookie already names it (a new
             # client, or one whose server is gone, excluded or unknown). The field was checked when the
             # pool was built, and the writer checks every field again (edge/h1.py reply_head).
-            cookie = pool.sticky.set_cookie_for(up.server.index, affinity)
+            cookie = pool.sticky.set_cookie_for(up.server.index, _affinity_key(ctx, pool.affinity))
             if cookie is not None:
                 out.append(("Set-Cookie", cookie))
-        reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), out, up.body, up.length)
+        reply = Reply(resp.status, up.reason or STATUS_REASONS.get(resp.status, ""), out, body, up.length)
         if up.status == 101:
             reply.upgrade = (up.upgrade_sock, up.upgrade_data)
             reply.body = None
             reply.length = None
-        elif up.body is not None:
+        elif body is not None:
             if chain.has_body_filters:
-                reply.body = chain.filter_body(ctx, up.body)
+                reply.body = chain.filter_body(ctx, body)
                 reply.length = None
             else:
                 reply.trailers_from = up
@@ -270,6 +325,27 @@ class Proxy:
         if body is not reply.body:
             reply.trailers_from = None  # trailers about the identity bytes (digests) would be false now
         reply.headers, reply.body, reply.length = headers, body, length
+
+    def reply_stored(self, ctx: RequestContext, chain, status: int, headers: list[tuple[str, str]], body, length: int | None) -> Reply:
+        """A response from the cache: the response phase and body filters see it as they see a backend's."""
+        resp = UpstreamResponse(status, STATUS_REASONS.get(status, ""), Headers.wrap(headers), body)
+        chain.run_response(ctx, resp)
+        if resp.replacement is not None:
+            close_body(body)
+            return self.answer(ctx, resp.replacement, None)
+        out = resp.headers.items()
+        if chain.has_response_hooks:
+            out = rules.without_framing(out)
+        reply = Reply(resp.status, STATUS_REASONS.get(resp.status, ""), out, body, length)
+        if body is not None and chain.has_body_filters:
+            reply.body = chain.filter_body(ctx, body if not isinstance(body, bytes) else iter((body,)))
+            reply.length = None
+        if self.compressor is not None:
+            # the cache keeps what the backend sent; each client gets the coding it accepts
+            self._compress(ctx, reply)
+        ctx.status = reply.status
+        ctx.response_headers = resp.headers
+        return reply
 
     def _unknown_upstream(self, ctx: RequestContext, route) -> EdgeError:
         """A plugin chose a pool that does not exist (the config's own routes are checked at

@@ -943,6 +943,9 @@ class RouteConfig(Model):
     compression: bool | None = Field(
         None, description="response compression on this route: `true`/`false` override `compression.enabled`"
     )
+    cache: "RouteCacheConfig" = Field(
+        default_factory=lambda: RouteCacheConfig(), description="per-route cache settings over the `cache` section"
+    )
 
     @field_validator("host_header")
     @classmethod
@@ -1079,6 +1082,113 @@ class CompressionConfig(Model):
         return v
 
 
+# --------------------------------------------------------------------------- cache
+
+
+def _param_names(v: tuple[str, ...]) -> tuple[str, ...]:
+    for p in v:
+        if not p or "&" in p or "=" in p or "#" in p:
+            raise ValueError(f"not a query parameter name: {p!r}")
+    return v
+
+
+class RouteCacheConfig(Model):
+    """Per-route cache settings (``routes[].cache``); unset keys take the ``cache`` section's value."""
+
+    enabled: bool | None = Field(None, description="cache this route (default: `cache.enabled`)")
+    force_ttl: Duration | None = Field(
+        None, gt=0,
+        description="store every storable 200/203/204/206/300/301/308/404/405/410/414/501 response of this route for this long, "
+        "whatever its own freshness says (for static routes whose backend sends no Cache-Control); RFC 9111's refusals "
+        "(no-store, private, Authorization) still hold",
+    )
+    ignore_params: tuple[str, ...] | None = Field(
+        None, description="query parameters left out of the cache key (e.g. `utm_source`); default: `cache.ignore_params`"
+    )
+    sort_query: bool | None = Field(None, description="order query parameters by name in the cache key; default: `cache.sort_query`")
+    max_object_size: PositiveSize | None = Field(None, description="largest body stored for this route; default: `cache.max_object_size`")
+    serve_stale_on_error: Duration | None = Field(
+        None, ge=0, description="how long past its freshness a stored response may be served when the backend is down "
+        "or answers 5xx; default: `cache.serve_stale_on_error`",
+    )
+    set_cookie: Literal["refuse", "strip", "store"] | None = Field(None, description="responses with Set-Cookie; default: `cache.set_cookie`")
+
+    @field_validator("ignore_params")
+    @classmethod
+    def _params(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if v is None else _param_names(v)
+
+
+class CacheConfig(Model):
+    """The shared HTTP cache (RFC 9111); see docs/cache.md."""
+
+    enabled: bool = Field(False, description="cache responses on every forwarding route (a route's `cache.enabled` overrides)")
+    store: StoreConfig | None = Field(
+        None, description="a store of its own for cached objects; unset: the main `store` when it is remote (redis, "
+        "memcached), or, when it is `local`, a sibling LMDB directory `<store.path>-cache` with the same size bound (so "
+        "cached objects never evict rate-limit states)"
+    )
+    max_object_size: PositiveSize = Field(
+        8 * 1024 * 1024,
+        description="largest body stored; a larger response streams through uncached (known from Content-Length up front, "
+        "else as soon as it passes this size)",
+    )
+    max_ttl: PositiveDuration = Field(
+        86400.0, description="no object stays in the store longer than this, stale window included; also how long a prefix/tag purge rule is kept"
+    )
+    keep_stale: Duration = Field(
+        3600.0, ge=0, description="how long a response is kept past its freshness for revalidation and stale serving "
+        "(at least its own stale-while-revalidate / stale-if-error and `serve_stale_on_error`), within `max_ttl`",
+    )
+    heuristic_fraction: float = Field(
+        0.1, ge=0, le=1,
+        description="heuristic freshness (RFC 9111 §4.2.2): this fraction of the time since Last-Modified, for responses "
+        "cacheable by default that carry no explicit freshness",
+    )
+    heuristic_max: Duration = Field(86400.0, ge=0, description="upper bound of a heuristic freshness lifetime")
+    targeted_field: HeaderName | None = Field(
+        None, description="an edge-specific targeted cache-control field (RFC 9213), e.g. `Edge-Cache-Control`, taking "
+        "precedence over `CDN-Cache-Control` and `Cache-Control`",
+    )
+    serve_stale_on_error: Duration = Field(
+        0.0, ge=0, description="how long past its freshness a stored response may be served when the backend is down "
+        "(connect error, timeout) or answers 5xx, in addition to the response's own `stale-if-error` (RFC 5861)",
+    )
+    coalesce_wait: Duration = Field(
+        5.0, ge=0, description="concurrent misses for one URL wait this long for the one request that fetches it "
+        "(across workers, and nodes on a shared store), then go to the backend themselves; 0 disables coalescing",
+    )
+    hit_for_pass: Duration = Field(
+        10.0, ge=0, description="after a response that could not be stored, misses for that URL skip coalescing for this long",
+    )
+    ban_refresh: PositiveDuration = Field(
+        1.0, description="how often a worker re-reads the prefix/tag purge rules: such a purge takes effect everywhere within this",
+    )
+    sort_query: bool = Field(False, description="order query parameters by name in cache keys")
+    ignore_params: tuple[str, ...] = Field((), description="query parameters left out of cache keys")
+    set_cookie: Literal["refuse", "strip", "store"] = Field(
+        "refuse", description="a response with Set-Cookie: `refuse` to store it; `strip`: store it without its "
+        "Set-Cookie fields (the client that caused the fetch still gets them); `store`: store it as it is, as RFC 9111 "
+        "allows (Set-Cookie does not inhibit caching): every client then gets that cookie",
+    )
+    strip_surrogate_headers: bool = Field(
+        True, description="remove `Surrogate-Key` and `Cache-Tag` (the purge tags) from responses before they reach clients",
+    )
+    status_name: str = Field("edge", description="the cache's name in `Cache-Status` (RFC 9211)")
+
+    @field_validator("ignore_params")
+    @classmethod
+    def _params(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _param_names(v)
+
+    @field_validator("status_name")
+    @classmethod
+    def _status_name(cls, v: str) -> str:
+        if not is_token(v):
+            raise ValueError(f"must be a token (RFC 9211 §2 / RFC 8941 token): {v!r}")
+        return v
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -1113,6 +1223,7 @@ class EdgeConfig(Model):
     plugins: dict[str, dict[str, Any]] = Field({}, description="plugins enabled on every route, with their settings")
     metrics: MetricsConfig = Field(MetricsConfig(), description="statsd metrics")
     compression: CompressionConfig = Field(CompressionConfig(), description="response compression (gzip, br, zstd)")
+    cache: CacheConfig = Field(CacheConfig(), description="the shared HTTP cache (docs/cache.md)")
 
     # Where this configuration was read from; set by load_config, used in error messages.
     source: str = Field("<string>", exclude=True, description="(internal) file the configuration came from")

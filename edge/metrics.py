@@ -20,6 +20,7 @@ Names (after the configured prefix, default ``edge``):
   ``plugin.<name>.unknown_upstream``       counter, the plugin chose a pool that does not exist
   ``internal_error``                       counter, per bug caught by the request path
   ``tls.cert.<first name>.days_left``      gauge, whole days to a certificate's expiry (hourly, one worker per node)
+  ``cache.<event>``                        counter, per cache event (hit, miss, stored, store_unavailable...: docs/cache.md)
 gunicorn's own metrics (``gunicorn.requests``, ``gunicorn.workers``...) go to the same
 statsd host under the same prefix (gunicorn.conf.py).
 

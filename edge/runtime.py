@@ -47,6 +47,7 @@ class WorkerState:
     local_store: Any = None  # node-local fallback store (services.local_store); may be ``store`` itself
     health: Any = None  # edge.upstream.checker.HealthService: prober lease and shared health (its greenlets)
     acme: Any = None  # edge.acme.AcmeManager when tls.acme is set (started by the worker after fork)
+    cache: Any = None  # edge.cache.cache.Cache when some route caches (it may own a store of its own)
     # client errors (400, 408, 413, 414, 431...) at INFO, rate-limited: client_errors.log(ip, status, reason, label)
     client_errors: ClientErrorLog = dataclasses.field(default_factory=ClientErrorLog)
 
@@ -68,6 +69,8 @@ class WorkerState:
             self.access_log.close()
         if self.local_store is not None and self.local_store is not self.store:
             self.local_store.close()
+        if self.cache is not None:
+            self.cache.close()
 
 
 class UpstreamAvailability:
@@ -120,7 +123,10 @@ def build_worker_state(loaded: boot.Loaded | None = None, start_retries: bool = 
         for name in pools
         if (t := route.timeouts_for(name)) is not None
     }
+    from edge.cache.cache import build_cache
+
     return WorkerState(
+        cache=build_cache(cfg, routes, store, metrics),
         cfg=cfg,
         routes=routes,
         pools=pools,

@@ -77,6 +77,18 @@ Endpoints (any method unless noted; HEAD always gets the headers only)
     that matches it (weak comparison, RFC 9110 §13.1.2) gets 304. ``?h=Name:Value``
     (repeatable): extra response fields. A ``Range: bytes=A-B`` request gets 206 with
     ``Content-Range`` (one range; otherwise the whole body).
+``/cache/NAME?...`` (for the cache tests)
+    Counts each request per path (``/cache/NAME``, query ignored) and answers 200 with the body
+    ``NAME n=<count> vary=<values of the Vary fields in the request>\n`` (or ``size=N`` bytes of
+    the pattern). Query parameters: ``cc`` (Cache-Control), ``cdn`` (CDN-Cache-Control),
+    ``etag`` (ETag; a matching If-None-Match gets 304), ``lm`` (Last-Modified; an
+    If-Modified-Since equal to it gets 304), ``expires``, ``vary``, ``tag`` (Surrogate-Key),
+    ``ctag`` (Cache-Tag), ``cookie`` (Set-Cookie), ``status``, ``size``, ``delay`` (seconds before
+    the head), ``location``, ``nolength=1`` (chunked). While ``/cache-fail?status=S`` is set,
+    every ``/cache/`` request is counted and answered S (``status=0`` clears it).
+``/cache-count?path=/cache/NAME``
+    JSON ``{"count": requests, "conditional": of which conditional, "methods": [...], "arrivals": [...]}``
+    (arrivals: ``time.monotonic()`` of each request's head, in order).
 
 Every response (except the raw fault endpoints above) carries ``Server: origin``,
 ``X-Powered-By: demo``, ``X-Origin: NAME`` and ``X-Conn-Requests: <n>`` (the request's
@@ -204,6 +216,8 @@ class Origin:
         self.requests = 0
         self._ids = itertools.count(1)
         self.tls = None  # a server SSLContext with --certfile
+        self.cache_counts: dict[str, list] = {}  # /cache/ path -> [count, conditional count, methods, arrivals]
+        self.cache_fail = 0  # status every /cache/ request gets while non-zero
 
     def handle(self, sock, address) -> None:
         self.connections += 1
@@ -452,6 +466,18 @@ class Connection:
             return False
         if path == "/ws":
             return self.websocket(req)
+        if path.startswith("/cache/"):
+            return self.cache(req)
+        if path == "/cache-count":
+            self.drain(req)
+            c = self.origin.cache_counts.get(req.args().get("path", ""), [0, 0, [], []])
+            self.respond_json({"count": c[0], "conditional": c[1], "methods": c[2], "arrivals": c[3]})
+            return False
+        if path == "/cache-fail":
+            self.drain(req)
+            self.origin.cache_fail = int(req.args().get("status", "0") or 0)
+            self.respond_json({"fail": self.origin.cache_fail})
+            return False
         if path == "/stats":
             self.drain(req)
             self.respond_json({"connections": self.origin.connections, "requests": self.origin.requests})
@@ -608,6 +634,53 @@ class Connection:
                 self.sock.sendall(b"%x\r\n%b\r\n" % (size, data))
         tail = f"X-Body-Sha256: {digest.hexdigest()}\r\n" if trailer else ""
         self.sock.sendall(f"0\r\n{tail}\r\n".encode())
+        return False
+
+    def cache(self, req: Request) -> bool:
+        """Configurable cacheable answers with per-path counters (see the module docstring)."""
+        self.drain(req)
+        args = req.args()
+        c = self.origin.cache_counts.setdefault(req.path, [0, 0, [], []])
+        c[0] += 1
+        c[3].append(time.monotonic())
+        conditional = req.get("if-none-match") is not None or req.get("if-modified-since") is not None
+        if conditional:
+            c[1] += 1
+        c[2].append(req.method)
+        if args.get("delay"):
+            gevent.sleep(float(args["delay"]))
+        if self.origin.cache_fail:
+            self.respond(self.origin.cache_fail, b"failing\n")
+            return False
+        headers = [(name, args[key]) for key, name in (
+            ("cc", "Cache-Control"), ("cdn", "CDN-Cache-Control"), ("etag", "ETag"), ("lm", "Last-Modified"),
+            ("expires", "Expires"), ("vary", "Vary"), ("tag", "Surrogate-Key"), ("ctag", "Cache-Tag"),
+            ("cookie", "Set-Cookie"), ("location", "Location")) if key in args]
+        etag = args.get("etag")
+        inm = req.get("if-none-match")
+        if etag is not None and inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+            self.respond(304, headers=headers)
+            return False
+        lm = args.get("lm")
+        if lm is not None and inm is None and req.get("if-modified-since") == lm:
+            self.respond(304, headers=headers)
+            return False
+        status = int(args.get("status", "200"))
+        if "size" in args:
+            body = (_PERIOD * (int(args["size"]) // 256 + 1))[: int(args["size"])]
+        else:
+            vary = ",".join(f"{n.strip().lower()}:{req.get(n.strip().lower()) or ''}"
+                            for n in args.get("vary", "").split(",") if n.strip() and n.strip() != "*")
+            body = f"{req.path[len('/cache/'):]} n={c[0]} vary={vary}\n".encode()
+        if args.get("nolength"):
+            self.sock.sendall(self._head(status, [("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked"), *headers]))
+            if not self.is_head:
+                for i in range(0, len(body), PIECE_BYTES):
+                    piece = body[i:i + PIECE_BYTES]
+                    self.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.sock.sendall(b"0\r\n\r\n")
+            return False
+        self.respond(status, body, headers=headers)
         return False
 
     def delay(self, req: Request) -> bool:

@@ -422,6 +422,10 @@ class RedisStore(Store):
     # -- Store -------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
+        # the cache's per-hit read (issue 10): pipelined like the rate-limit step when it can be
+        runner = self._pipe or self._direct
+        if runner is not None:
+            return self._call(runner.execute, "GET", self._prefix + key)
         return self._call(self._r.get, self._prefix + key)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:

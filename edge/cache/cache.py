@@ -1,0 +1,832 @@
+"""The shared cache on the request path: lookup, fill (tee + commit), revalidation, coalescing, stale serving.
+
+Theory of operation
+-------------------
+``Proxy._forward`` hands a request on a caching route to ``Cache.handle``. RFC 9111's
+decisions all come from ``edge.cache.policy`` (pure, clock passed in); this module does
+the I/O around them on the Store (``edge.store``: memory, local, redis, memcached):
+
+1. **Lookup** (GET and HEAD share the GET entry): one store read of the URL record
+   (``edge.cache.keys``); if the response varies, a second read of the variant chosen by
+   the policy's secondary key (RFC 9111 §4.1). A small body is inline in the record, so a
+   hit without ``Vary`` is one store round trip. The object is tested against the purge
+   ban list (``edge.cache.purge``, kept in memory, refreshed every ``ban_refresh``).
+2. **Decide** with ``policy.lookup``: ``Fresh`` is answered from the cache (``Age``,
+   ``Cache-Status``; the client's own conditionals and ranges through the policy);
+   ``ServeStale`` too, starting a background revalidation that one request does for the
+   whole fleet (a store lock); ``Revalidate`` sends a conditional request (a 304 merges
+   into the stored head via ``policy.merge_304`` and refreshes the record; a 200
+   replaces it); ``Fetch`` forwards. When the backend is down or answers 5xx, a stale
+   object is served if ``policy.stale_on_error`` allows (RFC 5861 ``stale-if-error`` and
+   the route's ``serve_stale_on_error``).
+3. **Miss**: one request per URL takes the fill lock (``acquire_lock``, across workers,
+   and nodes on a shared store) and fetches; the others poll the store for the committed
+   object (bounded by ``coalesce_wait``), then serve it, or go to the backend themselves
+   when the wait ends or the leader's response could not be stored. That last case
+   leaves a short hit-for-pass mark so later misses do not queue for nothing (Varnish's
+   lesson: serialising on an uncacheable URL is worse than no coalescing).
+4. **Fill**: the backend's body streams to the client through a tee that keeps a copy up
+   to the size cap (``max_object_size``; a larger body stops being copied as soon as it
+   passes the cap, or is not copied at all when Content-Length says so). Only when the
+   body ended intact (no exception, length as announced) is the copy committed, in a
+   greenlet of its own so the client never waits for the store: body chunks first
+   (<= 512 KiB each, under memcached's 1 MB item limit; bodies up to one chunk go inline),
+   the record that points to them last. A truncated or abandoned body leaves nothing.
+5. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
+   URL records of the targets ``policy.invalidation_targets`` names.
+
+The store being down is never an error: each failed store step makes that request a
+plain pass-through, counted (``cache.store_unavailable``) and logged once per change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import gevent
+
+from edge.cache import keys, policy, purge, records
+from edge.cache.keys import KeyRules
+from edge.cache.records import PASS, StoredObject, VaryIndex
+
+records.register(policy.StoredFacts, flat=True)  # plain values only (policy.StoredFacts docstring)
+from edge.context import Response
+from edge.errors import EdgeError, StoreUnavailable, UpstreamError
+
+log = logging.getLogger("edge.cache")
+
+#: largest piece of a body in one store value (memcached refuses items over 1 MB)
+CHUNK_BYTES = 512 * 1024
+#: bodies up to this are stored inline in the object record: one round trip per hit
+INLINE_MAX_BYTES = CHUNK_BYTES
+#: chunks fetched per store call when a chunked body is served
+CHUNKS_PER_READ = 4
+#: followers poll the store this often while they wait for a fill (growing to the max)
+POLL_FIRST_S = 0.01
+POLL_MAX_S = 0.1
+#: a background revalidation holds its lock at most this long
+REVALIDATE_LOCK_S = 30.0
+
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# the client's validators and ranges: a request carrying them is answered, not coalesced
+_CONDITIONAL = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range")
+_SURROGATE = frozenset({"surrogate-key", "cache-tag"})
+# never stored with an object: recomputed per answer (Age, Cache-Status of this cache)
+_NOT_STORED = frozenset({"age"})
+# RFC 9110 §15.4.5: a 304 carries what a 200 would, except the content's own fields
+_NOT_IN_304 = frozenset({"content-length", "content-range", "content-encoding", "content-type", "content-language",
+                         "transfer-encoding"})
+
+
+class StoreDown:
+    """Counts store failures and logs once per state change (up -> down -> up)."""
+
+    def __init__(self, metrics) -> None:
+        self.metrics = metrics
+        self.down = False
+
+    def failed(self, e: BaseException) -> None:
+        self.metrics.incr("cache.store_unavailable")
+        if not self.down:
+            self.down = True
+            log.warning("cache store unavailable, passing requests through: %s", e)
+
+    def ok(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("cache store available again")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCache:
+    """One route's compiled cache settings."""
+
+    keys: KeyRules
+    settings: Any                 # policy.PolicySettings
+    max_object_size: int
+    strip_fields: frozenset[str]  # targeted fields that mean nothing past edge (RFC 9213), lower case
+
+
+@dataclass(slots=True)
+class Entry:
+    """A stored object found by a lookup, and where it lives."""
+
+    obj: StoredObject
+    record_key: str          # url_key (no Vary) or variant_key
+    soft: bool               # purged softly (record mark, variant index or a ban rule): revalidate first
+
+
+@dataclass(slots=True)
+class Fill:
+    """What a miss needs to store the response it forwards."""
+
+    h: str
+    url: str
+    request_time: float
+    lock: str | None = None       # the fill lock token, when this request leads
+    replaces: Entry | None = None
+
+
+class Cache:
+    """The cache of one worker over a Store; built once per worker (``build_cache``)."""
+
+    def __init__(self, cfg, routes: list[RouteCache | None], store, metrics, owns_store: bool = False) -> None:
+        self.cfg = cfg
+        self.routes = routes
+        self.store = store
+        self.metrics = metrics
+        self.owns_store = owns_store
+        self.name = cfg.status_name
+        self.coalesce_wait_s = cfg.coalesce_wait
+        self.hit_for_pass_s = cfg.hit_for_pass
+        self.max_ttl_s = cfg.max_ttl
+        self.keep_stale_s = cfg.keep_stale
+        self.ban_refresh_s = cfg.ban_refresh
+        self.strip_surrogate = cfg.strip_surrogate_headers
+        self.serve_stale_s = max([cfg.serve_stale_on_error] + [r.settings.serve_stale_on_error_s for r in routes if r is not None])
+        self.health = StoreDown(metrics)
+        self._bans: tuple[purge.Ban, ...] = ()
+        self._bans_next = 0.0
+
+    def close(self) -> None:
+        if self.owns_store:
+            self.store.close()
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, proxy, ctx, route, chain, body) -> Any:
+        rc = self.routes[route.index]
+        method = ctx.method
+        if method == "GET" or method == "HEAD":
+            return self._read(proxy, ctx, route, rc, chain, body)
+        if method in _SAFE:
+            return proxy.forward(ctx, route, chain, body)
+        return proxy.forward(ctx, route, chain, body, tap=self._invalidation_tap(ctx, rc))
+
+    # ------------------------------------------------------------------ lookup
+
+    def _read(self, proxy, ctx, route, rc: RouteCache, chain, body):
+        url = keys.cache_url(ctx.scheme, ctx.host, ctx.path, ctx.query, rc.keys)
+        h = keys.digest(url)
+        req_headers = ctx.headers.items()
+        try:
+            found = self._load(h, req_headers)
+        except StoreUnavailable as e:
+            self.health.failed(e)
+            return proxy.forward(ctx, route, chain, body)
+        self.health.ok()
+        now = time.time()
+        if isinstance(found, Entry):
+            return self._decide(proxy, ctx, route, rc, chain, body, url, h, found, now)
+        if _only_if_cached(req_headers):
+            # RFC 9111 §5.2.1.7: "respond using a stored response or ... a 504 (Gateway Timeout)"
+            self.metrics.incr("cache.miss")
+            return proxy.answer(ctx, Response.error(504, "not in cache (only-if-cached)"), chain)
+        self.metrics.incr("cache.miss")
+        fill = Fill(h, url, now)
+        if found is PASS or self.coalesce_wait_s <= 0:
+            return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
+        return self._coalesce(proxy, ctx, route, rc, chain, body, fill)
+
+    def _load(self, h: str, req_headers) -> Entry | object | None:
+        """The usable stored object for this request (an ``Entry``), ``PASS`` or None."""
+        key = keys.url_key(h)
+        rec = records.decode(self.store.get(key))
+        if rec is None or rec is PASS:
+            return rec
+        soft = False
+        if isinstance(rec, VaryIndex):
+            secondary = policy.secondary_key(rec.names, req_headers)
+            if secondary is None:  # RFC 9111 §4.1: "Vary: *" always fails to match
+                return None
+            key = keys.variant_key(h, rec.generation, secondary)
+            obj = records.decode(self.store.get(key))
+            if not isinstance(obj, StoredObject):
+                return None
+            soft = obj.stored_at < rec.purged_at
+        else:
+            obj = rec
+        soft = soft or obj.soft_purged
+        bans = self._ban_rules()
+        if bans:
+            v = purge.verdict(bans, obj)
+            if v is purge.HARD:
+                return None
+            soft = soft or v is purge.SOFT
+        return Entry(obj, key, soft)
+
+    def _ban_rules(self) -> tuple[purge.Ban, ...]:
+        mono = time.monotonic()
+        if mono >= self._bans_next:
+            self._bans_next = mono + self.ban_refresh_s
+            # a failure keeps the rules we had: StoreUnavailable reaches _read's pass-through
+            self._bans = purge.live(purge.decode_bans(self.store.get(keys.BANS_KEY)), time.time())
+        return self._bans
+
+    def _decide(self, proxy, ctx, route, rc, chain, body, url, h, entry: Entry, now: float):
+        obj = entry.obj
+        req_headers = ctx.headers.items()
+        if entry.soft:
+            # a soft purge: "stale", so the next use revalidates (RFC 9111 §4.3.1 validators)
+            cond = list(policy.conditional_headers((obj.facts,)))
+            if _only_if_cached(req_headers):
+                return proxy.answer(ctx, Response.error(504, "stored response is purged (only-if-cached)"), chain)
+            return self._revalidate(proxy, ctx, route, rc, chain, body, url, h, entry, cond, now)
+        facts = obj.facts
+        if not (facts.public or facts.must_revalidate) and _has_authorization(req_headers):
+            # RFC 9111 §3.5: "A shared cache MUST NOT use a cached response to a request with an
+            # Authorization header field ... unless" public, must-revalidate or s-maxage allows it
+            self.metrics.incr("cache.miss")
+            return self._fetch(proxy, ctx, route, rc, chain, body, Fill(h, url, now), "request")
+        d = policy.lookup(ctx.method, req_headers, facts, now, rc.settings)
+        kind = type(d)
+        if kind is policy.Fresh:
+            self.metrics.incr("cache.hit")
+            return self._serve(proxy, ctx, chain, rc, obj, now, policy.cache_status(name=self.name, hit=True, ttl=d.ttl), d.age)
+        if kind is policy.ServeStale:
+            self.metrics.incr("cache.stale")
+            if d.revalidate_in_background:
+                self._revalidate_in_background(proxy, ctx, route, rc, chain, url, h, entry)
+            return self._serve(proxy, ctx, chain, rc, obj, now,
+                               policy.cache_status(name=self.name, hit=True, ttl=d.ttl, detail=d.reason), d.age)
+        if kind is policy.Revalidate:
+            return self._revalidate(proxy, ctx, route, rc, chain, body, url, h, entry, list(d.headers), now)
+        if kind is policy.OnlyIfCachedMiss:
+            return proxy.answer(ctx, Response.error(504, "no fresh stored response (only-if-cached)"), chain)
+        # Fetch: the request's own directives (or Vary: *) ask for a new answer
+        self.metrics.incr("cache.miss")
+        return self._fetch(proxy, ctx, route, rc, chain, body, Fill(h, url, now, replaces=entry), d.reason)
+
+    # ------------------------------------------------------------------ answering from the store
+
+    def _serve(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, now: float, status_value: str,
+               age: float | None = None):
+        if age is None:
+            age = policy.current_age(obj.facts, now)
+        strip = rc.strip_fields
+        headers = [(n, v) for n, v in obj.headers if n.lower() not in strip] if strip else list(obj.headers)
+        age_value = policy.age_header(age)
+        headers.append(("Age", age_value))
+        headers.append(("Cache-Status", status_value))
+        req = ctx.headers.items()
+        method = ctx.method
+        code = policy.client_conditional(method, req, obj.headers, now, obj.status) if _has_conditional(req) else None
+        if code == 304:
+            # RFC 9110 §15.4.5: the fields a 304 must carry, plus this cache's Age and Cache-Status
+            out = policy.not_modified_headers(_strip(list(obj.headers), strip))
+            out.append(("Age", age_value))
+            out.append(("Cache-Status", status_value))
+            return proxy.reply_stored(ctx, chain, 304, out, None, None)
+        if code == 412:
+            return proxy.answer(ctx, Response(412, [("Cache-Status", status_value)], b""), chain)
+        if method == "GET" and obj.status == 200 and ctx.headers.get("range") is not None:
+            part = self._range(proxy, ctx, chain, obj, headers)
+            if part is not None:
+                return part
+        if method == "HEAD":
+            return proxy.reply_stored(ctx, chain, obj.status, headers, None, obj.length)
+        if obj.body is not None:
+            return proxy.reply_stored(ctx, chain, obj.status, headers, obj.body, obj.length)
+        return proxy.reply_stored(ctx, chain, obj.status, headers, self._body(obj, 0, obj.length), obj.length)
+
+    def _range(self, proxy, ctx, chain, obj: StoredObject, headers):
+        """A 206 or 416 for the client's Range (RFC 9110 §14), or None for the whole body."""
+        rd = policy.ranges(ctx.headers.get("range"), ctx.headers.get("if-range"), obj.length, obj.headers)
+        status = rd.status
+        if status == 416:
+            return proxy.reply_stored(ctx, chain, 416, [(n, v) for n, v in headers if n.lower() not in _NOT_IN_304]
+                                      + [("Content-Range", rd.content_range)], b"", 0)
+        if status != 206:
+            return None
+        first, last = rd.start, rd.end
+        length = last - first + 1
+        out = headers + [("Content-Range", rd.content_range)]
+        if obj.body is not None:
+            body = obj.body[first:last + 1]
+        else:
+            body = self._body(obj, first, length)
+        return proxy.reply_stored(ctx, chain, 206, out, body, length)
+
+    def _body(self, obj: StoredObject, offset: int, length: int) -> Iterator[bytes]:
+        """The stored body from ``offset``, ``length`` bytes, read chunk by chunk."""
+        end = offset + length
+        first, last = offset // CHUNK_BYTES, (end - 1) // CHUNK_BYTES if length else -1
+        h = keys.digest(obj.url)
+        n = first
+        while n <= last:
+            batch = [keys.chunk_key(h, obj.version, i) for i in range(n, min(last + 1, n + CHUNKS_PER_READ))]
+            got = self.store.get_many(batch)
+            for i, k in enumerate(batch, start=n):
+                piece = got.get(k)
+                if piece is None:
+                    # evicted under us (a store over its size bound): this client gets a 502, or a cut
+                    # body if the head is out; the URL record goes so the next request fetches again
+                    self.metrics.incr("cache.chunk_missing")
+                    try:
+                        self.store.delete(keys.url_key(h))
+                    except StoreUnavailable as e:
+                        self.health.failed(e)
+                    raise CacheBodyLost(f"cached body chunk {i} of {obj.url} is gone")
+                lo = max(offset - i * CHUNK_BYTES, 0)
+                hi = min(end - i * CHUNK_BYTES, len(piece))
+                yield piece[lo:hi] if (lo or hi != len(piece)) else piece
+            n += len(batch)
+
+    # ------------------------------------------------------------------ going to the backend
+
+    def _fetch(self, proxy, ctx, route, rc, chain, body, fill: Fill, fwd: str):
+        """Forward, storing the answer if it may be stored (the miss path)."""
+        return proxy.forward(ctx, route, chain, body, tap=self._store_tap(ctx, rc, fill, fwd))
+
+    def _coalesce(self, proxy, ctx, route, rc, chain, body, fill: Fill):
+        """Concurrent misses of one URL: one leader fetches, the others wait for its object."""
+        try:
+            found = self._await_fill(ctx, fill)
+        except StoreUnavailable as e:
+            # decided before anything went to the backend: a plain pass-through
+            self.health.failed(e)
+            return proxy.forward(ctx, route, chain, body)
+        if not isinstance(found, Entry):
+            return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")  # leading, or done waiting
+        now = time.time()
+        req_headers = ctx.headers.items()
+        if not found.soft and not _has_authorization(req_headers):
+            d = policy.lookup(ctx.method, req_headers, found.obj.facts, now, rc.settings)
+            if type(d) is policy.Fresh:
+                self.metrics.incr("cache.coalesced")
+                status = policy.cache_status(name=self.name, fwd="uri-miss", collapsed=True, ttl=d.ttl)
+                return self._serve(proxy, ctx, chain, rc, found.obj, now, status, d.age)
+        # stored, but not fresh for this request (max-age=0, no-cache, credentials...): the usual way
+        return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
+
+    def _await_fill(self, ctx, fill: Fill) -> Entry | None:
+        """Take the fill lock (None: this request leads, ``fill.lock`` set), or wait for the
+        leader's object (an ``Entry``), its pass mark or the end of ``coalesce_wait`` (None)."""
+        store = self.store
+        lock_key = keys.fill_lock_key(fill.h)
+        url_key = keys.url_key(fill.h)
+        deadline = time.monotonic() + self.coalesce_wait_s
+        sleep_s = POLL_FIRST_S
+        req_headers = ctx.headers.items()
+        # a plain GET may lead; others (HEAD, ranges, validators, credentials) have nothing to
+        # store for everyone, but wait for a fill in progress and are answered from it
+        lead = ctx.method == "GET" and _coalescable(req_headers)
+        while True:
+            if lead:
+                token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
+                if token is not None:
+                    # a fill may have been committed between our lookup and the lock
+                    found = self._load(fill.h, req_headers)
+                    if isinstance(found, Entry):
+                        store.release_lock(lock_key, token)
+                        return found
+                    fill.lock = token
+                    return None
+            elif store.get(lock_key) is None:
+                return None
+            # someone fetches it: wait for the committed object, the pass mark, or the lock to go
+            while time.monotonic() < deadline:
+                gevent.sleep(sleep_s)
+                sleep_s = min(sleep_s * 2, POLL_MAX_S)
+                got = store.get_many([url_key, lock_key])
+                rec = records.decode(got.get(url_key))
+                if rec is PASS:
+                    return None
+                if rec is not None:
+                    found = self._load(fill.h, req_headers)
+                    if isinstance(found, Entry):
+                        return found
+                if lock_key not in got:
+                    break  # the leader gave up or its object does not fit this request: try to lead
+            if time.monotonic() >= deadline:
+                self.metrics.incr("cache.coalesce_timeout")
+                return None
+
+    def _revalidate(self, proxy, ctx, route, rc, chain, body, url, h, entry: Entry, cond, now: float):
+        """RFC 9111 §4.3: ask the backend whether the stored response is still good."""
+        obj = entry.obj
+        fill = Fill(h, url, now, replaces=entry)
+        try:
+            up = proxy.exchange(ctx, route, chain, body, conditional=cond)
+        except UpstreamError as e:
+            t = time.time()
+            if policy.stale_on_error(obj.facts, t, rc.settings, None, ctx.headers.items()):
+                self.metrics.incr("cache.stale_on_error")
+                return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, None))
+            return proxy.upstream_failed(ctx, chain, e)
+        if up.status == 304:
+            _drain(up)
+            refreshed = self._refresh(rc, entry, proxy.response_headers(up), now, time.time())
+            self.metrics.incr("cache.revalidated")
+            t = time.time()
+            ttl = refreshed.facts.freshness_lifetime - policy.current_age(refreshed.facts, t)
+            return self._serve(proxy, ctx, chain, rc, refreshed, t,
+                               policy.cache_status(name=self.name, fwd="stale", fwd_status=304, ttl=ttl))
+        t = time.time()
+        if up.status >= 500 and policy.stale_on_error(obj.facts, t, rc.settings, up.status, ctx.headers.items()):
+            up.close()
+            self.metrics.incr("cache.stale_on_error")
+            return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, up.status))
+        self.metrics.incr("cache.miss")
+        return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "stale"))
+
+    def _stale_status(self, obj: StoredObject, now: float, status: int | None) -> str:
+        ttl = obj.facts.freshness_lifetime - policy.current_age(obj.facts, now)
+        return policy.cache_status(name=self.name, hit=True, ttl=ttl, detail="stale-if-error" if status else "origin-down")
+
+    def _refresh(self, rc, entry: Entry, fresh_headers, request_time: float, response_time: float) -> StoredObject:
+        """A 304 updates the stored head and freshness (RFC 9111 §3.2, §4.3.4) and keeps the body."""
+        obj = entry.obj
+        fresh = [(n, v) for n, v in fresh_headers if n.lower() not in _SURROGATE]
+        merged = policy.merge_304(list(obj.headers), fresh, response_time)
+        facts = policy.response_facts(request_time, response_time, obj.status, merged, rc.settings)
+        stored = [(n, v) for n, v in policy.headers_to_store(merged, response_time, rc.settings) if n.lower() not in _NOT_STORED]
+        now = time.time()
+        ttl_s = self._store_ttl(facts, now)
+        if obj.body is None:
+            ttl_s = min(ttl_s, obj.expires_at - now)  # the chunks were written with the old TTL
+        new = dataclasses.replace(obj, headers=tuple(stored), facts=facts, stored_at=now, soft_purged=False,
+                                  expires_at=now + ttl_s)
+        if ttl_s > 0:
+            try:
+                self.store.set(entry.record_key, new.encode(), ttl_s)
+            except StoreUnavailable as e:
+                self.health.failed(e)
+        # this client gets the merged fields (RFC 9111 §4.3.4), the store keeps what §3.1 allows
+        return dataclasses.replace(new, headers=tuple(n_v for n_v in merged if n_v[0].lower() not in _NOT_STORED))
+
+    def _revalidate_in_background(self, proxy, ctx, route, rc, chain, url, h, entry: Entry) -> None:
+        """stale-while-revalidate (RFC 5861 §3): one request of the fleet refreshes the object."""
+        secondary = entry.record_key if entry.record_key != keys.url_key(h) else None
+        lock_key = keys.revalidate_lock_key(h, secondary)
+        try:
+            token = self.store.acquire_lock(lock_key, REVALIDATE_LOCK_S)
+        except StoreUnavailable as e:
+            self.health.failed(e)
+            return
+        if token is None:
+            return
+        self.metrics.incr("cache.background_revalidation")
+        gevent.spawn(self._background, proxy, ctx, route, rc, chain, url, h, entry, lock_key, token)
+
+    def _background(self, proxy, ctx, route, rc, chain, url, h, entry: Entry, lock_key: str, token: str) -> None:
+        try:
+            request_time = time.time()
+            try:
+                up = proxy.exchange(ctx, route, chain, None, conditional=list(policy.conditional_headers((entry.obj.facts,))))
+            except UpstreamError:
+                return  # logged and counted by exchange; the stale object stays
+            if up.status == 304:
+                _drain(up)
+                self._refresh(rc, entry, proxy.response_headers(up), request_time, time.time())
+                return
+            out_headers = proxy.response_headers(up)
+            fill = Fill(h, url, request_time, replaces=entry)
+            _headers, body = self._store_tap(ctx, rc, fill, "stale")(up, out_headers)
+            if body is not None:
+                for _ in body:  # the tee keeps the copy and commits at the end
+                    pass
+        except EdgeError as e:
+            log.warning("background revalidation of %s failed: %s", url, e)
+        finally:
+            try:
+                self.store.release_lock(lock_key, token)
+            except StoreUnavailable as e:
+                self.health.failed(e)
+
+    # ------------------------------------------------------------------ storing
+
+    def _store_tap(self, ctx, rc: RouteCache, fill: Fill, fwd: str):
+        """The ``relay`` tap of a miss: decide storability from the head, tee the body."""
+        method = ctx.method
+        req_headers = list(ctx.headers.items())
+
+        def tap(up, out_headers):
+            response_time = time.time()
+            tags = _surrogate_keys(out_headers)
+            if tags or self.strip_surrogate:
+                received = out_headers
+                without = [(n, v) for n, v in out_headers if n.lower() not in _SURROGATE]
+                if self.strip_surrogate:
+                    out_headers = without
+            else:
+                received = without = out_headers
+            reason = self._unstorable(method, up, req_headers, received, rc)
+            body = up.body
+            if reason is not None:
+                self._pass(fill, reason)
+                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+                                                                                   detail=reason))]
+                return _strip(out_headers, rc.strip_fields), body
+            stored = [(n, v) for n, v in policy.headers_to_store(without, response_time, rc.settings)
+                      if n.lower() not in _NOT_STORED]
+            facts = policy.response_facts(fill.request_time, response_time, up.status, received, rc.settings)
+            if not policy.worth_storing(facts, rc.settings):
+                # never fresh, no validator, no stale window: storing it would only take room
+                self._pass(fill, "not-worth-storing")
+                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+                                                                                   detail="not-worth-storing"))]
+                return _strip(out_headers, rc.strip_fields), body
+            names = facts.vary
+            secondary = policy.secondary_key(names, req_headers) if names else None
+            ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
+            out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+                                                                               stored=True, ttl=ttl))]
+            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary)
+            out_headers = _strip(out_headers, rc.strip_fields)
+            if body is None:
+                self._commit(pending, [], 0)
+                return out_headers, None
+            return out_headers, self._tee(body, up.length, rc.max_object_size, pending)
+
+        return tap
+
+    def _unstorable(self, method, up, req_headers, stored_headers, rc: RouteCache) -> str | None:
+        if method != "GET":
+            return "method"
+        if up.status == 101:
+            return "upgrade"
+        if up.length is not None and up.length > rc.max_object_size:
+            return "too-large"
+        verdict = policy.storable(method, up.status, req_headers, stored_headers, rc.settings)
+        return None if verdict.ok else verdict.reason
+
+    def _pass(self, fill: Fill, reason: str) -> None:
+        """The response will not be stored: release the fill lock, leaving a hit-for-pass mark
+        when the reason is the response's own (not this request's)."""
+        self.metrics.incr("cache.pass")
+        if fill.lock is None:
+            return
+        try:
+            if self.hit_for_pass_s > 0 and reason not in _REQUEST_REASONS:
+                self.store.set(keys.url_key(fill.h), records.PASS_RECORD, self.hit_for_pass_s)
+            self.store.release_lock(keys.fill_lock_key(fill.h), fill.lock)
+        except StoreUnavailable as e:
+            self.health.failed(e)
+        fill.lock = None
+
+    def _tee(self, body, announced: int | None, cap: int, pending: "_Pending") -> Iterator[bytes]:
+        """Stream ``body`` to the client, keeping a copy up to ``cap``; commit when intact."""
+        copy: list[bytes] | None = []
+        size = 0
+        intact = False
+        try:
+            for chunk in body:
+                if copy is not None:
+                    size += len(chunk)
+                    if size > cap:
+                        copy = None
+                        self._pass(pending.fill, "too-large")
+                    else:
+                        copy.append(chunk)
+                yield chunk
+            intact = True
+        finally:
+            if not intact:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+            if copy is not None and intact and (announced is None or announced == size):
+                gevent.spawn(self._commit, pending, copy, size)
+            elif copy is not None:
+                self._pass(pending.fill, "aborted")
+
+    def _commit(self, p: "_Pending", copy: list[bytes], size: int) -> None:
+        """Write the chunks, then the record that points to them (then release the fill lock)."""
+        fill = p.fill
+        h = fill.h
+        now = time.time()
+        try:
+            ttl_s = self._store_ttl(p.facts, now)
+            if ttl_s <= 0:
+                self._pass(fill, "expired")
+                return
+            body = b"".join(copy)
+            if size <= INLINE_MAX_BYTES:
+                obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, body, "", 0,
+                                   size, now + ttl_s)
+            else:
+                version = secrets.token_hex(6)
+                n = (size + CHUNK_BYTES - 1) // CHUNK_BYTES
+                for i in range(n):
+                    self.store.set(keys.chunk_key(h, version, i), body[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES], ttl_s + 1.0)
+                obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, None, version, n,
+                                   size, now + ttl_s)
+            url_key = keys.url_key(h)
+            if p.secondary is None:
+                self.store.set(url_key, obj.encode(), ttl_s)
+            else:
+                generation = self._generation(url_key, p.names)
+                self.store.set(keys.variant_key(h, generation, p.secondary), obj.encode(), ttl_s)
+            self.metrics.incr("cache.stored")
+            if fill.lock is not None:
+                self.store.release_lock(keys.fill_lock_key(h), fill.lock)
+                fill.lock = None
+        except StoreUnavailable as e:
+            self.health.failed(e)
+            self._release_after_failure(fill)
+        except Exception:  # a bug must not kill the worker's hub; the client already has its answer
+            log.exception("storing %s failed", fill.url)
+            self.metrics.incr("cache.store_error")
+            self._release_after_failure(fill)
+
+    def _release_after_failure(self, fill: Fill) -> None:
+        """Let the waiters go to the backend now rather than at the end of their wait."""
+        if fill.lock is None:
+            return
+        try:
+            self.store.release_lock(keys.fill_lock_key(fill.h), fill.lock)
+        except StoreUnavailable:
+            pass  # the store is down: the lock expires with its TTL (coalesce_wait + 1 s)
+        fill.lock = None
+
+    def _generation(self, url_key: str, names: tuple[str, ...]) -> str:
+        """The generation variants of these ``Vary`` names are stored under (a new index if needed)."""
+        for _ in range(5):
+            raw = self.store.get(url_key)
+            rec = records.decode(raw)
+            if isinstance(rec, VaryIndex) and rec.names == names:
+                return rec.generation
+            # no index, another kind of record, or other Vary names: a new generation replaces it
+            new = VaryIndex(names, secrets.token_hex(6))
+            if self.store.cas(url_key, raw, new.encode(), self.max_ttl_s):
+                return new.generation
+        return new.generation
+
+    def _store_ttl(self, facts, now: float) -> float:
+        """How long the store keeps an object: its remaining freshness plus the stale window, within max_ttl."""
+        remaining = facts.freshness_lifetime - policy.current_age(facts, now)
+        keep = max(self.keep_stale_s, facts.stale_while_revalidate_s or 0, facts.stale_if_error_s or 0,
+                   self.serve_stale_s)
+        return min(self.max_ttl_s, max(remaining, 0.0) + keep)
+
+    # ------------------------------------------------------------------ invalidation
+
+    def _invalidation_tap(self, ctx, rc: RouteCache):
+        """RFC 9111 §4.4: unsafe methods invalidate the target URI (and Location/Content-Location)."""
+        uri = keys.cache_url(ctx.scheme, ctx.host, ctx.path, ctx.query)
+
+        def tap(up, out_headers):
+            targets = policy.invalidation_targets(ctx.method, up.status, uri, out_headers)
+            for target in targets:
+                parts = urlsplit(target)
+                url = keys.cache_url(parts.scheme, parts.netloc, parts.path or "/", parts.query, rc.keys)
+                try:
+                    self.store.delete(keys.url_key(keys.digest(url)))
+                    self.metrics.incr("cache.invalidated")
+                except StoreUnavailable as e:
+                    self.health.failed(e)
+                    break
+            return out_headers, up.body
+
+        return tap
+
+
+class CacheBodyLost(EdgeError):
+    """A stored body chunk vanished while it was being served (the reply is cut short)."""
+
+    status = 502
+    metric = "cache_body_lost"
+    public = "stored response lost"
+
+
+# responses refused because of this request, not the URL: no hit-for-pass mark
+_REQUEST_REASONS = frozenset({"method", "request-no-store", "authorization", "aborted"})
+
+
+@dataclass(slots=True)
+class _Pending:
+    fill: Fill
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    facts: Any
+    tags: tuple[str, ...]
+    names: tuple[str, ...]
+    secondary: str | None
+
+
+def _strip(headers, names: frozenset[str]):
+    return [(n, v) for n, v in headers if n.lower() not in names] if names else headers
+
+
+def _drain(up) -> None:
+    if up.body is not None:
+        for _ in up.body:
+            pass
+
+
+def _has_conditional(headers) -> bool:
+    for n, _ in headers:
+        ln = n.lower()
+        if ln.startswith("if-") and ln != "if-range":
+            return True
+    return False
+
+
+def _has_authorization(headers) -> bool:
+    for n, _ in headers:
+        if n.lower() == "authorization":
+            return True
+    return False
+
+
+def _coalescable(headers) -> bool:
+    """A plain GET: no credentials, validators or ranges of its own."""
+    for n, _ in headers:
+        ln = n.lower()
+        if ln in _CONDITIONAL or ln == "authorization":
+            return False
+    return True
+
+
+def _only_if_cached(headers) -> bool:
+    for n, v in headers:
+        if n.lower() == "cache-control" and "only-if-cached" in v.lower():
+            return True
+    return False
+
+
+def _surrogate_keys(headers) -> tuple[str, ...]:
+    """Purge tags: ``Surrogate-Key`` (space-separated) and ``Cache-Tag`` (comma-separated)."""
+    tags: list[str] = []
+    for n, v in headers:
+        ln = n.lower()
+        if ln == "surrogate-key":
+            tags.extend(v.split())
+        elif ln == "cache-tag":
+            tags.extend(t.strip() for t in v.split(",") if t.strip())
+    return tuple(dict.fromkeys(tags))
+
+
+# ---------------------------------------------------------------------------------------- building
+
+
+def route_cache(cc, rcc) -> RouteCache:
+    """Merge a route's ``cache`` settings over the ``cache`` section."""
+    ignore = rcc.ignore_params if rcc.ignore_params is not None else cc.ignore_params
+    sort = rcc.sort_query if rcc.sort_query is not None else cc.sort_query
+    own = (cc.targeted_field.lower(),) if cc.targeted_field else ()
+    settings = policy.PolicySettings(
+        heuristic_fraction=cc.heuristic_fraction,
+        heuristic_max_s=cc.heuristic_max,
+        # RFC 9213 §2.2: the most specific target first: edge's own field, then CDN-Cache-Control
+        targeted_fields=own + ("cdn-cache-control",),
+        strip_targeted=own,
+        forced_ttl_s=rcc.force_ttl,
+        set_cookie=rcc.set_cookie or cc.set_cookie,
+        serve_stale_on_error_s=rcc.serve_stale_on_error if rcc.serve_stale_on_error is not None else cc.serve_stale_on_error,
+    )
+    return RouteCache(
+        keys=KeyRules(sort, frozenset(ignore)),
+        settings=settings,
+        max_object_size=rcc.max_object_size or cc.max_object_size,
+        strip_fields=frozenset(policy.downstream_strip(settings)),
+    )
+
+
+def cache_store_config(cfg):
+    """The store settings the cache uses (also ``python -m edge purge``'s).
+
+    ``cache.store`` when given. Otherwise a remote main store is shared as it is, but a
+    ``local`` one gets a sibling LMDB environment (``<path>-cache``, same size bound): the
+    local store evicts the entries that expire soonest when it is full, so cached objects
+    (long TTLs, large) in the same environment would push out the rate-limit states
+    (short TTLs) first.
+    """
+    if cfg.cache.store is not None:
+        return cfg.cache.store
+    main = cfg.store
+    if main.backend != "local":
+        return main
+    from edge.store.local import default_path
+
+    return main.model_copy(update={"path": (main.path or default_path(main.key_prefix)) + "-cache"})
+
+
+def build_cache(cfg, routes, store, metrics) -> Cache | None:
+    """The worker's cache, or None when no forwarding route caches."""
+    from edge.routing import Action
+
+    cc = cfg.cache
+    per_route: list[RouteCache | None] = []
+    for route in routes.routes:
+        rcc = route.config.cache
+        enabled = rcc.enabled if rcc.enabled is not None else cc.enabled
+        per_route.append(route_cache(cc, rcc) if enabled and route.action is Action.FORWARD else None)
+    if not any(per_route):
+        return None
+    owns = False
+    scfg = cache_store_config(cfg)
+    if scfg != cfg.store:  # the same settings: the same store, opened once
+        from edge.store import build_store
+
+        store = build_store(scfg)
+        owns = True
+    return Cache(cc, per_route, store, metrics, owns_store=owns)
