@@ -6,7 +6,7 @@ Theory of operation. gunicorn 27 has one TLS switch for the whole server: when
 HTTP and HTTPS cannot be served at once through it. edge therefore gives gunicorn no
 certificate and wraps TLS itself, per listener, in ``EdgeWorker.handle``
 (``Termination.wrap``): a connection accepted on a ``tls: true`` listener gets the
-handshake (bounded by ``server.header_timeout``), then ALPN decides, as before,
+handshake (the whole of it bounded by ``server.header_timeout``, not each read), then ALPN decides, as before,
 between gunicorn's HTTP/2 connection and edge's HTTP/1 loop.
 
 Certificates. ``load_termination`` runs where the configuration is validated (the
@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Sequence, TypeVar
 
+import gevent
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -298,11 +300,17 @@ class Termination:
         return None  # None: go on with the handshake
 
     def wrap(self, sock, handshake_timeout_s: float):
-        """The server side of TLS on an accepted socket, handshake done (ssl.SSLError, OSError)."""
+        """The server side of TLS on an accepted socket, handshake done (ssl.SSLError, OSError;
+        ``socket.timeout`` when the whole handshake took longer than ``handshake_timeout_s``)."""
         tls_sock = self.default_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False,
                                                     suppress_ragged_eofs=True)
         tls_sock.settimeout(handshake_timeout_s)
-        tls_sock.do_handshake()
+        # The socket timeout alone bounds each wait, and gevent's do_handshake re-arms it at
+        # every read: a client trickling its ClientHello a byte per (timeout - ε) would hold
+        # the connection, and its connection-cap slot, for ever. The deadline bounds the whole.
+        with gevent.Timeout(handshake_timeout_s,
+                            socket.timeout(f"TLS handshake not done within {handshake_timeout_s:g}s")):
+            tls_sock.do_handshake()
         return tls_sock
 
 
