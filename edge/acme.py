@@ -61,11 +61,9 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +73,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from edge.certs import write_private
 from edge.errors import StoreUnavailable
 
 log = logging.getLogger("edge.acme")
@@ -143,25 +142,6 @@ def valid_token(token: str) -> bool:
 
 
 # ---------------------------------------------------------------- files
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically (temp file in the same folder, fsync, rename) with ``mode`` from creation on."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass  # already renamed or never created
-        raise
 
 
 @dataclass(frozen=True, slots=True)
