@@ -314,10 +314,16 @@ class Termination:
         return tls_sock
 
 
+#: a self-signed stand-in expiring within this many days is made anew at the next validation
+SELF_SIGNED_RENEW_DAYS = 30
+
+
 def acme_start_certificate(acme: AcmeConfig, source: str) -> Certificate:
     """What a TLS listener serves when its only certificates come from ACME: the one obtained
     before (kept in ``storage_dir``), else a self-signed one for the names until the first order
-    completes (edge.acme installs the real one in every worker without a restart)."""
+    completes (edge.acme installs the real one in every worker without a restart). The stand-in
+    is kept across validations, made anew only when missing, unreadable, for other names, or
+    expiring within ``SELF_SIGNED_RENEW_DAYS``."""
     from edge.acme import Storage, set_id
 
     names = tuple(acme.names)
@@ -329,8 +335,18 @@ def acme_start_certificate(acme: AcmeConfig, source: str) -> Certificate:
         except ConfigError as e:
             log.warning("acme: the stored certificate cannot be served (%s); a self-signed one stands in", e)
     directory = Path(acme.storage_dir) / "self-signed"
-    cert_path, key_path = generate_self_signed(directory, names)
-    return load_certificate(CertificateConfig(cert=str(cert_path), key=str(key_path), names=names), source, "tls.acme")
+    stand_in = CertificateConfig(cert=str(directory / "cert.pem"), key=str(directory / "key.pem"), names=names)
+    try:
+        # Reused while it covers the names for a while yet: this runs at every validation (each
+        # HUP, each `edge check`), and a new key each time would only churn the files.
+        current = load_certificate(stand_in.model_copy(update={"names": ()}), source, "tls.acme")
+        if set(current.names) >= {normalize_name(n) for n in names} and \
+                current.days_left(datetime.datetime.now(datetime.timezone.utc)) > SELF_SIGNED_RENEW_DAYS:
+            return load_certificate(stand_in, source, "tls.acme")
+    except ConfigError:
+        pass  # missing or unreadable: made anew below
+    generate_self_signed(directory, names)
+    return load_certificate(stand_in, source, "tls.acme")
 
 
 def load_termination(cfg: EdgeConfig) -> Termination | None:
