@@ -14,8 +14,11 @@ stopped with the worker) that, every ``check_interval`` or sooner when a retry i
 3. renews: when there is no certificate, its names differ from the configured ones, or it
    expires within ``renew_before`` (``renewal_due``, pure), and no back-off is pending, the
    worker tries to take the lease ``acme:lease:<set>`` in the store (``acquire_lock`` with a
-   TTL, extended while the order runs). Only the holder orders, so one worker of one node
-   orders at a time; the others see the new certificate at their next sync.
+   TTL, renewed between every step of the order, polling included). Only the holder orders,
+   so one worker of one node orders at a time; the others see the new certificate at their
+   next sync. A holder that finds its lease gone (it expired, another worker took it) stops
+   its order at once (``LeaseLost``). Every ACME call has a network timeout far below the
+   lease's TTL, and polling runs in short steps, so a slow CA cannot outlast the lease.
 
 Ordering (RFC 8555 §7): the account key (RSA 2048, one per ACME directory, shared through
 the store so a fleet has one account) registers or finds its account (§7.3, a
@@ -58,11 +61,9 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from edge.certs import write_private
 from edge.errors import StoreUnavailable
 
 log = logging.getLogger("edge.acme")
@@ -80,9 +82,13 @@ CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 #: RFC 8555 §8.1: a token is base64url without padding; bounded so a crafted path costs nothing
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 CHALLENGE_TTL_S = 600.0       # a published key authorization outlives any validation of one order
-LEASE_TTL_S = 60.0            # the ordering worker extends it every LEASE_TTL_S / 3 while it works
-ORDER_TIMEOUT_S = 180.0       # one order, from new-order to the certificate
-NETWORK_TIMEOUT_S = 30        # one HTTP exchange with the ACME server
+NETWORK_TIMEOUT_S = 15        # one HTTP exchange with the ACME server (connect, and each read)
+POLL_STEP_S = 10.0            # polling runs in steps this long, the lease renewed between them
+#: The ordering worker renews the lease between every step of an order (keep_alive); the
+#: longest wait between two renewals is a few ACME calls (new-account: nonce and post; a
+#: polling step and its last call), so the TTL is several of the longest of them.
+LEASE_TTL_S = 8 * NETWORK_TIMEOUT_S
+ORDER_TIMEOUT_S = 180.0       # polling of one order, from the challenges to the certificate
 MIN_SLEEP_S = 0.2
 
 
@@ -138,25 +144,6 @@ def valid_token(token: str) -> bool:
 # ---------------------------------------------------------------- files
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically (temp file in the same folder, fsync, rename) with ``mode`` from creation on."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass  # already renamed or never created
-        raise
-
-
 @dataclass(frozen=True, slots=True)
 class CertificateInfo:
     """The ACME certificate on disk: what the SNI code loads (``AcmeManager.current``)."""
@@ -200,6 +187,26 @@ class OrderError(Exception):
     """An order that did not produce a certificate (the reason is logged; the caller backs off)."""
 
 
+class LeaseLost(OrderError):
+    """The ordering lease expired or was taken while the order ran: another worker may be
+    ordering, so this one stops (it will see that worker's certificate at its next sync)."""
+
+
+def poll_in_steps(poll: Callable[[datetime.datetime], object], deadline: datetime.datetime,
+                  keep_alive: Callable[[], None], timeout_error: type[Exception]):
+    """``poll(step_deadline)`` again and again with deadlines at most ``POLL_STEP_S`` away, and
+    ``keep_alive()`` between the calls, until it returns (its value) or ``deadline`` passed
+    (``timeout_error``, which ``poll`` raises when its step deadline passed)."""
+    while True:
+        step_deadline = min(deadline, datetime.datetime.now() + datetime.timedelta(seconds=POLL_STEP_S))
+        try:
+            return poll(step_deadline)
+        except timeout_error:
+            if datetime.datetime.now() >= deadline:
+                raise
+        keep_alive()
+
+
 def order_certificate(cfg, account_key_pem: bytes, publish: Callable[[str, bytes], None],
                       withdraw: Callable[[str], None], keep_alive: Callable[[], None]) -> tuple[bytes, bytes]:
     """Run one order for ``cfg.names`` (RFC 8555 §7.4); the full chain PEM and its private key PEM.
@@ -217,6 +224,7 @@ def order_certificate(cfg, account_key_pem: bytes, publish: Callable[[str, bytes
     published: list[str] = []
     try:
         acme = client.ClientV2(client.ClientV2.get_directory(cfg.directory, net), net)
+        keep_alive()
         registration = messages.NewRegistration.from_data(email=cfg.email, terms_of_service_agreed=True)
         try:
             acme.new_account(registration)
@@ -238,9 +246,20 @@ def order_certificate(cfg, account_key_pem: bytes, publish: Callable[[str, bytes
             published.append(token)
             acme.answer_challenge(challb, response)
             keep_alive()
+        # acme.poll_and_finalize in steps (poll the authorizations, ask for the certificate,
+        # poll the order), the lease renewed between steps: a CA taking minutes must not let
+        # the lease lapse and a second worker order meanwhile.
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT_S)
-        orderr = acme.poll_and_finalize(orderr, deadline)
+        orderr = poll_in_steps(lambda step_deadline: acme.poll_authorizations(orderr, step_deadline), deadline,
+                               keep_alive, errors.TimeoutError)
+        try:
+            acme.begin_finalization(orderr)
+        except messages.Error as e:
+            if e.code != "orderNotReady":  # not ready yet: poll_finalization asks again when it is
+                raise
         keep_alive()
+        orderr = poll_in_steps(lambda step_deadline: acme.poll_finalization(orderr, step_deadline), deadline,
+                               keep_alive, errors.TimeoutError)
         return orderr.fullchain_pem.encode(), cert_key_pem
     except OrderError:
         raise
@@ -432,13 +451,13 @@ class AcmeManager:
             return
         if token is None:
             return  # another worker (of this node or another) is ordering
-        last_extend = [time.monotonic()]
 
         def keep_alive() -> None:
-            # Extend the lease while it is still ours (acquire_lock stores the owner token as the value).
-            if time.monotonic() - last_extend[0] >= LEASE_TTL_S / 3:
-                self.store.cas(self.lease_key, token.encode(), token.encode(), LEASE_TTL_S)
-                last_extend[0] = time.monotonic()
+            # Renew the lease while it is still ours (acquire_lock stores the owner token as the
+            # value); one store call per step of the order, seconds apart. If it is no longer
+            # ours (it expired and another worker took it), that worker may be ordering: stop.
+            if not self.store.cas(self.lease_key, token.encode(), token.encode(), LEASE_TTL_S):
+                raise LeaseLost("the ordering lease was lost (expired or taken by another worker)")
 
         try:
             # Someone may have finished an order between our check and the lease.
@@ -460,6 +479,12 @@ class AcmeManager:
         try:
             account = self._account_key()
             chain, key = order_certificate(self.cfg, account, self._publish_challenge, self._withdraw_challenge, keep_alive)
+        except LeaseLost as e:
+            # not the CA's failure: no back-off for the fleet; this worker tries the lease again
+            # at its next check and, while the new holder orders, does not get it
+            log.warning("acme: order for %s abandoned: %s", names, e)
+            self.metrics.incr("acme.order.lease_lost")
+            return
         except (OrderError, StoreUnavailable) as e:
             failures += 1
             wait = backoff_s(failures, self.cfg.retry_initial, self.cfg.retry_max)

@@ -15,7 +15,7 @@ request APIs are deprecated or gone (24.x), and it builds certificates through
 ``cryptography`` underneath anyway. The x509 builder here is that maintained path.
 
 Keys are EC P-256 (universally supported, small, fast handshakes); private keys are
-written with mode 0600. The CA carries ``BasicConstraints(ca=True, path_length=0)``
+written with mode 0600 from their creation and replaced atomically (``write_private``). The CA carries ``BasicConstraints(ca=True, path_length=0)``
 and ``KeyUsage(key_cert_sign, crl_sign)``, a leaf ``BasicConstraints(ca=False)``,
 ``KeyUsage(digital_signature)``, ``ExtendedKeyUsage(serverAuth)`` and the subject and
 authority key identifiers, which is what browsers and OpenSSL check (RFC 5280 §4.2).
@@ -29,6 +29,7 @@ import datetime
 import ipaddress
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -57,13 +58,33 @@ def general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name.lower().rstrip("."))
 
 
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` atomically (temp file in the same folder, fsync, rename) with ``mode`` from creation on.
+
+    Why not write in place: opening an existing file with O_TRUNC keeps its mode, so a key
+    written over a 0644 file would be readable until a chmod, and by anyone who opened the
+    old file, for good. A new inode created 0600 has no such window, and a crash leaves the
+    old file or the new one, never half a key."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL, mode 0600
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass  # already renamed or never created
+        raise
+
+
 def _write_key(path: Path, key) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    path.chmod(0o600)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
 
 
 def _write_cert(path: Path, cert: x509.Certificate, chain: Sequence[x509.Certificate] = ()) -> None:

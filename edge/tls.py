@@ -6,7 +6,7 @@ Theory of operation. gunicorn 27 has one TLS switch for the whole server: when
 HTTP and HTTPS cannot be served at once through it. edge therefore gives gunicorn no
 certificate and wraps TLS itself, per listener, in ``EdgeWorker.handle``
 (``Termination.wrap``): a connection accepted on a ``tls: true`` listener gets the
-handshake (bounded by ``server.header_timeout``), then ALPN decides, as before,
+handshake (the whole of it bounded by ``server.header_timeout``, not each read), then ALPN decides, as before,
 between gunicorn's HTTP/2 connection and edge's HTTP/1 loop.
 
 Certificates. ``load_termination`` runs where the configuration is validated (the
@@ -49,11 +49,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Sequence, TypeVar
 
+import gevent
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -298,18 +300,30 @@ class Termination:
         return None  # None: go on with the handshake
 
     def wrap(self, sock, handshake_timeout_s: float):
-        """The server side of TLS on an accepted socket, handshake done (ssl.SSLError, OSError)."""
+        """The server side of TLS on an accepted socket, handshake done (ssl.SSLError, OSError;
+        ``socket.timeout`` when the whole handshake took longer than ``handshake_timeout_s``)."""
         tls_sock = self.default_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False,
                                                     suppress_ragged_eofs=True)
         tls_sock.settimeout(handshake_timeout_s)
-        tls_sock.do_handshake()
+        # The socket timeout alone bounds each wait, and gevent's do_handshake re-arms it at
+        # every read: a client trickling its ClientHello a byte per (timeout - ε) would hold
+        # the connection, and its connection-cap slot, for ever. The deadline bounds the whole.
+        with gevent.Timeout(handshake_timeout_s,
+                            socket.timeout(f"TLS handshake not done within {handshake_timeout_s:g}s")):
+            tls_sock.do_handshake()
         return tls_sock
+
+
+#: a self-signed stand-in expiring within this many days is made anew at the next validation
+SELF_SIGNED_RENEW_DAYS = 30
 
 
 def acme_start_certificate(acme: AcmeConfig, source: str) -> Certificate:
     """What a TLS listener serves when its only certificates come from ACME: the one obtained
     before (kept in ``storage_dir``), else a self-signed one for the names until the first order
-    completes (edge.acme installs the real one in every worker without a restart)."""
+    completes (edge.acme installs the real one in every worker without a restart). The stand-in
+    is kept across validations, made anew only when missing, unreadable, for other names, or
+    expiring within ``SELF_SIGNED_RENEW_DAYS``."""
     from edge.acme import Storage, set_id
 
     names = tuple(acme.names)
@@ -321,8 +335,18 @@ def acme_start_certificate(acme: AcmeConfig, source: str) -> Certificate:
         except ConfigError as e:
             log.warning("acme: the stored certificate cannot be served (%s); a self-signed one stands in", e)
     directory = Path(acme.storage_dir) / "self-signed"
-    cert_path, key_path = generate_self_signed(directory, names)
-    return load_certificate(CertificateConfig(cert=str(cert_path), key=str(key_path), names=names), source, "tls.acme")
+    stand_in = CertificateConfig(cert=str(directory / "cert.pem"), key=str(directory / "key.pem"), names=names)
+    try:
+        # Reused while it covers the names for a while yet: this runs at every validation (each
+        # HUP, each `edge check`), and a new key each time would only churn the files.
+        current = load_certificate(stand_in.model_copy(update={"names": ()}), source, "tls.acme")
+        if set(current.names) >= {normalize_name(n) for n in names} and \
+                current.days_left(datetime.datetime.now(datetime.timezone.utc)) > SELF_SIGNED_RENEW_DAYS:
+            return load_certificate(stand_in, source, "tls.acme")
+    except ConfigError:
+        pass  # missing or unreadable: made anew below
+    generate_self_signed(directory, names)
+    return load_certificate(stand_in, source, "tls.acme")
 
 
 def load_termination(cfg: EdgeConfig) -> Termination | None:

@@ -31,7 +31,10 @@ A probe is one HTTP/1.1 request on a fresh connection (``Connection: close``): t
 configured method, path and Host (checked when the configuration was loaded), passing
 when the status is in ``expect_status`` and, if ``expect_body`` is set, the body
 holds that text within its first ``max_body_bytes`` (read no further). The whole
-probe, connect included, must finish within ``timeout``.
+probe, connect included, must finish within ``timeout``. A TLS server (``https://``) is
+probed over TLS with the pool's client context, SNI and verification name
+(``edge.upstream.tls.handshake``, as for requests): a handshake that fails (wrong name,
+unknown CA, refused client certificate) is a failing probe whose reason says why.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ import httptools
 from gevent import socket as _gsocket
 from gevent.event import Event
 
-from edge.errors import StoreUnavailable
+from edge.errors import ConnectTimeout, StoreUnavailable, TLSHandshakeError
 from edge.upstream import shared_state as shared
+from edge.upstream import tls as backend_tls
 from edge.upstream.health import Active, ActiveStatus, active_step, metric_label
 
 log = logging.getLogger("edge.upstream.health")
@@ -91,13 +95,22 @@ class _ProbeParse:
         self.done = True
 
 
-def probe(host: str, port: int, check, authority: str) -> tuple[bool, str]:
-    """Run one probe of ``check`` (``ActiveHealthConfig``) against host:port: (passed, why not)."""
+def probe(host: str, port: int, check, authority: str, tls=None, tls_name: str | None = None) -> tuple[bool, str]:
+    """Run one probe of ``check`` (``ActiveHealthConfig``) against host:port: (passed, why not).
+    ``tls`` is the pool's client context for a TLS server (``Server.tls``, checked against
+    ``tls_name``): the probe then speaks HTTPS as requests do, and a failed handshake fails it."""
     timer = gevent.Timeout(check.timeout)
     timer.start()
-    sock = None
+    sock = raw = None
     try:
         sock = _gsocket.create_connection((host, port))
+        if tls is not None:
+            # the same handshake (verification, SNI, client certificate) as a proxied request,
+            # so a server a request could not reach is down, and a TLS server is not probed in
+            # plain HTTP it would refuse; it closes the socket itself when it fails
+            raw, sock = sock, None
+            sock = backend_tls.handshake(raw, tls, tls_name or host, authority, time.monotonic() + check.timeout)
+            sock.settimeout(None)  # blocking reads, bounded by the probe's timer
         head = (f"{check.method} {check.path} HTTP/1.1\r\nHost: {check.host or authority}\r\n"
                 f"User-Agent: edge-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n")
         sock.sendall(head.encode("latin-1"))
@@ -126,12 +139,16 @@ def probe(host: str, port: int, check, authority: str) -> tuple[bool, str]:
         return False, f"no answer within {check.timeout:g}s"
     except httptools.HttpParserError as e:
         return False, f"invalid response: {e}"
+    except (TLSHandshakeError, ConnectTimeout) as e:
+        return False, str(e)
     except OSError as e:
         return False, f"connect/read failed: {e.strerror or e}"
     finally:
         timer.close()
         if sock is not None:
             sock.close()
+        if raw is not None:
+            raw.close()  # the TCP socket, in case the timer stopped its handshake (a no-op once wrapped)
 
 
 # ---------------------------------------------------------------------------- the service
@@ -313,7 +330,7 @@ class HealthService:
         rnd = random.Random()
         gevent.sleep(rnd.uniform(0, check.interval))   # spread the servers' probes over the interval
         while True:
-            passed, error = probe(server.host, server.port, check, label)
+            passed, error = probe(server.host, server.port, check, label, server.tls, server.tls_name)
             new = active_step(status, passed, check.rise, check.fall, self.wall(), error)
             if not passed:
                 self.metrics.incr(names["probe_failed"])

@@ -488,3 +488,49 @@ def test_no_redirect_for_a_trusted_proxy_that_terminated_tls(edge_redirect):
     r = requests.get(f"http://127.0.0.1:{edge_redirect.plain}/echo", headers={"X-Forwarded-Proto": "https"},
                      allow_redirects=False, timeout=10)
     assert r.status_code == 200 and _forwarded_proto(r.json()) == ["https"]
+
+
+def test_a_trickled_client_hello_is_cut_at_the_handshake_timeout(origin, pki, edge_factory):
+    """server.header_timeout bounds the whole TLS handshake, not each read: a client sending
+    its ClientHello one byte every 0.4 s (each byte well inside the 1 s timeout) is closed,
+    while a normal client on the same listener is served meanwhile."""
+    plain, secure = free_port(), free_port()
+    cfg = _config(origin, plain, secure, [_entry(pki.default)])
+    cfg["server"]["header_timeout"] = "1s"
+    edge_factory(cfg, workers=1, port=plain)
+    ctx = ssl.create_default_context(cafile=pki.ca_pem)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello_maker = ctx.wrap_bio(incoming, outgoing, server_hostname="default.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        hello_maker.do_handshake()
+    hello = outgoing.read()
+    bound_s = 10 * 1.0  # ten header timeouts: generous for a loaded machine, far below the trickle's length
+    assert len(hello) * 0.4 > 2 * bound_s  # the trickle would outlast the bound many times over
+    served = False
+    closed_after = None
+    with socket.create_connection(("127.0.0.1", secure), timeout=10) as s:
+        s.settimeout(0.05)
+        started = time.monotonic()
+        for i, byte in enumerate(hello[:-1]):
+            try:
+                if s.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except socket.timeout:
+                pass
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            if i == 1 and not served:
+                r = requests.get(f"https://127.0.0.1:{secure}/", verify=pki.ca_pem, timeout=10)
+                served = r.status_code == 200
+            if time.monotonic() - started > bound_s:
+                break
+            time.sleep(0.4)
+    assert served
+    assert closed_after is not None, f"still open after {bound_s}s with header_timeout 1s"

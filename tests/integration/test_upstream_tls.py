@@ -214,3 +214,34 @@ def test_websocket_through_a_tls_backend(edge):
             assert ws.recv() == message
     finally:
         ws.close()
+
+
+def test_active_probes_speak_tls_to_tls_servers(pki, origins, edge_factory):
+    """Probes use the pool's TLS (context, SNI, verification name): a verified TLS pool with
+    active checks stays up and serves, and a server whose certificate does not carry the
+    name checked is marked down by the probes, with the reason in the log."""
+    ca = str(pki["ca"].ca_path)
+    tls_url = f"https://127.0.0.1:{origins['tls'].port}"
+    active = {"path": "/echo", "interval": "200ms", "timeout": "1s", "rise": 2, "fall": 2}
+    pools = {
+        "checked": {"servers": [tls_url], "tls": {"ca_file": ca, "server_name": NAME}, "health": {"active": active}},
+        "checkedwrong": {"servers": [tls_url], "tls": {"ca_file": ca, "server_name": "other.test"},
+                         "health": {"active": active}},
+    }
+    cfg = {"upstreams": pools,
+           "routes": [{"match": {"path": f"/{name}"}, "upstream": name, "strip_prefix": True} for name in pools]}
+    edge = edge_factory(cfg, workers=2)
+    server = f"127.0.0.1:{origins['tls'].port}"
+
+    def down_line(pool):
+        return next((ln for ln in edge.log().splitlines() if f"upstream {pool}: {server} is down" in ln), None)
+
+    until(lambda: down_line("checkedwrong") is not None)
+    assert "Hostname mismatch" in down_line("checkedwrong"), down_line("checkedwrong")
+    # both pools are probed at the same interval: by now the good one had its fall probes too,
+    # and then some more (a few intervals of margin)
+    time.sleep(4 * 0.2 * active["fall"])
+    assert down_line("checked") is None, edge.log()[-3000:]
+    for _ in range(5):
+        r = requests.get(f"{edge.url}/checked/echo", timeout=10)
+        assert r.status_code == 200, r.text

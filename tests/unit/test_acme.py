@@ -235,3 +235,102 @@ def test_the_copy_that_expires_later_wins(tmp_path, pki, disk_days, store_days, 
     want = d_cert.read_bytes() if winner == "disk" else s_cert.read_bytes()
     assert m.storage.read()[0] == want
     assert json.loads(m.store.get(m.cert_key))["cert"].encode() == want
+
+
+def _clocked_pair(tmp_path):
+    """Two workers' managers over one store, all on one fake clock (seconds, advanced by hand)."""
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    cfg = AcmeConfig(directory="https://acme.invalid/dir", accept_terms=True, names=sorted(NAMES),
+                     storage_dir=str(tmp_path / "acme"))
+    m1, m2 = (AcmeManager(cfg, store, _Metrics(), clock=lambda: now[0]) for _ in range(2))
+    return now, m1, m2
+
+
+def test_a_long_order_keeps_its_lease_and_no_second_worker_orders(tmp_path, monkeypatch):
+    """An order whose polling outlasts the lease's TTL many times over (the CA is slow) renews
+    the lease at every step, so the other worker, checking meanwhile, does not order too."""
+    import edge.acme as acme_mod
+
+    now, m1, m2 = _clocked_pair(tmp_path)
+    orders = []
+
+    def slow_order(cfg, account_pem, publish, withdraw, keep_alive):
+        orders.append(len(orders) + 1)
+        if len(orders) == 1:
+            for _ in range(24):  # four TTLs in all
+                now[0] += acme_mod.LEASE_TTL_S / 6  # one polling step
+                keep_alive()
+                m2.step()                       # the other worker checks between steps
+        raise acme_mod.OrderError("the test's CA gives up")
+
+    monkeypatch.setattr(acme_mod, "order_certificate", slow_order)
+    m1.step()
+    assert orders == [1]
+    assert m2.orders == 0
+
+
+def test_a_worker_whose_lease_was_taken_stops_its_order(tmp_path, monkeypatch):
+    """When the lease lapsed and another worker took it, the first one's next renewal fails and
+    its order stops there, without a back-off for the fleet (the CA did not fail)."""
+    import edge.acme as acme_mod
+
+    now, m1, _ = _clocked_pair(tmp_path)
+    reached = []
+
+    def order(cfg, account_pem, publish, withdraw, keep_alive):
+        keep_alive()
+        now[0] += acme_mod.LEASE_TTL_S + 1  # stalled past the TTL (a suspended process)
+        assert m1.store.acquire_lock(m1.lease_key, acme_mod.LEASE_TTL_S) is not None  # another worker takes it
+        keep_alive()
+        reached.append("after the lease was lost")
+        raise acme_mod.OrderError("the test's CA gives up")
+
+    monkeypatch.setattr(acme_mod, "order_certificate", order)
+    m1.step()
+    assert m1.orders == 1 and reached == []
+    assert m1.metrics.counts.get("acme.order.lease_lost") == 1
+    assert m1.store.get(m1.fail_key) is None    # no back-off written
+    assert m1.store.get(m1.lease_key) is not None  # the other worker's lease is left alone
+
+
+def test_polling_runs_in_steps_with_the_lease_renewed_between_them():
+    """order_certificate's polling: short step deadlines, keep_alive between steps, the order's
+    deadline kept, and a lost lease ends it."""
+    import datetime
+
+    from edge.acme import LeaseLost, POLL_STEP_S, poll_in_steps
+
+    class Timeout(Exception):
+        pass
+
+    deadlines, renewals = [], []
+
+    def poll(step_deadline):
+        deadlines.append(step_deadline)
+        if len(deadlines) < 4:
+            raise Timeout()
+        return "done"
+
+    start = datetime.datetime.now()
+    far = start + datetime.timedelta(seconds=1000)
+    assert poll_in_steps(poll, far, lambda: renewals.append(1), Timeout) == "done"
+    assert len(renewals) == 3  # between the four steps
+    assert all(d <= datetime.datetime.now() + datetime.timedelta(seconds=POLL_STEP_S) for d in deadlines)
+
+    past = start - datetime.timedelta(seconds=1)
+    with pytest.raises(Timeout):  # the order's own deadline passed: no endless polling
+        poll_in_steps(lambda d: (_ for _ in ()).throw(Timeout()), past, lambda: None, Timeout)
+
+    def lost():
+        raise LeaseLost("taken")
+
+    with pytest.raises(LeaseLost):
+        poll_in_steps(lambda d: (_ for _ in ()).throw(Timeout()), far, lost, Timeout)
+
+
+def test_every_acme_call_is_bounded_well_below_the_lease():
+    import edge.acme as acme_mod
+
+    assert acme_mod.LEASE_TTL_S >= 4 * acme_mod.NETWORK_TIMEOUT_S
+    assert acme_mod.LEASE_TTL_S >= 4 * acme_mod.POLL_STEP_S

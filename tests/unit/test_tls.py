@@ -296,3 +296,43 @@ def test_cert_commands_produce_what_openssl_verify_accepts(tmp_path):
     info = edge("info", "--config", "edge.yaml")
     assert info.returncode == 0, info.stderr
     assert "home.lan, *.home.lan, 10.0.0.2" in info.stdout and "days" in info.stdout
+
+
+def test_a_key_written_over_an_existing_file_is_never_readable_through_it(tmp_path):
+    """Keys get a new 0600 file that replaces the old one: a process that could open the old
+    (here 0644) file does not read the new key through it, and the new file is 0600."""
+    d = tmp_path / "pair"
+    d.mkdir()
+    old = d / "key.pem"
+    old.write_bytes(b"old contents")
+    old.chmod(0o644)
+    with open(old, "rb") as held:
+        _, key_path = certs.self_signed(d, ("a.test",))
+        assert held.read() == b"old contents"
+    assert (key_path.stat().st_mode & 0o777) == 0o600
+    assert b"PRIVATE KEY" in key_path.read_bytes()
+    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_the_acme_stand_in_certificate_is_reused_until_it_nears_expiry(tmp_path):
+    from edge.config import AcmeConfig
+    from edge.tls import acme_start_certificate
+
+    cfg = AcmeConfig(directory="https://acme.invalid/dir", accept_terms=True, names=["a.test", "b.test"],
+                     storage_dir=str(tmp_path / "acme"))
+    first = acme_start_certificate(cfg, "FILE")
+    assert set(first.names) == {"a.test", "b.test"}
+    assert acme_start_certificate(cfg, "FILE").serial == first.serial  # reused at the next validation
+    stand_in = tmp_path / "acme" / "self-signed"
+    certs.self_signed(stand_in, ("a.test", "b.test"), days=10)    # expiring within 30 days
+    expiring = load_certificate(CertificateConfig(cert=str(stand_in / "cert.pem"), key=str(stand_in / "key.pem")),
+                                "FILE", "k")
+    renewed = acme_start_certificate(cfg, "FILE")
+    assert renewed.serial != expiring.serial
+    assert renewed.days_left(datetime.datetime.now(datetime.timezone.utc)) > 30
+    certs.self_signed(stand_in, ("a.test",))                      # other names
+    assert set(acme_start_certificate(cfg, "FILE").names) == {"a.test", "b.test"}
+    assert "b.test" in load_certificate(CertificateConfig(cert=str(stand_in / "cert.pem"), key=str(stand_in / "key.pem")),
+                                        "FILE", "k").names
+    (stand_in / "key.pem").write_bytes(b"garbage")                # unreadable
+    assert acme_start_certificate(cfg, "FILE").serial != renewed.serial
