@@ -224,7 +224,7 @@ def test_accuracy_across_workers_and_instances(kind, instances, duration_s, orig
     edges = [edge_factory({**cfg, "server": {"accesslog": str(log)}}, workers=WORKERS) for log in logs]
     load = Load([e.port for e in edges], clients=200, duration_s=duration_s).start().join()
     for e in edges:
-        e.stop()  # every access-log line is written
+        e.stop(graceful=True)  # every access-log line is written
     admitted, refused = [], []
     for log in logs:
         for bracket, status in decisions(log):
