@@ -326,8 +326,12 @@ class Proxy:
             reply.trailers_from = None  # trailers about the identity bytes (digests) would be false now
         reply.headers, reply.body, reply.length = headers, body, length
 
-    def reply_stored(self, ctx: RequestContext, chain, status: int, headers: list[tuple[str, str]], body, length: int | None) -> Reply:
-        """A response from the cache: the response phase and body filters see it as they see a backend's."""
+    def reply_stored(self, ctx: RequestContext, chain, status: int, headers: list[tuple[str, str]], body, length: int | None,
+                     variants=None) -> Reply:
+        """A response from the cache: the response phase and body filters see it as they see a backend's.
+
+        ``variants``: the stored object's encoded variants (``edge.cache.variants``), served
+        instead of encoding the body again when no body filter has changed the bytes."""
         resp = UpstreamResponse(status, STATUS_REASONS.get(status, ""), Headers.wrap(headers), body)
         chain.run_response(ctx, resp)
         if resp.replacement is not None:
@@ -341,8 +345,10 @@ class Proxy:
             reply.body = chain.filter_body(ctx, body if not isinstance(body, bytes) else iter((body,)))
             reply.length = None
         if self.compressor is not None:
-            # the cache keeps what the backend sent; each client gets the coding it accepts
-            self._compress(ctx, reply)
+            if variants is not None and reply.body is body:
+                variants.compress(self.compressor, ctx, reply)  # a stored encoded variant, or encode and store it
+            else:
+                self._compress(ctx, reply)
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply

@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from edge.cache import keys, policy, purge, records
+from edge.cache import keys, policy, purge, records, variants
 from edge.cache.keys import KeyRules
 from edge.cache.records import PASS, StoredObject, VaryIndex
 
@@ -291,9 +291,17 @@ class Cache:
                 return part
         if method == "HEAD":
             return proxy.reply_stored(ctx, chain, obj.status, headers, None, obj.length)
-        if obj.body is not None:
-            return proxy.reply_stored(ctx, chain, obj.status, headers, obj.body, obj.length)
-        return proxy.reply_stored(ctx, chain, obj.status, headers, self._body(obj, 0, obj.length), obj.length)
+        body = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
+        return proxy.reply_stored(ctx, chain, obj.status, headers, body, obj.length, self._variants(proxy, ctx, rc, obj))
+
+    def _variants(self, proxy, ctx, rc: RouteCache, obj: StoredObject):
+        """The encoded variants of ``obj`` for a route that compresses (None: it does not, or the
+        object predates body version tokens): see ``edge.cache.variants``."""
+        compressor = proxy.compressor
+        if compressor is None or not compressor.enabled_for(ctx.route) or not obj.version:
+            return None
+        return variants.VariantSource(self, keys.digest(obj.url), obj.version, obj.length, rc.max_object_size,
+                                      obj.expires_at)
 
     def _range(self, proxy, ctx, chain, obj: StoredObject, headers):
         """A 206 or 416 for the client's Range (RFC 9110 §14), or None for the whole body."""
@@ -608,11 +616,12 @@ class Cache:
                 self._pass(fill, "expired")
                 return
             body = b"".join(copy)
+            # the body's token: encoded variants are stored under it (edge.cache.variants), inline or not
+            version = secrets.token_hex(6)
             if size <= INLINE_MAX_BYTES:
-                obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, body, "", 0,
+                obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, body, version, 0,
                                    size, now + ttl_s)
             else:
-                version = secrets.token_hex(6)
                 n = (size + CHUNK_BYTES - 1) // CHUNK_BYTES
                 for i in range(n):
                     self.store.set(keys.chunk_key(h, version, i), body[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES], ttl_s + 1.0)
