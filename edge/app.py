@@ -280,7 +280,9 @@ class Proxy:
         """The backend's answer to the client, through the response phase and body filters.
 
         ``tap(up, headers) -> (headers, body)`` (the cache) sees the head as it goes to
-        clients before the plugins do, and may change it and wrap the body iterator."""
+        clients before the plugins do, and may change it and wrap the body iterator; a tap
+        that stores the answer sets ``tap.variants`` (``edge.cache.variants``), which the
+        compressor's encoded stream is teed into."""
         out_headers = self.response_headers(up)
         body = up.body
         if tap is not None:
@@ -314,7 +316,11 @@ class Proxy:
             else:
                 reply.trailers_from = up
         if self.compressor is not None and up.status != 101:
-            self._compress(ctx, reply)
+            variants = getattr(tap, "variants", None)  # the cache stores this answer: tee the encoded stream too
+            if variants is not None and reply.body is body:
+                variants.compress(self.compressor, ctx, reply)
+            else:
+                self._compress(ctx, reply)
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply

@@ -511,7 +511,8 @@ class Cache:
     # ------------------------------------------------------------------ storing
 
     def _store_tap(self, ctx, rc: RouteCache, fill: Fill, fwd: str):
-        """The ``relay`` tap of a miss: decide storability from the head, tee the body."""
+        """The ``relay`` tap of a miss: decide storability from the head, tee the body. When it
+        stores, ``tap.variants`` is set: the relay tees the encoded stream into that variant."""
         method = ctx.method
         req_headers = list(ctx.headers.items())
 
@@ -546,7 +547,10 @@ class Cache:
             ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
             out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
                                                                                stored=True, ttl=ttl))]
-            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary)
+            # the body's token, chosen now so the encoded stream the client gets can be stored under it too
+            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, secrets.token_hex(6))
+            tap.variants = variants.VariantSource(self, fill.h, pending.version, up.length, rc.max_object_size,
+                                                  response_time + self._store_ttl(facts, response_time), filling=True)
             out_headers = _strip(out_headers, rc.strip_fields)
             if body is None:
                 self._commit(pending, [], 0)
@@ -616,8 +620,7 @@ class Cache:
                 self._pass(fill, "expired")
                 return
             body = b"".join(copy)
-            # the body's token: encoded variants are stored under it (edge.cache.variants), inline or not
-            version = secrets.token_hex(6)
+            version = p.version
             if size <= INLINE_MAX_BYTES:
                 obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, body, version, 0,
                                    size, now + ttl_s)
@@ -719,6 +722,7 @@ class _Pending:
     tags: tuple[str, ...]
     names: tuple[str, ...]
     secondary: str | None
+    version: str              # the body's token: its chunks and encoded variants (edge.cache.variants) go under it
 
 
 def _strip(headers, names: frozenset[str]):

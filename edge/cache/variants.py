@@ -21,6 +21,9 @@ variant rather than encoded again:
 - the **client's head** is built on the way out with ``Compressor.head`` from the stored
   head (``Content-Encoding``, weak ETag, ``Vary: Accept-Encoding``), after the plugins'
   response phase, exactly as for an encoded backend response;
+- on a **miss** that stores the response, the encoded stream that goes to the client
+  (``Proxy.relay`` after the plugins) is teed into its variant, under the body token the
+  identity body is about to be committed with (``Cache._store_tap`` sets ``tap.variants``);
 - a hit whose variant is **not stored yet** encodes the stored identity body (the same
   ``Compressor.apply`` as the proxy path) and tees the encoded stream into the variant,
   committed only when it ended intact, in its own greenlet (the client never waits for
@@ -98,21 +101,26 @@ def decode_record(raw: bytes | None) -> tuple[int, int, bytes | None] | None:
 
 
 def storable(version: str, length: int | None) -> bool:
-    """Whether an identity body gets stored encoded variants (else: encoded per hit)."""
-    return bool(version) and length is not None and length >= MIN_VARIANT_BYTES
+    """Whether an identity body gets stored encoded variants (else: encoded per hit). A body of
+    unknown length (a miss streaming a chunked response) counts as large: it may be."""
+    return bool(version) and (length is None or length >= MIN_VARIANT_BYTES)
 
 
 class VariantSource:
     """The encoded variants of one stored object, for one hit (built by ``Cache._serve``)."""
 
-    __slots__ = ("cache", "h", "version", "length", "cap", "ttl_s")
+    __slots__ = ("cache", "h", "version", "length", "cap", "ttl_s", "filling")
 
-    def __init__(self, cache, h: str, version: str, length: int, cap: int, expires_at: float) -> None:
+    def __init__(self, cache, h: str, version: str, length: int | None, cap: int, expires_at: float,
+                 filling: bool = False) -> None:
         self.cache = cache
         self.h = h
         self.version = version
         self.length = length
         self.cap = cap
+        # a miss storing the identity body now: no variant can exist yet (no lookup); the
+        # encoding is the miss's own, not a hit's (not counted as ``variant_encoded``)
+        self.filling = filling
         # a variant lives no longer than the identity body it was made from
         self.ttl_s = expires_at - time.time()
 
@@ -128,7 +136,7 @@ class VariantSource:
             reply.headers = compressor.head(reply.headers, d)
             return
         if storable(self.version, self.length) and self.ttl_s > 1.0:
-            found = self._load(coding)
+            found = None if self.filling else self._load(coding)
             if found is not None:
                 metrics.incr("cache.variant_hit")
                 reply.headers = compressor.head(reply.headers, d)
@@ -138,11 +146,12 @@ class VariantSource:
             keep = True
         else:
             keep = False
-        metrics.incr("cache.variant_encoded")
+        if not self.filling:
+            metrics.incr("cache.variant_encoded")
         headers, body, length = compressor.apply(ctx, reply.status, reply.headers, reply.body, reply.length)
         reply.trailers_from = None
         reply.headers = headers
-        if not keep:
+        if not keep or body is None:
             reply.body, reply.length = body, length
         elif isinstance(body, bytes):
             if len(body) <= self.cap:

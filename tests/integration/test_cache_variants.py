@@ -252,3 +252,20 @@ def test_route_without_compression_pays_nothing(env):
     after = env.sink.counts()
     for name in ("cache.variant_hit", "cache.variant_encoded", "cache.variant_stored"):
         assert after[name] == before[name]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_miss_stores_the_encoded_stream_it_sends(env, chunked):
+    p = env.path(f"miss{int(chunked)}", f"cc=max-age%3D60&size={SIZE}" + ("&nolength=1" if chunked else ""))
+    want = env.reference(SIZE)
+    before = Counter(env.sink.counts())
+    first = env.get(p, "br")
+    assert first.headers["Content-Encoding"] == "br" and "stored" in first.headers["Cache-Status"]
+    assert sha(body_of(first)) == want
+    stored = settle(env, "cache.variant_stored", before["cache.variant_stored"] + 1)
+    until(lambda: hit(env.get(p, "identity")), timeout_s=10)
+    r = env.get(p, "br")
+    assert hit(r) and r.headers["Content-Encoding"] == "br" and sha(body_of(r)) == want
+    last = settle(env, "cache.variant_hit", stored["cache.variant_hit"] + 1)
+    assert last["cache.variant_encoded"] == before["cache.variant_encoded"]  # neither the miss nor the hit re-encoded
+    assert env.count(p)["count"] == 1
