@@ -32,6 +32,8 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    greenlet of its own so the client never waits for the store: body chunks first
    (<= 512 KiB each, under memcached's 1 MB item limit; bodies up to one chunk go inline),
    the record that points to them last. A truncated or abandoned body leaves nothing.
+   With compression on, the encoded stream the client gets is stored too, as an encoded
+   variant of the body (``edge.cache.variants``), which later hits serve without codec work.
 5. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
    URL records of the targets ``policy.invalidation_targets`` names.
 
