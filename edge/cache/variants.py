@@ -35,7 +35,8 @@ variant rather than encoded again:
 - the **size cap** (``max_object_size``) applies **per variant**: the identity body
   already fits it, an encoded variant is stored only when it fits too (an encoded body is
   almost always smaller). Variants larger than one store value (512 KiB) are chunked like
-  identity bodies.
+  identity bodies; a chunked variant is read whole before its head goes out (at most the
+  cap in memory), so a chunk evicted under it means encoding again, never a body cut short.
 
 HEAD, ranges and ``no-transform`` requests select identity (``Compressor.decide``) and
 never look a variant up. A route without compression builds no ``VariantSource``
@@ -56,7 +57,6 @@ from typing import Any, Iterator
 
 import gevent
 
-from edge.cache import keys
 from edge.compress.compressor import Compressor
 from edge.errors import StoreUnavailable
 
