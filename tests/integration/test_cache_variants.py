@@ -26,7 +26,7 @@ import zstandard
 from edge.launch import REPO, start_edge, start_origin
 from tests.integration.conftest import until
 
-BACKENDS = ["local", "redis"]
+BACKENDS = ["local", "redis", "memcached"]
 SIZE = 100 * 1024  # a body worth storing encoded (above variants.MIN_VARIANT_BYTES)
 BIG = 1536 * 1024  # identity chunked in the store; encoded variants of it too when they pass 512 KiB
 
@@ -109,9 +109,13 @@ def hit(r: requests.Response) -> bool:
 def env(request, tmp_path_factory):
     backend = request.param
     store: dict = {"backend": backend, "key_prefix": f"variants-{uuid.uuid4().hex[:8]}:"}
+    if backend != "local":
+        store["timeout"] = "1s"  # 512 KiB chunk writes on a machine shared with other test runs
     if backend == "redis":
         store["url"] = request.getfixturevalue("redis_server").url
-        store["timeout"] = "1s"
+    elif backend == "memcached":
+        server = request.getfixturevalue("memcached_server")
+        store["servers"] = [f"{server.host}:{server.port}"]
     origin = start_origin("v1", log_dir=str(tmp_path_factory.mktemp("origin")))
     sink = Sink()
     config = {
