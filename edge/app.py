@@ -280,7 +280,9 @@ class Proxy:
         """The backend's answer to the client, through the response phase and body filters.
 
         ``tap(up, headers) -> (headers, body)`` (the cache) sees the head as it goes to
-        clients before the plugins do, and may change it and wrap the body iterator."""
+        clients before the plugins do, and may change it and wrap the body iterator; a tap
+        that stores the answer sets ``tap.variants`` (``edge.cache.variants``), which the
+        compressor's encoded stream is teed into."""
         out_headers = self.response_headers(up)
         body = up.body
         if tap is not None:
@@ -314,7 +316,11 @@ class Proxy:
             else:
                 reply.trailers_from = up
         if self.compressor is not None and up.status != 101:
-            self._compress(ctx, reply)
+            variants = getattr(tap, "variants", None)  # the cache stores this answer: tee the encoded stream too
+            if variants is not None and reply.body is body:
+                variants.compress(self.compressor, ctx, reply)
+            else:
+                self._compress(ctx, reply)
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply
@@ -326,8 +332,12 @@ class Proxy:
             reply.trailers_from = None  # trailers about the identity bytes (digests) would be false now
         reply.headers, reply.body, reply.length = headers, body, length
 
-    def reply_stored(self, ctx: RequestContext, chain, status: int, headers: list[tuple[str, str]], body, length: int | None) -> Reply:
-        """A response from the cache: the response phase and body filters see it as they see a backend's."""
+    def reply_stored(self, ctx: RequestContext, chain, status: int, headers: list[tuple[str, str]], body, length: int | None,
+                     variants=None) -> Reply:
+        """A response from the cache: the response phase and body filters see it as they see a backend's.
+
+        ``variants``: the stored object's encoded variants (``edge.cache.variants``), served
+        instead of encoding the body again when no body filter has changed the bytes."""
         resp = UpstreamResponse(status, STATUS_REASONS.get(status, ""), Headers.wrap(headers), body)
         chain.run_response(ctx, resp)
         if resp.replacement is not None:
@@ -341,8 +351,10 @@ class Proxy:
             reply.body = chain.filter_body(ctx, body if not isinstance(body, bytes) else iter((body,)))
             reply.length = None
         if self.compressor is not None:
-            # the cache keeps what the backend sent; each client gets the coding it accepts
-            self._compress(ctx, reply)
+            if variants is not None and reply.body is body:
+                variants.compress(self.compressor, ctx, reply)  # a stored encoded variant, or encode and store it
+            else:
+                self._compress(ctx, reply)
         ctx.status = reply.status
         ctx.response_headers = resp.headers
         return reply

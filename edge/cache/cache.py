@@ -32,6 +32,8 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    greenlet of its own so the client never waits for the store: body chunks first
    (<= 512 KiB each, under memcached's 1 MB item limit; bodies up to one chunk go inline),
    the record that points to them last. A truncated or abandoned body leaves nothing.
+   With compression on, the encoded stream the client gets is stored too, as an encoded
+   variant of the body (``edge.cache.variants``), which later hits serve without codec work.
 5. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
    URL records of the targets ``policy.invalidation_targets`` names.
 
@@ -51,7 +53,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from edge.cache import keys, policy, purge, records
+from edge.cache import keys, policy, purge, records, variants
 from edge.cache.keys import KeyRules
 from edge.cache.records import PASS, StoredObject, VaryIndex
 
@@ -291,9 +293,17 @@ class Cache:
                 return part
         if method == "HEAD":
             return proxy.reply_stored(ctx, chain, obj.status, headers, None, obj.length)
-        if obj.body is not None:
-            return proxy.reply_stored(ctx, chain, obj.status, headers, obj.body, obj.length)
-        return proxy.reply_stored(ctx, chain, obj.status, headers, self._body(obj, 0, obj.length), obj.length)
+        body = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
+        return proxy.reply_stored(ctx, chain, obj.status, headers, body, obj.length, self._variants(proxy, ctx, rc, obj))
+
+    def _variants(self, proxy, ctx, rc: RouteCache, obj: StoredObject):
+        """The encoded variants of ``obj`` for a route that compresses (None: it does not, or the
+        object predates body version tokens): see ``edge.cache.variants``."""
+        compressor = proxy.compressor
+        if compressor is None or not compressor.enabled_for(ctx.route) or not obj.version:
+            return None
+        return variants.VariantSource(self, keys.digest(obj.url), obj.version, obj.length, rc.max_object_size,
+                                      obj.expires_at)
 
     def _range(self, proxy, ctx, chain, obj: StoredObject, headers):
         """A 206 or 416 for the client's Range (RFC 9110 §14), or None for the whole body."""
@@ -503,7 +513,8 @@ class Cache:
     # ------------------------------------------------------------------ storing
 
     def _store_tap(self, ctx, rc: RouteCache, fill: Fill, fwd: str):
-        """The ``relay`` tap of a miss: decide storability from the head, tee the body."""
+        """The ``relay`` tap of a miss: decide storability from the head, tee the body. When it
+        stores, ``tap.variants`` is set: the relay tees the encoded stream into that variant."""
         method = ctx.method
         req_headers = list(ctx.headers.items())
 
@@ -538,7 +549,10 @@ class Cache:
             ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
             out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
                                                                                stored=True, ttl=ttl))]
-            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary)
+            # the body's token, chosen now so the encoded stream the client gets can be stored under it too
+            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, secrets.token_hex(6))
+            tap.variants = variants.VariantSource(self, fill.h, pending.version, up.length, rc.max_object_size,
+                                                  response_time + self._store_ttl(facts, response_time), filling=True)
             out_headers = _strip(out_headers, rc.strip_fields)
             if body is None:
                 self._commit(pending, [], 0)
@@ -608,11 +622,11 @@ class Cache:
                 self._pass(fill, "expired")
                 return
             body = b"".join(copy)
+            version = p.version
             if size <= INLINE_MAX_BYTES:
-                obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, body, "", 0,
+                obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, body, version, 0,
                                    size, now + ttl_s)
             else:
-                version = secrets.token_hex(6)
                 n = (size + CHUNK_BYTES - 1) // CHUNK_BYTES
                 for i in range(n):
                     self.store.set(keys.chunk_key(h, version, i), body[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES], ttl_s + 1.0)
@@ -710,6 +724,7 @@ class _Pending:
     tags: tuple[str, ...]
     names: tuple[str, ...]
     secondary: str | None
+    version: str              # the body's token: its chunks and encoded variants (edge.cache.variants) go under it
 
 
 def _strip(headers, names: frozenset[str]):

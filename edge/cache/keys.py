@@ -22,6 +22,7 @@ spaces), so the URI is hashed (BLAKE2b, 128 bits) into fixed-width store keys:
                            (``Vary`` names, a generation, a soft-purge time) or a hit-for-pass mark
 ``c:v:<h>:<gen>:<vh>``     one variant, ``vh`` the hash of its secondary key (RFC 9111 §4.1)
 ``c:b:<h>:<ver>:<n>``      body chunk ``n`` of stored version ``ver`` of an object
+``c:e:<h>:<ver>:<enc>``    an encoded variant (gzip, br, zstd) of body ``ver`` (``edge.cache.variants``; ``:<n>``: its chunks)
 ``c:l:<h>``                the fill lock: the one request fetching a missing object (coalescing)
 ``c:r:<h>:<vh>``           the background revalidation lock (stale-while-revalidate)
 ``c:bans``                 the ban list (prefix and tag purges, see ``edge.cache.purge``)

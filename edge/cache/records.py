@@ -104,7 +104,7 @@ class StoredObject:
     tags: tuple[str, ...]     # surrogate keys
     soft_purged: bool         # a soft purge marked it: revalidate before use
     body: bytes | None        # inline body, or None when chunked
-    version: str              # chunk version token ("" when inline)
+    version: str              # the body's token: its chunks and encoded variants are stored under it
     chunks: int               # number of chunks
     length: int               # body length in bytes
     expires_at: float         # wall clock when the store drops it (and its chunks)

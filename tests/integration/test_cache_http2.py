@@ -29,3 +29,31 @@ def test_http2_hit_head_and_range_from_the_cache(origin, edge_factory, tmp_path)
         assert part.status_code == 206 and part.content == first.content[100:200]
     count = httpx.get(f"{origin.url}/cache-count", params={"path": "/cache/h2"}).json()["count"]
     assert count == 1
+
+
+def test_http2_encoded_variants_from_the_cache(origin, edge_factory, tmp_path):
+    import gzip
+    import time
+
+    import zstandard
+
+    from tests.integration.h2client import h2_exchange
+
+    cert, key = generate_self_signed(tmp_path / "tls")
+    cfg = simple_config(origin)
+    cfg["tls"] = {"certfile": str(cert), "keyfile": str(key)}
+    cfg["cache"] = {"enabled": True}
+    cfg["compression"] = {"enabled": True}
+    e = edge_factory(cfg, workers=1)
+    path = "/cache/h2v?cc=max-age%3D60&size=300000"
+    want = httpx.get(f"{origin.url}/cache/h2v-reference?size=300000").content
+    decoders = {"gzip": gzip.decompress, "zstd": lambda d: zstandard.ZstdDecompressor().decompressobj().decompress(d)}
+    for coding in ("gzip", "zstd", "gzip", "zstd"):  # a miss, then hits that encode once, then stored variants
+        r = h2_exchange(e.port, path, headers=[("accept-encoding", coding)], timeout_s=30)
+        assert r.status == 200 and r.reset is None and r.headers["content-encoding"] == coding
+        if "content-length" in r.headers:  # a stored variant: its length is known
+            assert int(r.headers["content-length"]) == len(r.data)
+        assert decoders[coding](r.data) == want
+        time.sleep(0.2)  # the variant is written just after the last byte
+    count = httpx.get(f"{origin.url}/cache-count", params={"path": "/cache/h2v"}).json()["count"]
+    assert count == 1
