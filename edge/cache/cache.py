@@ -517,16 +517,22 @@ class Cache:
                     out_headers = without
             else:
                 received = without = out_headers
-            reason = self._unstorable(method, up, req_headers, received, rc)
+            reason = self._unstorable(method, up, rc)
+            plan = None
+            if reason is None:
+                # one parse of the head: verdict, facts and the fields to keep (RFC 9111 §3, §3.1, §4.2)
+                plan = policy.store_plan(method, up.status, req_headers, received, fill.request_time, response_time,
+                                         rc.settings, without, _NOT_STORED)
+                if not plan.verdict.ok:
+                    reason = plan.verdict.reason
             body = up.body
             if reason is not None:
                 self._pass(fill, reason)
                 out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
                                                                                    detail=reason))]
                 return _strip(out_headers, rc.strip_fields), body
-            stored = [(n, v) for n, v in policy.headers_to_store(without, response_time, rc.settings)
-                      if n.lower() not in _NOT_STORED]
-            facts = policy.response_facts(fill.request_time, response_time, up.status, received, rc.settings)
+            stored = plan.headers
+            facts = plan.facts
             if not policy.worth_storing(facts, rc.settings):
                 # never fresh, no validator, no stale window: storing it would only take room
                 self._pass(fill, "not-worth-storing")
@@ -547,15 +553,15 @@ class Cache:
 
         return tap
 
-    def _unstorable(self, method, up, req_headers, stored_headers, rc: RouteCache) -> str | None:
+    def _unstorable(self, method, up, rc: RouteCache) -> str | None:
+        """What refuses the response before the policy looks at its head (None: ask the policy)."""
         if method != "GET":
             return "method"
         if up.status == 101:
             return "upgrade"
         if up.length is not None and up.length > rc.max_object_size:
             return "too-large"
-        verdict = policy.storable(method, up.status, req_headers, stored_headers, rc.settings)
-        return None if verdict.ok else verdict.reason
+        return None
 
     def _pass(self, fill: Fill, reason: str) -> None:
         """The response will not be stored: release the fill lock, leaving a hit-for-pass mark
