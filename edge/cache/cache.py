@@ -53,7 +53,7 @@ import gevent
 
 from edge.cache import keys, policy, purge, records
 from edge.cache.keys import KeyRules
-from edge.cache.records import PASS, StoredObject, VaryIndex
+from edge.cache.records import FILLING, PASS, StoredObject, VaryIndex
 
 records.register(policy.StoredFacts, flat=True)  # plain values only (policy.StoredFacts docstring)
 from edge.context import Response
@@ -131,6 +131,19 @@ class Fill:
     request_time: float
     lock: str | None = None       # the fill lock token, when this request leads
     replaces: Entry | None = None
+    lock_key: str | None = None   # where the lock is: the URL key (a fill marker) or the fill-lock key
+
+
+class _NoMatch:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_MATCH"
+
+
+# _load: the URL has a record (a Vary index, a hard-banned object) but nothing this request can
+# use: a fill for it locks the URL's fill-lock key, as the record stays in place
+NO_MATCH = _NoMatch()
 
 
 class Cache:
@@ -192,23 +205,24 @@ class Cache:
         fill = Fill(h, url, now)
         if found is PASS or self.coalesce_wait_s <= 0:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
-        return self._coalesce(proxy, ctx, route, rc, chain, body, fill)
+        return self._coalesce(proxy, ctx, route, rc, chain, body, fill, found)
 
     def _load(self, h: str, req_headers) -> Entry | object | None:
-        """The usable stored object for this request (an ``Entry``), ``PASS`` or None."""
+        """The usable stored object for this request (an ``Entry``), ``PASS``, ``FILLING``
+        (a fill marker), ``NO_MATCH`` (a record, nothing usable) or None (no record)."""
         key = keys.url_key(h)
         rec = records.decode(self.store.get(key))
-        if rec is None or rec is PASS:
+        if rec is None or rec is PASS or rec is FILLING:
             return rec
         soft = False
         if isinstance(rec, VaryIndex):
             secondary = policy.secondary_key(rec.names, req_headers)
             if secondary is None:  # RFC 9111 §4.1: "Vary: *" always fails to match
-                return None
+                return NO_MATCH
             key = keys.variant_key(h, rec.generation, secondary)
             obj = records.decode(self.store.get(key))
             if not isinstance(obj, StoredObject):
-                return None
+                return NO_MATCH
             soft = obj.stored_at < rec.purged_at
         else:
             obj = rec
@@ -217,7 +231,7 @@ class Cache:
         if bans:
             v = purge.verdict(bans, obj)
             if v is purge.HARD:
-                return None
+                return NO_MATCH
             soft = soft or v is purge.SOFT
         return Entry(obj, key, soft)
 
@@ -344,10 +358,10 @@ class Cache:
         """Forward, storing the answer if it may be stored (the miss path)."""
         return proxy.forward(ctx, route, chain, body, tap=self._store_tap(ctx, rc, fill, fwd))
 
-    def _coalesce(self, proxy, ctx, route, rc, chain, body, fill: Fill):
+    def _coalesce(self, proxy, ctx, route, rc, chain, body, fill: Fill, found):
         """Concurrent misses of one URL: one leader fetches, the others wait for its object."""
         try:
-            found = self._await_fill(ctx, fill)
+            found = self._await_fill(ctx, fill, found)
         except StoreUnavailable as e:
             # decided before anything went to the backend: a plain pass-through
             self.health.failed(e)
@@ -365,45 +379,85 @@ class Cache:
         # stored, but not fresh for this request (max-age=0, no-cache, credentials...): the usual way
         return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
 
-    def _await_fill(self, ctx, fill: Fill) -> Entry | None:
+    def _await_fill(self, ctx, fill: Fill, found) -> Entry | None:
         """Take the fill lock (None: this request leads, ``fill.lock`` set), or wait for the
-        leader's object (an ``Entry``), its pass mark or the end of ``coalesce_wait`` (None)."""
+        leader's object (an ``Entry``), its pass mark or the end of ``coalesce_wait`` (None).
+
+        ``found`` is what the lookup saw. With no record at the URL key, the lock is a fill
+        marker ``add``ed there (``records.fill_token``): the add itself proves nothing was
+        committed since the lookup, and the leader's record write (object, Vary index or pass
+        mark) replaces the marker, so a miss costs one lock write and no release. With a record
+        that stays (a Vary index without this variant, a banned object) the lock is the URL's
+        fill-lock key, re-checked after it is taken and released after the commit."""
         store = self.store
-        lock_key = keys.fill_lock_key(fill.h)
         url_key = keys.url_key(fill.h)
         deadline = time.monotonic() + self.coalesce_wait_s
+        lock_ttl = self.coalesce_wait_s + 1.0
         sleep_s = POLL_FIRST_S
         req_headers = ctx.headers.items()
         # a plain GET may lead; others (HEAD, ranges, validators, credentials) have nothing to
         # store for everyone, but wait for a fill in progress and are answered from it
         lead = ctx.method == "GET" and _coalescable(req_headers)
+        marker = found is None or found is FILLING
         while True:
-            if lead:
-                token = store.acquire_lock(lock_key, self.coalesce_wait_s + 1.0)
-                if token is not None:
-                    # a fill may have been committed between our lookup and the lock
-                    found = self._load(fill.h, req_headers)
-                    if isinstance(found, Entry):
-                        store.release_lock(lock_key, token)
-                        return found
-                    fill.lock = token
-                    return None
-            elif store.get(lock_key) is None:
-                return None
-            # someone fetches it: wait for the committed object, the pass mark, or the lock to go
-            while time.monotonic() < deadline:
-                gevent.sleep(sleep_s)
-                sleep_s = min(sleep_s * 2, POLL_MAX_S)
-                got = store.get_many([url_key, lock_key])
-                rec = records.decode(got.get(url_key))
-                if rec is PASS:
-                    return None
-                if rec is not None:
-                    found = self._load(fill.h, req_headers)
+            if marker:
+                if lead and found is None:
+                    token = records.fill_token()
+                    if store.add(url_key, token.encode(), lock_ttl):
+                        fill.lock, fill.lock_key = token, url_key
+                        return None
+                    found = self._load(fill.h, req_headers)  # someone wrote first: what?
                     if isinstance(found, Entry):
                         return found
-                if lock_key not in got:
-                    break  # the leader gave up or its object does not fit this request: try to lead
+                    if found is PASS:
+                        return None
+                    if found is NO_MATCH:
+                        marker = False
+                        continue
+                elif found is not FILLING:
+                    return None  # no fill in progress (not leading) or a pass mark
+                # a fill marker: wait for what replaces it
+                while time.monotonic() < deadline:
+                    gevent.sleep(sleep_s)
+                    sleep_s = min(sleep_s * 2, POLL_MAX_S)
+                    found = self._load(fill.h, req_headers)
+                    if found is FILLING:
+                        continue
+                    if isinstance(found, Entry):
+                        return found
+                    if found is PASS:
+                        return None
+                    if found is NO_MATCH:
+                        marker = False  # a variant this request does not match: its own fill
+                    break  # None: the leader gave up: try to lead
+            else:
+                lock_key = keys.fill_lock_key(fill.h)
+                if lead:
+                    token = store.acquire_lock(lock_key, lock_ttl)
+                    if token is not None:
+                        # a fill may have been committed between our lookup and the lock
+                        found = self._load(fill.h, req_headers)
+                        if isinstance(found, Entry):
+                            store.release_lock(lock_key, token)
+                            return found
+                        fill.lock, fill.lock_key = token, lock_key
+                        return None
+                elif store.get(lock_key) is None:
+                    return None
+                # someone fetches it: wait for the committed object, the pass mark, or the lock to go
+                while time.monotonic() < deadline:
+                    gevent.sleep(sleep_s)
+                    sleep_s = min(sleep_s * 2, POLL_MAX_S)
+                    got = store.get_many([url_key, lock_key])
+                    rec = records.decode(got.get(url_key))
+                    if rec is PASS:
+                        return None
+                    if rec is not None and rec is not FILLING:
+                        found = self._load(fill.h, req_headers)
+                        if isinstance(found, Entry):
+                            return found
+                    if lock_key not in got:
+                        break  # the leader gave up or its object does not fit this request: try to lead
             if time.monotonic() >= deadline:
                 self.metrics.incr("cache.coalesce_timeout")
                 return None
@@ -570,9 +624,13 @@ class Cache:
         if fill.lock is None:
             return
         try:
+            url_key = keys.url_key(fill.h)
             if self.hit_for_pass_s > 0 and reason not in _REQUEST_REASONS:
-                self.store.set(keys.url_key(fill.h), records.PASS_RECORD, self.hit_for_pass_s)
-            self.store.release_lock(keys.fill_lock_key(fill.h), fill.lock)
+                self.store.set(url_key, records.PASS_RECORD, self.hit_for_pass_s)
+                if fill.lock_key != url_key:  # else the mark replaced the fill marker
+                    self.store.release_lock(fill.lock_key, fill.lock)
+            else:
+                self.store.release_lock(fill.lock_key, fill.lock)
         except StoreUnavailable as e:
             self.health.failed(e)
         fill.lock = None
@@ -625,14 +683,27 @@ class Cache:
                 obj = StoredObject(p.status, p.reason, p.headers, p.facts, now, fill.url, p.tags, False, None, version, n,
                                    size, now + ttl_s)
             url_key = keys.url_key(h)
+            record = obj.encode()
+            marker = fill.lock is not None and fill.lock_key == url_key
             if p.secondary is None:
-                self.store.set(url_key, obj.encode(), ttl_s)
+                self.store.set(url_key, record, ttl_s)  # replaces our fill marker, if any: the release
+            elif marker:
+                # the URL key holds our fill marker, so no index: the variant first, then the index
+                # in place of the marker (waiters that see the index find the variant)
+                new = VaryIndex(p.names, secrets.token_hex(6))
+                self.store.set(keys.variant_key(h, new.generation, p.secondary), record, ttl_s)
+                if not self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s):
+                    # the marker expired and something else is there now: join (or replace) it
+                    generation = self._generation(url_key, p.names)
+                    if generation != new.generation:
+                        self.store.set(keys.variant_key(h, generation, p.secondary), record, ttl_s)
             else:
                 generation = self._generation(url_key, p.names)
-                self.store.set(keys.variant_key(h, generation, p.secondary), obj.encode(), ttl_s)
+                self.store.set(keys.variant_key(h, generation, p.secondary), record, ttl_s)
             self.metrics.incr("cache.stored")
             if fill.lock is not None:
-                self.store.release_lock(keys.fill_lock_key(h), fill.lock)
+                if not marker:
+                    self.store.release_lock(fill.lock_key, fill.lock)
                 fill.lock = None
         except StoreUnavailable as e:
             self.health.failed(e)
@@ -647,7 +718,7 @@ class Cache:
         if fill.lock is None:
             return
         try:
-            self.store.release_lock(keys.fill_lock_key(fill.h), fill.lock)
+            self.store.release_lock(fill.lock_key, fill.lock)
         except StoreUnavailable:
             pass  # the store is down: the lock expires with its TTL (coalesce_wait + 1 s)
         fill.lock = None

@@ -12,7 +12,11 @@ Three kinds of record live under a URL key (``edge.cache.keys``), told apart by 
 - ``VaryIndex`` (``"v"``): the URL's response varies (RFC 9111 §4.1): the ``Vary`` names,
   the generation under which its variants are stored, and the time of the last soft purge;
 - ``PASS`` (``"p"``): hit-for-pass, a short-lived mark that the last response for this URL
-  could not be stored, so concurrent misses do not queue behind one another for nothing.
+  could not be stored, so concurrent misses do not queue behind one another for nothing;
+- ``FILLING``: the fill marker, a lock token (``fill_token()``, not marshal: the stores'
+  ``release_lock`` compares the raw value with the token) that the one request fetching a
+  missing URL ``add``s in place of the record; the object (or a Vary index, or a pass
+  mark) written there later replaces it, so the commit releases the lock in the same write.
 
 The encoding is ``marshal`` of a flat tuple: measured (docs/cache.md) it decodes a typical
 1 KiB object record several times faster than ``json`` (and ``msgpack`` is not a
@@ -30,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import marshal
+import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -137,10 +142,30 @@ PASS = _Pass()
 PASS_RECORD = marshal.dumps((FORMAT, "p"))
 
 
-def decode(raw: bytes | None) -> StoredObject | VaryIndex | _Pass | None:
+class _Filling:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FILLING"
+
+
+FILLING = _Filling()
+# a NUL first byte is no marshal type code: a fill marker never decodes as a record
+_FILL_PREFIX = "\x00fill:"
+_FILL_PREFIX_B = _FILL_PREFIX.encode()
+
+
+def fill_token() -> str:
+    """A new fill-marker lock token; its ``.encode()`` is the value stored under the URL key."""
+    return _FILL_PREFIX + secrets.token_hex(12)
+
+
+def decode(raw: bytes | None) -> StoredObject | VaryIndex | _Pass | _Filling | None:
     """The record in ``raw``; None when absent or unreadable (a miss, never an error)."""
     if raw is None:
         return None
+    if raw[:1] == b"\x00":
+        return FILLING if raw.startswith(_FILL_PREFIX_B) else None
     try:
         t = marshal.loads(raw)
         if type(t) is not tuple or not t or t[0] != FORMAT:
