@@ -28,8 +28,10 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
 4. **Fill**: the backend's body streams to the client through a tee that keeps a copy up
    to the size cap (``max_object_size``; a larger body stops being copied as soon as it
    passes the cap, or is not copied at all when Content-Length says so). Only when the
-   body ended intact (no exception, length as announced) is the copy committed, in a
-   greenlet of its own so the client never waits for the store: body chunks first
+   body ended intact (no exception, length as announced) is the copy committed, after the
+   request's greenlet next yields, so the client never waits for the store (a hub callback
+   on the in-process stores, whose calls never switch greenlets: ~1 µs against ~12 µs for
+   a greenlet; a greenlet of its own on the remote ones): body chunks first
    (<= 512 KiB each, under memcached's 1 MB item limit; bodies up to one chunk go inline),
    the record that points to them last. A truncated or abandoned body leaves nothing.
 5. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
@@ -72,6 +74,8 @@ POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
 #: a background revalidation holds its lock at most this long
 REVALIDATE_LOCK_S = 30.0
+#: stores whose calls never switch greenlets (LMDB, a dict): a commit may run as a hub callback
+_IN_PROCESS_STORES = frozenset({"local", "memory"})
 
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # the client's validators and ranges: a request carrying them is answered, not coalesced
@@ -164,6 +168,8 @@ class Cache:
         self.strip_surrogate = cfg.strip_surrogate_headers
         self.serve_stale_s = max([cfg.serve_stale_on_error] + [r.settings.serve_stale_on_error_s for r in routes if r is not None])
         self.health = StoreDown(metrics)
+        # how a commit runs once the request's greenlet yields (see "Fill" above)
+        self._later = _in_hub if getattr(store, "name", "") in _IN_PROCESS_STORES else gevent.spawn
         self._bans: tuple[purge.Ban, ...] = ()
         self._bans_next = 0.0
 
@@ -657,7 +663,7 @@ class Cache:
                 if close is not None:
                     close()
             if copy is not None and intact and (announced is None or announced == size):
-                gevent.spawn(self._commit, pending, copy, size)
+                self._later(self._commit, pending, copy, size)
             elif copy is not None:
                 self._pass(pending.fill, "aborted")
 
@@ -787,6 +793,11 @@ class _Pending:
     tags: tuple[str, ...]
     names: tuple[str, ...]
     secondary: str | None
+
+
+def _in_hub(fn, *args) -> None:
+    """Run ``fn(*args)`` in the worker's hub once the running greenlet yields (it must not block)."""
+    gevent.get_hub().loop.run_callback(fn, *args)
 
 
 def _strip(headers, names: frozenset[str]):
