@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--store", choices=("local", "memory"), default="local")
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="the local store bound (the default store size)")
     args = ap.parse_args()
     cfg = parse_config({"upstreams": {"a": {"servers": ["127.0.0.1:1"]}}, "routes": [{"upstream": "a"}],
                         "cache": {"enabled": True}})
@@ -77,7 +78,7 @@ def main() -> None:
         from edge.store.local import LocalStore
 
         tmp = tempfile.mkdtemp(prefix="bench-cache-miss-")
-        store = LocalStore(tmp + "/db", max_bytes=512 * 1024 * 1024)
+        store = LocalStore(tmp + "/db", max_bytes=args.max_bytes)
     else:
         from edge.store.memory import MemoryStore
 
