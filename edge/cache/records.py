@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import marshal
+import operator
 import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -50,7 +51,7 @@ _FLAT = "\x00fl"
 _TYPES: dict[str, type] = {}
 # dataclasses whose fields are plain values (StoredFacts): written as one tuple of their
 # field values and rebuilt with one call, the per-hit decode path (no per-field walk)
-_FLAT_FIELDS: dict[type, tuple[str, ...]] = {}
+_FLAT_FIELDS: dict[type, Any] = {}   # type -> attrgetter of every field: one C call builds the tuple
 
 
 def register(*types: type, flat: bool = False) -> None:
@@ -59,15 +60,17 @@ def register(*types: type, flat: bool = False) -> None:
     for t in types:
         _TYPES[t.__qualname__] = t
         if flat:
-            _FLAT_FIELDS[t] = tuple(f.name for f in dataclasses.fields(t))
+            names = tuple(f.name for f in dataclasses.fields(t))
+            # attrgetter of several names returns a tuple, of one name the bare value
+            _FLAT_FIELDS[t] = operator.attrgetter(*names) if len(names) > 1 else (lambda v, n=names: (getattr(v, n[0]),))
 
 
 def _flatten(v: Any) -> Any:
     if v is None or isinstance(v, (str, bytes, bool, int, float)):
         return v
-    names = _FLAT_FIELDS.get(type(v))
-    if names is not None:
-        return (_FLAT, type(v).__qualname__, tuple([getattr(v, n) for n in names]))
+    fields = _FLAT_FIELDS.get(type(v))
+    if fields is not None:
+        return (_FLAT, type(v).__qualname__, fields(v))
     if isinstance(v, enum.Enum):
         return (_ENUM, type(v).__qualname__, v.value)
     if dataclasses.is_dataclass(v):
