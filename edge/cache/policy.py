@@ -634,6 +634,11 @@ class StoreVerdict:
     reason: str
 
 
+_NO_METHOD = StoreVerdict(False, "method")
+_EXPLICIT = StoreVerdict(True, "explicit")
+_HEURISTIC = StoreVerdict(True, "heuristic")
+
+
 @dataclass(frozen=True, slots=True)
 class StoredFacts:
     """What the cache keeps beside a stored response to decide later without parsing.
@@ -742,6 +747,20 @@ def header_first(headers: Headers, name: str) -> str | None:
     return None
 
 
+def _index(headers: Headers) -> dict[str, list[str]]:
+    """Field name (lower case) -> its values in order: one pass over a response head, so
+    the store path (``store_plan``) looks each field up without scanning again."""
+    fields: dict[str, list[str]] = {}
+    for k, v in headers:
+        lk = k.lower()
+        got = fields.get(lk)
+        if got is None:
+            fields[lk] = [v]
+        else:
+            got.append(v)
+    return fields
+
+
 def effective_cache_control(response_headers: Headers, settings: PolicySettings) -> tuple[CacheControl, bool]:
     """The directives that govern edge for this response and whether a targeted field gave them.
 
@@ -750,19 +769,18 @@ def effective_cache_control(response_headers: Headers, settings: PolicySettings)
     response, and it MUST ignore the Cache-Control and Expires header fields in that
     response, unless no valid, non-empty value is available from the listed header fields."
     """
-    if settings.targeted_fields:
-        found: dict[str, list[str]] = {}
-        for k, v in response_headers:
-            lk = k.lower()
-            if lk in settings.targeted_fields:
-                found.setdefault(lk, []).append(v)
-        for name in settings.targeted_fields:
-            if name in found:
-                joined = ", ".join(found[name])
-                cc = _targeted_cc_memo(joined) if len(joined) <= _MEMO_MAX_CHARS else _targeted_cc(joined)
-                if cc is not None:
-                    return cc, True
-    return parse_cache_control(header_values(response_headers, "cache-control")), False
+    return _effective_cc(_index(response_headers), settings)
+
+
+def _effective_cc(fields: dict[str, list[str]], settings: PolicySettings) -> tuple[CacheControl, bool]:
+    for name in settings.targeted_fields:
+        values = fields.get(name)
+        if values:
+            joined = ", ".join(values)
+            cc = _targeted_cc_memo(joined) if len(joined) <= _MEMO_MAX_CHARS else _targeted_cc(joined)
+            if cc is not None:
+                return cc, True
+    return parse_cache_control(fields.get("cache-control", ())), False
 
 
 def request_cache_control(request_headers: Headers) -> CacheControl:
@@ -790,13 +808,19 @@ _PRAGMA_NO_CACHE = CacheControl(MappingProxyType({"no-cache": None}), frozenset(
 def storable(method: str, status: int, request_headers: Headers, response_headers: Headers,
              settings: PolicySettings = DEFAULT_SETTINGS) -> StoreVerdict:
     """May this response be stored (RFC 9111 §3, §3.5; RFC 9213)? See each rule below."""
+    fields = _index(response_headers)
+    cc, targeted = _effective_cc(fields, settings)
+    return _storable(method, status, request_headers, fields, cc, targeted, settings)
+
+
+def _storable(method: str, status: int, request_headers: Headers, fields: dict[str, list[str]], cc: CacheControl,
+              _targeted: bool, settings: PolicySettings) -> StoreVerdict:
     # §3: "the request method is understood by the cache"
     if method not in STORABLE_METHODS:
-        return StoreVerdict(False, "method")
+        return _NO_METHOD
     # §3: "the response status code is final"
     if status < 200:
         return StoreVerdict(False, "status")
-    cc, _targeted = effective_cache_control(response_headers, settings)
     # §3: "if the response status code is 206 or 304, or the must-understand cache directive
     # (see Section 5.2.2.3) is present: the cache understands the response status code".
     # §3.3/§3.4: edge does not combine partial content, so a 206 is not stored;
@@ -831,24 +855,24 @@ def storable(method: str, status: int, request_headers: Headers, response_header
             return StoreVerdict(False, "authorization")
     # Set-Cookie: not an RFC 9111 rule (it "does not inhibit caching"), but a shared cache
     # handing one user's cookie to another is the classic leak: per route, refused by default.
-    if settings.set_cookie == "refuse" and header_first(response_headers, "set-cookie") is not None:
+    if settings.set_cookie == "refuse" and "set-cookie" in fields:
         return StoreVerdict(False, "set-cookie")
     # §4.1: "A stored response with a Vary header field value containing a member "*" always
     # fails to match": storing it would only take room.
-    if "*" in _vary_names(response_headers):
+    if "*" in _vary_from(fields):
         return StoreVerdict(False, "vary-star")
     # §3: "the response contains at least one of the following: a public response
     # directive; a private response directive, if the cache is not shared; an Expires
     # header field; a max-age response directive; if the cache is shared: an s-maxage
     # response directive; ... a status code that is defined as heuristically cacheable".
     if cc.public or (private and not settings.shared) or "max-age" in cc:
-        return StoreVerdict(True, "explicit")
+        return _EXPLICIT
     if settings.shared and "s-maxage" in cc:
-        return StoreVerdict(True, "explicit")
-    if not _targeted and header_first(response_headers, "expires") is not None:
-        return StoreVerdict(True, "explicit")
+        return _EXPLICIT
+    if not _targeted and "expires" in fields:
+        return _EXPLICIT
     if status in HEURISTIC_STATUSES:
-        return StoreVerdict(True, "heuristic")
+        return _HEURISTIC
     # The route's forced TTL is the cache extension of an out-of-band contract (§5.2.3).
     if settings.forced_ttl_s is not None:
         return StoreVerdict(True, "forced-ttl")
@@ -874,22 +898,38 @@ def headers_to_store(response_headers: Headers, response_time: float,
     Date header field MUST record the time it was received and append a corresponding
     Date header field to the message's header section if it is cached".
     """
-    cc, _ = effective_cache_control(response_headers, settings)
-    drop = set(_NOT_STORED)
-    drop |= connection_options(header_values(response_headers, "connection"))
+    fields = _index(response_headers)
+    cc, _ = _effective_cc(fields, settings)
+    return _headers_to_store(response_headers, fields, cc, response_time, settings)
+
+
+def _headers_to_store(response_headers: Headers, fields: dict[str, list[str]], cc: CacheControl, response_time: float,
+                      settings: PolicySettings, also_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    connection = fields.get("connection")
     nc = cc.no_cache
-    if isinstance(nc, tuple):
-        drop.update(nc)
     pv = cc.private
-    if settings.shared and isinstance(pv, tuple):
-        drop.update(pv)
-    if settings.set_cookie != "store":
-        drop.add("set-cookie")
+    if connection or isinstance(nc, tuple) or (settings.shared and isinstance(pv, tuple)):
+        drop = set(_NOT_STORED)
+        if connection:
+            drop |= connection_options(connection)
+        if isinstance(nc, tuple):
+            drop.update(nc)
+        if settings.shared and isinstance(pv, tuple):
+            drop.update(pv)
+        if settings.set_cookie != "store":
+            drop.add("set-cookie")
+        drop |= also_drop
+    else:  # the common head: the precomputed set
+        drop = _DROP_DEFAULT if settings.set_cookie != "store" else _NOT_STORED
+        if also_drop:
+            drop = drop | also_drop
     out = [(k, v) for k, v in response_headers if k.lower() not in drop]
-    date = header_first(out, "date")
-    if date is None:
+    if "date" not in fields or "date" in drop:
         out.append(("Date", format_http_date(response_time)))
     return out
+
+
+_DROP_DEFAULT = _NOT_STORED | {"set-cookie"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -914,8 +954,15 @@ def parse_age(values: Iterable[str]) -> int | None:
 
 
 def _vary_names(headers: Headers) -> tuple[str, ...]:
+    return _vary_from(_index(headers))
+
+
+def _vary_from(fields: dict[str, list[str]]) -> tuple[str, ...]:
+    values = fields.get("vary")
+    if not values:
+        return ()
     names: list[str] = []
-    for v in header_values(headers, "vary"):
+    for v in values:
         for n in v.split(","):
             n = n.strip(" \t").lower()
             if n and n not in names:
@@ -923,7 +970,7 @@ def _vary_names(headers: Headers) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _freshness(status: int, headers: Headers, cc: CacheControl, targeted: bool, date_value: float,
+def _freshness(status: int, fields: dict[str, list[str]], cc: CacheControl, targeted: bool, date_value: float,
                settings: PolicySettings) -> tuple[float, bool]:
     """(freshness_lifetime, heuristic) per §4.2.1/§4.2.2 and the route settings."""
     if settings.forced_ttl_s is not None:
@@ -943,7 +990,7 @@ def _freshness(status: int, headers: Headers, cc: CacheControl, targeted: bool, 
     # not present, as per Section 6.6.1 of [HTTP])". RFC 9213: a targeted field replaces
     # Expires too.
     if not targeted:
-        expires = header_values(headers, "expires")
+        expires = fields.get("expires")
         if expires:
             # §5.3: "A cache recipient MUST interpret invalid date formats, especially the
             # value "0", as representing a time in the past (i.e., "already expired")."
@@ -968,7 +1015,7 @@ def _freshness(status: int, headers: Headers, cc: CacheControl, targeted: bool, 
     # heuristic expiration value that is no more than some fraction of the interval since
     # that time. A typical setting of this fraction might be 10%." (RFC 9111 dropped
     # RFC 2616's rule against heuristics for URIs with a query: §4.2.2 Note.)
-    lm = header_first(headers, "last-modified")
+    lm = _first(fields, "last-modified")
     lm_ts = parse_http_date(lm) if lm is not None else None
     if lm_ts is None or lm_ts >= date_value:
         return 0.0, False
@@ -983,15 +1030,26 @@ def response_facts(request_time: float, response_time: float, status: int, respo
     head arrived (§4.2.3 names both so). Call it again with the merged headers and the new
     times after a 304 (§4.3.4).
     """
-    cc, targeted = effective_cache_control(response_headers, settings)
+    fields = _index(response_headers)
+    cc, targeted = _effective_cc(fields, settings)
+    return _response_facts(request_time, response_time, status, fields, cc, targeted, settings)
+
+
+def _first(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+def _response_facts(request_time: float, response_time: float, status: int, fields: dict[str, list[str]],
+                    cc: CacheControl, targeted: bool, settings: PolicySettings) -> StoredFacts:
     # RFC 9110 §6.6.1: a response without Date gets the receipt time; "A recipient with a
     # clock that receives a response with an invalid Date header field value MAY replace
     # that value with the time that response was received": edge does.
-    date_raw = header_first(response_headers, "date")
+    date_raw = _first(fields, "date")
     date_value = parse_http_date(date_raw) if date_raw is not None else None
     if date_value is None:
         date_value = response_time
-    age = parse_age(header_values(response_headers, "age"))
+    age = parse_age(fields.get("age", ()))
     age_value = age if age is not None else 0
     # §4.2.3:
     #   apparent_age = max(0, response_time - date_value);
@@ -1002,9 +1060,9 @@ def response_facts(request_time: float, response_time: float, status: int, respo
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_value + response_delay
     corrected_initial_age = min(max(apparent_age, corrected_age_value), float(DELTA_MAX))
-    lifetime, heuristic = _freshness(status, response_headers, cc, targeted, date_value, settings)
-    etag = header_first(response_headers, "etag")
-    lm = header_first(response_headers, "last-modified")
+    lifetime, heuristic = _freshness(status, fields, cc, targeted, date_value, settings)
+    etag = _first(fields, "etag")
+    lm = _first(fields, "last-modified")
     shared = settings.shared
     # §5.2.2.2 must-revalidate; §5.2.2.8 proxy-revalidate: "analogous to must-revalidate
     # except that proxy-revalidate does not apply to private caches"; §5.2.2.10 s-maxage:
@@ -1030,15 +1088,47 @@ def response_facts(request_time: float, response_time: float, status: int, respo
         # without forwarding it for validation"
         no_cache=cc.no_cache is True,
         must_revalidate=must_revalidate,
-        no_transform=cc.no_transform or "no-transform" in parse_cache_control(
-            header_values(response_headers, "cache-control")),
+        # §5.2.2.6 no-transform binds every intermediary, whichever field edge obeys for caching
+        no_transform=cc.no_transform or (targeted and "no-transform" in parse_cache_control(
+            fields.get("cache-control", ()))),
         public=cc.public,
         immutable=cc.immutable,
         stale_while_revalidate_s=swr if swr is not None and swr >= 0 else None,
         stale_if_error_s=sie if sie is not None and sie >= 0 else None,
-        vary=_vary_names(response_headers),
+        vary=_vary_from(fields),
         has_validator=etag is not None or lm is not None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StorePlan:
+    """``store_plan()``'s answer: the verdict, and when it is ok the facts and the fields to store."""
+
+    verdict: StoreVerdict
+    facts: StoredFacts | None = None
+    headers: list[tuple[str, str]] | None = None
+
+
+def store_plan(method: str, status: int, request_headers: Headers, response_headers: Headers, request_time: float,
+               response_time: float, settings: PolicySettings = DEFAULT_SETTINGS,
+               stored_headers: Headers | None = None, also_drop: frozenset[str] = frozenset()) -> StorePlan:
+    """``storable()``, ``response_facts()`` and ``headers_to_store()`` of one response head
+    from one pass over its fields and one Cache-Control parse: the cache's miss path.
+
+    ``stored_headers``: the list the kept fields are taken from when it is not
+    ``response_headers`` itself (the cache strips its purge tags first); ``also_drop``:
+    more lower-case names the caller never stores (Age: recomputed per answer, §5.1).
+    The answers are those of the three functions (tests/unit/test_cache_policy.py).
+    """
+    fields = _index(response_headers)
+    cc, targeted = _effective_cc(fields, settings)
+    verdict = _storable(method, status, request_headers, fields, cc, targeted, settings)
+    if not verdict.ok:
+        return StorePlan(verdict)
+    facts = _response_facts(request_time, response_time, status, fields, cc, targeted, settings)
+    kept = _headers_to_store(response_headers if stored_headers is None else stored_headers, fields, cc,
+                             response_time, settings, also_drop)
+    return StorePlan(verdict, facts, kept)
 
 
 def worth_storing(facts: StoredFacts, settings: PolicySettings = DEFAULT_SETTINGS) -> bool:

@@ -12,7 +12,11 @@ Three kinds of record live under a URL key (``edge.cache.keys``), told apart by 
 - ``VaryIndex`` (``"v"``): the URL's response varies (RFC 9111 §4.1): the ``Vary`` names,
   the generation under which its variants are stored, and the time of the last soft purge;
 - ``PASS`` (``"p"``): hit-for-pass, a short-lived mark that the last response for this URL
-  could not be stored, so concurrent misses do not queue behind one another for nothing.
+  could not be stored, so concurrent misses do not queue behind one another for nothing;
+- ``FILLING``: the fill marker, a lock token (``fill_token()``, not marshal: the stores'
+  ``release_lock`` compares the raw value with the token) that the one request fetching a
+  missing URL ``add``s in place of the record; the object (or a Vary index, or a pass
+  mark) written there later replaces it, so the commit releases the lock in the same write.
 
 The encoding is ``marshal`` of a flat tuple: measured (docs/cache.md) it decodes a typical
 1 KiB object record several times faster than ``json`` (and ``msgpack`` is not a
@@ -30,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import marshal
+import operator
+import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -45,7 +51,7 @@ _FLAT = "\x00fl"
 _TYPES: dict[str, type] = {}
 # dataclasses whose fields are plain values (StoredFacts): written as one tuple of their
 # field values and rebuilt with one call, the per-hit decode path (no per-field walk)
-_FLAT_FIELDS: dict[type, tuple[str, ...]] = {}
+_FLAT_FIELDS: dict[type, Any] = {}   # type -> attrgetter of every field: one C call builds the tuple
 
 
 def register(*types: type, flat: bool = False) -> None:
@@ -54,15 +60,17 @@ def register(*types: type, flat: bool = False) -> None:
     for t in types:
         _TYPES[t.__qualname__] = t
         if flat:
-            _FLAT_FIELDS[t] = tuple(f.name for f in dataclasses.fields(t))
+            names = tuple(f.name for f in dataclasses.fields(t))
+            # attrgetter of several names returns a tuple, of one name the bare value
+            _FLAT_FIELDS[t] = operator.attrgetter(*names) if len(names) > 1 else (lambda v, n=names: (getattr(v, n[0]),))
 
 
 def _flatten(v: Any) -> Any:
     if v is None or isinstance(v, (str, bytes, bool, int, float)):
         return v
-    names = _FLAT_FIELDS.get(type(v))
-    if names is not None:
-        return (_FLAT, type(v).__qualname__, tuple([getattr(v, n) for n in names]))
+    fields = _FLAT_FIELDS.get(type(v))
+    if fields is not None:
+        return (_FLAT, type(v).__qualname__, fields(v))
     if isinstance(v, enum.Enum):
         return (_ENUM, type(v).__qualname__, v.value)
     if dataclasses.is_dataclass(v):
@@ -137,10 +145,30 @@ PASS = _Pass()
 PASS_RECORD = marshal.dumps((FORMAT, "p"))
 
 
-def decode(raw: bytes | None) -> StoredObject | VaryIndex | _Pass | None:
+class _Filling:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FILLING"
+
+
+FILLING = _Filling()
+# a NUL first byte is no marshal type code: a fill marker never decodes as a record
+_FILL_PREFIX = "\x00fill:"
+_FILL_PREFIX_B = _FILL_PREFIX.encode()
+
+
+def fill_token() -> str:
+    """A new fill-marker lock token; its ``.encode()`` is the value stored under the URL key."""
+    return _FILL_PREFIX + secrets.token_hex(12)
+
+
+def decode(raw: bytes | None) -> StoredObject | VaryIndex | _Pass | _Filling | None:
     """The record in ``raw``; None when absent or unreadable (a miss, never an error)."""
     if raw is None:
         return None
+    if raw[:1] == b"\x00":
+        return FILLING if raw.startswith(_FILL_PREFIX_B) else None
     try:
         t = marshal.loads(raw)
         if type(t) is not tuple or not t or t[0] != FORMAT:

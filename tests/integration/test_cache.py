@@ -273,6 +273,18 @@ def test_concurrent_misses_are_coalesced_into_one_fetch(env):
     assert env.count(p)["count"] == 1
 
 
+def test_concurrent_misses_of_two_variants_are_two_fetches(env):
+    # the first fill holds a marker at the URL key; the other variant's waiters find the Vary
+    # index it leaves without their variant and coalesce again on the URL's fill lock
+    p = env.path("coalesce-vary", cc="max-age=60", vary="Accept-Language", delay="0.5")
+    langs = ["en", "fr"] * 30
+    with concurrent.futures.ThreadPoolExecutor(60) as pool:
+        answers = list(pool.map(lambda lang: (lang, env.get(p, headers={"Accept-Language": lang})), langs))
+    assert all(a.status_code == 200 and f"accept-language:{lang}" in a.text for lang, a in answers)
+    assert len({a.text for _, a in answers}) == 2
+    assert env.count(p)["count"] == 2
+
+
 def test_uncacheable_misses_are_not_serialised(env):
     p = env.path("hfp", cc="no-store", delay="0.5")
     env.get(p)  # leaves the hit-for-pass mark

@@ -751,3 +751,32 @@ def test_no_transform_from_cache_control_with_targeted_field():
 def test_worth_storing(headers, kw, useful):
     s = PolicySettings(**kw)
     assert P.worth_storing(facts(headers + [("Date", D(T0))], settings=s), s) is useful
+
+
+@pytest.mark.parametrize("method,status,req,resp,kw", [
+    ("GET", 200, [], [("Date", D(T0)), ("Cache-Control", "max-age=60"), ("ETag", '"a"'), ("Age", "3")], {}),
+    ("GET", 200, [], [("Cache-Control", "no-cache=\"X-A\", private=\"X-B\""), ("X-A", "1"), ("X-B", "2"),
+                      ("Connection", "X-C"), ("X-C", "3"), ("Expires", D(T0 + 30))], {}),     # §3.1 drops
+    ("GET", 200, [], [("CDN-Cache-Control", "max-age=9"), ("Cache-Control", "no-store, no-transform")], {}),
+    ("GET", 200, [], [("Set-Cookie", "a=1"), ("Cache-Control", "max-age=5")], {"set_cookie": "strip"}),
+    ("GET", 200, [], [("Set-Cookie", "a=1"), ("Cache-Control", "max-age=5")], {}),            # refused
+    ("GET", 200, [("Authorization", "x")], [("Cache-Control", "max-age=5")], {}),
+    ("GET", 404, [], [("Last-Modified", D(T0 - 1000)), ("Date", D(T0)), ("Vary", "A, b")], {}),
+    ("POST", 200, [], [("Cache-Control", "max-age=5")], {}),
+    ("GET", 200, [], [("Vary", "*"), ("Cache-Control", "max-age=5")], {}),
+])
+def test_store_plan_answers_as_the_three_functions(method, status, req, resp, kw):
+    # one parse on the miss path (store_plan) must decide exactly as storable(),
+    # response_facts() and headers_to_store() do one by one
+    s = PolicySettings(**kw)
+    plan = P.store_plan(method, status, req, resp, T0 - 1, T0, s)
+    assert plan.verdict == P.storable(method, status, req, resp, s)
+    if plan.verdict.ok:
+        assert plan.facts == P.response_facts(T0 - 1, T0, status, resp, s)
+        assert plan.headers == P.headers_to_store(resp, T0, s)
+        # the cache keeps its purge tags out of the stored copy and never stores Age
+        tagged = resp + [("Surrogate-Key", "t1")]
+        kept = P.store_plan(method, status, req, tagged, T0 - 1, T0, s, resp, frozenset({"age"})).headers
+        assert kept == [(n, v) for n, v in P.headers_to_store(resp, T0, s) if n.lower() != "age"]
+    else:
+        assert plan.facts is None and plan.headers is None
