@@ -77,7 +77,6 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus, urlsplit
 
 import gevent
-import jwt
 from passlib.context import CryptContext
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -560,6 +559,15 @@ def _read(path: str) -> str:
         raise AuthError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
 
 
+def _jwt_module():
+    """PyJWT, imported on first use: every plugin module is imported by the master, and PyJWT
+    imports ``ssl`` names directly (its JWKS client), which makes gevent warn at every worker's
+    monkey-patching; a configuration without JWTs should not pay that."""
+    import jwt
+
+    return jwt
+
+
 class JwtKeys:
     """The keys of a ``jwt`` section, read from its files when the configuration is validated."""
 
@@ -570,6 +578,8 @@ class JwtKeys:
 
 
 def load_jwt_keys(cfg: "JwtSettings") -> JwtKeys:
+    import jwt  # only where JWTs are configured (see _jwt_module)
+
     secret: bytes | None = None
     if cfg.secret is not None:
         secret = cfg.secret.encode()
@@ -612,6 +622,7 @@ class JwtAuth:
         self._claim_headers = tuple(cfg.claims_to_headers.items())
         self._cookie = cfg.cookie
         self._seen = _Expiring()
+        self._module = _jwt_module()
         self._secret = cfg._keys.secret
         self._by_kid = cfg._keys.by_kid
         self._anonymous = cfg._keys.anonymous
@@ -626,6 +637,7 @@ class JwtAuth:
         return get_cookie(ctx.headers, self._cookie)
 
     def check(self, token: str, now: float) -> Verdict:
+        jwt = self._module
         hit = self._seen.get(token, now)
         if hit is not None:
             claims, not_before = hit
@@ -701,6 +713,7 @@ def _key_fits(key: Any, alg: str) -> bool:
 
 def _pem_to_jwk(pem: str) -> dict:
     """A PEM public key as a JWK dict (PyJWK carries the key type we check against the algorithm)."""
+    jwt = _jwt_module()
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
