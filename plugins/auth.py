@@ -290,6 +290,7 @@ class Auth(Plugin):
         if config.forward:
             owned.extend(config.forward.response_headers)
         self._owned = tuple(owned)
+        self._owned_lower = frozenset(n.lower() for n in owned)
         challenges = []
         if self._basic:
             challenges.append(("WWW-Authenticate", f'Basic realm="{config.basic.realm}", charset="UTF-8"'))
@@ -301,8 +302,14 @@ class Auth(Plugin):
 
     def on_request(self, ctx: Any) -> Response | None:
         headers = ctx.headers
-        for name in self._owned:
-            headers.remove(name)
+        if self._owned:
+            # one scan of the fields; the list is rebuilt only when a client sent one of ours
+            owned = self._owned_lower
+            for k, _ in headers.items():
+                if k.lower() in owned:
+                    for name in self._owned:
+                        headers.remove(name)
+                    break
         authorization = headers.get("Authorization")
         scheme, _, credentials = (authorization or "").strip().partition(" ")
         scheme = scheme.lower()

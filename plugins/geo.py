@@ -181,6 +181,7 @@ class Geo(Plugin):
         h = config.headers
         self._h_country, self._h_continent, self._h_city, self._h_asn = h.country, h.continent, h.city, h.asn
         self._set_by_us = tuple(n for n in (h.country, h.continent, h.city, h.asn, config.country_header) if n)
+        self._owned_lower = frozenset(n.lower() for n in self._set_by_us)
         self._country_header = config.country_header
         trusted = services.extras.get("trusted_proxies")
         self._trusted = trusted if trusted else None
@@ -191,8 +192,13 @@ class Geo(Plugin):
     def on_request(self, ctx: Any) -> Response | None:
         headers = ctx.headers
         claimed = headers.get(self._country_header) if self._country_header else None
-        for name in self._set_by_us:
-            headers.remove(name)
+        # one scan of the request's fields; the list is rebuilt only when a client sent one of ours
+        owned = self._owned_lower
+        for k, _ in headers.items():
+            if k.lower() in owned:
+                for name in self._set_by_us:
+                    headers.remove(name)
+                break
         country = continent = None
         loc = None
         if claimed is not None and self._trusted is not None and ctx.peer_ip in self._trusted:
@@ -230,15 +236,16 @@ class Geo(Plugin):
             pool = self._first_available(pool)
             ctx.upstream = pool
             facts["geo_pool"] = pool
+        # the client's own fields of these names were removed above: adding cannot duplicate one
         if country is not None and self._h_country:
-            headers.set(self._h_country, country)
+            headers.add(self._h_country, country)
         if continent is not None and self._h_continent:
-            headers.set(self._h_continent, continent)
+            headers.add(self._h_continent, continent)
         if loc is not None:
             if loc.city is not None and self._h_city and loc.city.isprintable() and loc.city.isascii():
-                headers.set(self._h_city, loc.city)
+                headers.add(self._h_city, loc.city)
             if loc.asn is not None and self._h_asn:
-                headers.set(self._h_asn, str(loc.asn))
+                headers.add(self._h_asn, str(loc.asn))
         return None
 
     def _first_available(self, pool: str) -> str:
