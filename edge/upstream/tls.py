@@ -138,13 +138,26 @@ class TLSTransport:
             # TLS 1.3 (RFC 8446 §4.4.2): the client's handshake ends before the server has checked
             # the client certificate, so a refused (or missing) one arrives as an alert on the
             # first read: still a handshake failure, and reported as one.
-            if e.reason and "CERTIFICATE" in e.reason:
+            reason = getattr(e, "reason", None) or ""
+            if "CERTIFICATE" in reason:
                 raise TLSHandshakeError(f"TLS to {self.authority}: the server refused edge's client certificate "
-                                        f"(or its absence): {e.reason}") from None
+                                        f"(or its absence): {reason}") from None
             raise
 
     def send(self, data) -> int:
-        return self._write(data)  # 0 when OpenSSL wants to wait (timeout 0: gevent returns 0)
+        try:
+            return self._write(data)  # 0 when OpenSSL wants to wait (timeout 0: gevent returns 0)
+        except ssl.SSLError:
+            # TLS 1.3: a backend that refuses edge's client certificate sends its alert after the
+            # handshake; the first write can fail (EOF) before a read has seen it. Read the alert
+            # so the failure is reported as what it is; any other write failure passes unchanged.
+            try:
+                self.recv(1)
+            except TLSHandshakeError:
+                raise
+            except (OSError, ValueError):
+                pass
+            raise
 
     def peer_closed(self) -> bool:
         """True when the backend closed (or broke) this idle connection; never blocks."""

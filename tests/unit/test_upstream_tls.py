@@ -36,3 +36,31 @@ def test_verify_false_is_explicit_and_logged(caplog):
 ])
 def test_sni_name(host, cfg, name):
     assert sni_name(host, cfg) == name
+
+
+def test_a_write_failing_before_the_client_certificate_alert_was_read_reports_the_alert():
+    # TLS 1.3: the backend refuses edge's client certificate after the handshake; the first write
+    # may fail (EOF) before any read saw the alert. The failure must still name the certificate.
+    import ssl
+
+    from edge.errors import TLSHandshakeError
+    from edge.upstream.tls import TLSTransport
+
+    class Refused:
+        def read(self, n):
+            e = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] alert")
+            e.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+            raise e
+
+        def send(self, data):
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+
+    with pytest.raises(TLSHandshakeError, match="refused edge's client certificate"):
+        TLSTransport(Refused(), "127.0.0.1:443").send(b"GET / HTTP/1.1\r\n\r\n")
+
+    class Reset(Refused):
+        def read(self, n):
+            raise ssl.SSLEOFError(8, "EOF")
+
+    with pytest.raises(ssl.SSLEOFError):
+        TLSTransport(Reset(), "127.0.0.1:443").send(b"x")
