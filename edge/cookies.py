@@ -145,8 +145,7 @@ def cookie_error(
     return None
 
 
-def set_cookie(
-    headers: Headers,
+def set_cookie_field(
     name: str,
     value: str,
     *,
@@ -157,14 +156,8 @@ def set_cookie(
     httponly: bool = False,
     samesite: SameSite | None = None,
 ) -> str:
-    """Append ``Set-Cookie: name=value; ...`` to ``headers`` and return the field value.
-
-    ``max_age`` in seconds (``0`` deletes the cookie; None: a session cookie), ``path``
-    (default ``/``; None leaves it to the client's default, RFC 6265 §5.1.4),
-    ``domain`` (None: this host only), ``secure``, ``httponly``, ``samesite``
-    (``"Strict"``, ``"Lax"``, ``"None"``). Raises ``ValueError`` naming the bad part;
-    nothing is added then.
-    """
+    """The checked ``Set-Cookie`` field value for these attributes (see ``set_cookie``);
+    ``ValueError`` naming the bad part. For a field built once and sent many times."""
     problem = cookie_error(name, value, max_age=max_age, path=path, domain=domain, secure=secure, samesite=samesite)
     if problem is not None:
         raise ValueError(problem)
@@ -185,5 +178,30 @@ def set_cookie(
     problem = field_error("Set-Cookie", field)
     if problem is not None:  # the checks above already exclude this; the gate every serialiser has stays
         raise ValueError(problem)
+    return field
+
+
+def set_cookie(
+    headers: Headers,
+    name: str,
+    value: str,
+    *,
+    max_age: int | None = None,
+    path: str | None = "/",
+    domain: str | None = None,
+    secure: bool = False,
+    httponly: bool = False,
+    samesite: SameSite | None = None,
+) -> str:
+    """Append ``Set-Cookie: name=value; ...`` to ``headers`` and return the field value.
+
+    ``max_age`` in seconds (``0`` deletes the cookie; None: a session cookie), ``path``
+    (default ``/``; None leaves it to the client's default, RFC 6265 §5.1.4),
+    ``domain`` (None: this host only), ``secure``, ``httponly``, ``samesite``
+    (``"Strict"``, ``"Lax"``, ``"None"``). Raises ``ValueError`` naming the bad part;
+    nothing is added then.
+    """
+    field = set_cookie_field(name, value, max_age=max_age, path=path, domain=domain, secure=secure,
+                             httponly=httponly, samesite=samesite)
     headers.add("Set-Cookie", field)
     return field

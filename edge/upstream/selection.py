@@ -43,8 +43,7 @@ from hashlib import blake2b
 from typing import Sequence
 
 from edge.config import StickyConfig
-from edge.cookies import cookie_error
-from edge.fields import field_error
+from edge.cookies import set_cookie_field
 from edge.upstream.balancer import (
     HashRing,
     LeastConn,
@@ -108,25 +107,11 @@ class StickyCookie:
         values = tuple(blake2b(ident.encode("utf-8"), key=key, digest_size=12).hexdigest() for ident in identities)
         fields = []
         for value in values:
-            problem = cookie_error(name, value, max_age=max_age, path=path, domain=domain, secure=secure, samesite=samesite)
-            if problem is not None:
-                raise ValueError(f"sticky cookie: {problem}")
-            parts = [f"{name}={value}"]
-            if max_age is not None:
-                parts.append(f"Max-Age={max_age}")
-            if domain is not None:
-                parts.append(f"Domain={domain}")
-            parts.append(f"Path={path}")
-            if secure:
-                parts.append("Secure")
-            if httponly:
-                parts.append("HttpOnly")
-            if samesite is not None:
-                parts.append(f"SameSite={samesite}")
-            field = "; ".join(parts)
-            problem = field_error("Set-Cookie", field)
-            if problem is not None:
-                raise ValueError(f"sticky cookie: {problem}")
+            try:
+                field = set_cookie_field(name, value, max_age=max_age, path=path, domain=domain, secure=secure,
+                                         httponly=httponly, samesite=samesite)
+            except ValueError as e:
+                raise ValueError(f"sticky cookie: {e}") from None
             fields.append(field)
         return cls(name, values, tuple(fields))
 
