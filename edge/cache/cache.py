@@ -58,6 +58,7 @@ import gevent
 from edge.cache import keys, policy, purge, records, variants
 from edge.cache.keys import KeyRules
 from edge.cache.records import FILLING, PASS, StoredObject, VaryIndex
+from edge.cache.tee import tee
 
 records.register(policy.StoredFacts, flat=True)  # plain values only (policy.StoredFacts docstring)
 from edge.context import Response
@@ -657,29 +658,13 @@ class Cache:
 
     def _tee(self, body, announced: int | None, cap: int, pending: "_Pending") -> Iterator[bytes]:
         """Stream ``body`` to the client, keeping a copy up to ``cap``; commit when intact."""
-        copy: list[bytes] | None = []
-        size = 0
-        intact = False
-        try:
-            for chunk in body:
-                if copy is not None:
-                    size += len(chunk)
-                    if size > cap:
-                        copy = None
-                        self._pass(pending.fill, "too-large")
-                    else:
-                        copy.append(chunk)
-                yield chunk
-            intact = True
-        finally:
-            if not intact:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
+        def on_end(copy: list[bytes] | None, size: int, intact: bool) -> None:
             if copy is not None and intact and (announced is None or announced == size):
                 self._later(self._commit, pending, copy, size)
             elif copy is not None:
                 self._pass(pending.fill, "aborted")
+
+        return tee(body, cap, on_end, lambda: self._pass(pending.fill, "too-large"))
 
     def _commit(self, p: "_Pending", copy: list[bytes], size: int) -> None:
         """Write the chunks, then the record that points to them (then release the fill lock)."""

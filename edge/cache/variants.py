@@ -57,6 +57,7 @@ from typing import Any, Iterator
 
 import gevent
 
+from edge.cache.tee import tee
 from edge.compress.compressor import Compressor
 from edge.errors import StoreUnavailable
 
@@ -182,26 +183,11 @@ class VariantSource:
 
     def _tee(self, coding: str, body: Iterator[bytes]) -> Iterator[bytes]:
         """Stream the encoded body to the client, keeping a copy up to the cap; store it when intact."""
-        copy: list[bytes] | None = []
-        size = 0
-        intact = False
-        try:
-            for chunk in body:
-                if copy is not None:
-                    size += len(chunk)
-                    if size > self.cap:
-                        copy = None
-                    else:
-                        copy.append(chunk)
-                yield chunk
-            intact = True
-        finally:
-            if not intact:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
-            elif copy is not None:
+        def on_end(copy: list[bytes] | None, size: int, intact: bool) -> None:
+            if intact and copy is not None:
                 gevent.spawn(self._write, coding, copy, size)
+
+        return tee(body, self.cap, on_end)
 
     def _write(self, coding: str, copy: list[bytes], size: int) -> None:
         """The chunks first, the record that points to them last (a reader never sees half)."""
