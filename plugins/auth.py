@@ -80,11 +80,11 @@ import gevent
 from passlib.context import CryptContext
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from edge.config import Duration, Size
+from edge.config import Duration, HeaderName, Size
 from edge.context import Response
 from edge.cookies import get_cookie, remove_cookie
 from edge.errors import UpstreamError
-from edge.fields import is_field_value, is_token
+from edge.fields import is_field_value
 from edge.http import HOP_BY_HOP, without_framing
 from edge.plugins import Plugin, PluginConfig, Services
 
@@ -109,12 +109,6 @@ MAX_CACHED_TOKEN_CHARS = 4096
 M_OK = "plugin.auth.{}.ok"
 M_DENIED = "plugin.auth.{}.denied"
 M_FORWARD_ERROR = "plugin.auth.forward.error"
-
-
-def _token_name(v: str | None) -> str | None:
-    if v is not None and not is_token(v):
-        raise ValueError(f"invalid header name {v!r}: must be a token (RFC 9110 §5.1)")
-    return v
 
 
 class _Section(BaseModel):
@@ -155,15 +149,10 @@ class ApiKeyEntry(_Section):
 
 
 class ApiKeySettings(_Section):
-    header: str | None = Field("X-API-Key", description="request header carrying the key (null: none)")
+    header: HeaderName | None = Field("X-API-Key", description="request header carrying the key (null: none)")
     query: str | None = Field(None, description="query parameter carrying the key (null: none)")
     keys: tuple[ApiKeyEntry, ...] = Field((), description="keys, as {consumer, sha256}")
     file: str | None = Field(None, description="file of `consumer:sha256-hex` lines (# comments)")
-
-    @field_validator("header")
-    @classmethod
-    def _header(cls, v: str | None) -> str | None:
-        return _token_name(v)
 
     _file_digests: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -189,16 +178,9 @@ class JwtSettings(_Section):
     leeway: Duration = Field(30.0, description="clock skew allowed on exp/nbf/iat")
     required_claims: tuple[str, ...] = Field(("exp",), description="claims that must be present")
     consumer_claim: str = Field("sub", description="claim naming the consumer")
-    claims_to_headers: dict[str, str] = Field({}, description="claim -> request header for the backend")
+    claims_to_headers: dict[str, HeaderName] = Field({}, description="claim -> request header for the backend")
     cookie: str | None = Field(None, description="also accept the token from this cookie")
     _keys: "JwtKeys" = PrivateAttr(None)
-
-    @field_validator("claims_to_headers")
-    @classmethod
-    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v.values():
-            _token_name(name)
-        return v
 
     @model_validator(mode="after")
     def _keys_for_algorithms(self) -> "JwtSettings":
@@ -216,9 +198,9 @@ class ForwardSettings(_Section):
     url: str = Field(description="auth service, `http://host:port/path`")
     method: str = Field("GET", description="method of the sub-request")
     timeout: Duration = Field(2.0, description="connect and read timeout of the sub-request")
-    request_headers: tuple[str, ...] = Field(("Authorization", "Cookie"), description="client headers sent to the auth service")
-    response_headers: tuple[str, ...] = Field((), description="auth-service headers copied into the request to the backend on 2xx")
-    consumer_header: str | None = Field(None, description="auth-service response header naming the consumer")
+    request_headers: tuple[HeaderName, ...] = Field(("Authorization", "Cookie"), description="client headers sent to the auth service")
+    response_headers: tuple[HeaderName, ...] = Field((), description="auth-service headers copied into the request to the backend on 2xx")
+    consumer_header: HeaderName | None = Field(None, description="auth-service response header naming the consumer")
     max_body: Size = Field(65536, description="largest refusal body passed back to the client")
 
     @field_validator("url")
@@ -228,18 +210,6 @@ class ForwardSettings(_Section):
         if parts.scheme != "http" or not parts.hostname or parts.port is None:
             raise ValueError(f"expected http://host:port/path (got {v!r})")
         return v
-
-    @field_validator("request_headers", "response_headers")
-    @classmethod
-    def _names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for name in v:
-            _token_name(name)
-        return v
-
-    @field_validator("consumer_header")
-    @classmethod
-    def _consumer(cls, v: str | None) -> str | None:
-        return _token_name(v)
 
 
 class AuthError(ValueError):
@@ -259,12 +229,7 @@ class Auth(Plugin):
         jwt: JwtSettings | None = Field(None, description="JSON Web Tokens (Bearer)")
         forward: ForwardSettings | None = Field(None, description="ask an auth service (nginx auth_request, Traefik ForwardAuth)")
         strip_credentials: bool = Field(True, description="remove the credential a local method used before the backend sees the request")
-        consumer_header: str | None = Field(None, description="request header telling the backend who the consumer is")
-
-        @field_validator("consumer_header")
-        @classmethod
-        def _consumer(cls, v: str | None) -> str | None:
-            return _token_name(v)
+        consumer_header: HeaderName | None = Field(None, description="request header telling the backend who the consumer is")
 
         @model_validator(mode="after")
         def _some_method(self) -> "Auth.Config":
