@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -171,6 +170,7 @@ class Cache:
         self.strip_surrogate = cfg.strip_surrogate_headers
         self.serve_stale_s = max([cfg.serve_stale_on_error] + [r.settings.serve_stale_on_error_s for r in routes if r is not None])
         self.health = StoreDown(metrics)
+        self.tokens = records.Tokens()  # built in the worker, after the fork: its own random prefix
         # how a commit runs once the request's greenlet yields (see "Fill" above)
         self._later = _in_hub if getattr(store, "name", "") in _IN_PROCESS_STORES else gevent.spawn
         self._bans: tuple[purge.Ban, ...] = ()
@@ -419,7 +419,7 @@ class Cache:
         while True:
             if marker:
                 if lead and found is None:
-                    token = records.fill_token()
+                    token = self.tokens.fill()
                     if store.add(url_key, token.encode(), lock_ttl):
                         fill.lock, fill.lock_key = token, url_key
                         return None
@@ -617,7 +617,7 @@ class Cache:
             out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
                                                                                stored=True, ttl=ttl))]
             # the body's token, chosen now so the encoded stream the client gets can be stored under it too
-            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, secrets.token_hex(6))
+            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, self.tokens.next())
             tap.variants = variants.VariantSource(self, fill.h, pending.version, up.length, rc.max_object_size,
                                                   response_time + self._store_ttl(facts, response_time), filling=True)
             out_headers = _strip(out_headers, rc.strip_fields)
@@ -695,7 +695,7 @@ class Cache:
             elif marker:
                 # the URL key holds our fill marker, so no index: the variant first, then the index
                 # in place of the marker (waiters that see the index find the variant)
-                new = VaryIndex(p.names, secrets.token_hex(6))
+                new = VaryIndex(p.names, self.tokens.next())
                 self.store.set(keys.variant_key(h, new.generation, p.secondary), record, ttl_s)
                 if not self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s):
                     # the marker expired and something else is there now: join (or replace) it
@@ -736,7 +736,7 @@ class Cache:
             if isinstance(rec, VaryIndex) and rec.names == names:
                 return rec.generation
             # no index, another kind of record, or other Vary names: a new generation replaces it
-            new = VaryIndex(names, secrets.token_hex(6))
+            new = VaryIndex(names, self.tokens.next())
             if self.store.cas(url_key, raw, new.encode(), self.max_ttl_s):
                 return new.generation
         return new.generation

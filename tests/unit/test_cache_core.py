@@ -80,6 +80,17 @@ def test_other_records_round_trip_and_garbage_is_a_miss():
     assert records.decode(b"\x00other") is None
 
 
+def test_tokens_are_unique_within_a_worker_and_across_workers():
+    # one Tokens per worker cache: a random prefix each, then a counter
+    a, b = records.Tokens(), records.Tokens()
+    drawn = [a.next() for _ in range(1000)] + [a.fill() for _ in range(1000)] + [b.next() for _ in range(1000)]
+    assert len(set(drawn)) == len(drawn)
+    assert {t.split(".")[0] for t in drawn[:1000]}.isdisjoint({t.split(".")[0] for t in drawn[2000:]})
+    fill = a.fill()
+    assert records.decode(fill.encode()) is records.FILLING   # a fill marker, never a record
+    assert all(c in "0123456789abcdef." for c in a.next())      # valid in every store's keys
+
+
 def test_records_rebuild_only_registered_types():
     raw = marshal.dumps((records.FORMAT, "o", 200, "OK", (), ("\x00dc", "os.system", "x"), 0.0, "u", (), False, b"",
                          "", 0, 0, 0.0))
