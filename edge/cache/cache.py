@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -76,6 +77,9 @@ POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
 #: a background revalidation holds its lock at most this long
 REVALIDATE_LOCK_S = 30.0
+#: decoded records a worker keeps (``Cache._decode``), and the largest record it keeps
+MEMO_ENTRIES = 2048
+MEMO_MAX_RECORD_BYTES = 16 * 1024
 #: stores whose calls never switch greenlets (LMDB, a dict): a commit may run as a hub callback
 _IN_PROCESS_STORES = frozenset({"local", "memory"})
 
@@ -171,6 +175,8 @@ class Cache:
         self.serve_stale_s = max([cfg.serve_stale_on_error] + [r.settings.serve_stale_on_error_s for r in routes if r is not None])
         self.health = StoreDown(metrics)
         self.tokens = records.Tokens()  # built in the worker, after the fork: its own random prefix
+        self._decoded: dict[str, tuple[bytes, Any]] = {}  # store key -> (raw record, decoded): see _decode
+        self._hit_status = policy.cache_status_prefix(self.name, hit=True)  # + the ttl: a hit's Cache-Status
         # how a commit runs once the request's greenlet yields (see "Fill" above)
         self._later = _in_hub if getattr(store, "name", "") in _IN_PROCESS_STORES else gevent.spawn
         self._bans: tuple[purge.Ban, ...] = ()
@@ -216,11 +222,29 @@ class Cache:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
         return self._coalesce(proxy, ctx, route, rc, chain, body, fill, found)
 
+    def _decode(self, key: str, raw: bytes | None):
+        """``records.decode(raw)``, memoised per worker: a record read again with the same bytes
+        (every hit of a popular object) is not decoded again. The bytes are compared, so a
+        record replaced on the store by any worker or node is decoded anew; decoded records
+        are never changed in place (``dataclasses.replace`` makes new ones)."""
+        if raw is None:
+            return None
+        memo = self._decoded.get(key)
+        if memo is not None and memo[0] == raw:
+            return memo[1]
+        rec = records.decode(raw)
+        if rec is not None and len(raw) <= MEMO_MAX_RECORD_BYTES:
+            decoded = self._decoded
+            if len(decoded) >= MEMO_ENTRIES:
+                del decoded[next(iter(decoded))]  # the oldest entry (dicts keep insertion order)
+            decoded[key] = (raw, rec)
+        return rec
+
     def _load(self, h: str, req_headers) -> Entry | object | None:
         """The usable stored object for this request (an ``Entry``), ``PASS``, ``FILLING``
         (a fill marker), ``NO_MATCH`` (a record, nothing usable) or None (no record)."""
         key = keys.url_key(h)
-        rec = records.decode(self.store.get(key))
+        rec = self._decode(key, self.store.get(key))
         if rec is None or rec is PASS or rec is FILLING:
             return rec
         soft = False
@@ -229,7 +253,7 @@ class Cache:
             if secondary is None:  # RFC 9111 §4.1: "Vary: *" always fails to match
                 return NO_MATCH
             key = keys.variant_key(h, rec.generation, secondary)
-            obj = records.decode(self.store.get(key))
+            obj = self._decode(key, self.store.get(key))
             if not isinstance(obj, StoredObject):
                 return NO_MATCH
             soft = obj.stored_at < rec.purged_at
@@ -271,7 +295,7 @@ class Cache:
         kind = type(d)
         if kind is policy.Fresh:
             self.metrics.incr("cache.hit")
-            return self._serve(proxy, ctx, chain, rc, obj, now, policy.cache_status(name=self.name, hit=True, ttl=d.ttl), d.age)
+            return self._serve(proxy, ctx, chain, rc, obj, now, f"{self._hit_status}{math.floor(d.ttl)}", d.age)
         if kind is policy.ServeStale:
             self.metrics.incr("cache.stale")
             if d.revalidate_in_background:
@@ -812,15 +836,16 @@ def _drain(up) -> None:
 
 def _has_conditional(headers) -> bool:
     for n, _ in headers:
-        ln = n.lower()
-        if ln.startswith("if-") and ln != "if-range":
-            return True
+        if n[:1] in "iI":   # a hit scans every request field: skip the lower() of the others
+            ln = n.lower()
+            if ln.startswith("if-") and ln != "if-range":
+                return True
     return False
 
 
 def _has_authorization(headers) -> bool:
     for n, _ in headers:
-        if n.lower() == "authorization":
+        if n[:1] in "aA" and n.lower() == "authorization":
             return True
     return False
 
@@ -836,7 +861,7 @@ def _coalescable(headers) -> bool:
 
 def _only_if_cached(headers) -> bool:
     for n, v in headers:
-        if n.lower() == "cache-control" and "only-if-cached" in v.lower():
+        if n[:1] in "cC" and n.lower() == "cache-control" and "only-if-cached" in v.lower():
             return True
     return False
 

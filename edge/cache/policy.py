@@ -1899,6 +1899,12 @@ def cache_status(*, name: str = "edge", hit: bool = False, fwd: str | None = Non
     return "; ".join(parts)
 
 
+def cache_status_prefix(name: str, *, hit: bool) -> str:
+    """``cache_status(name=name, hit=hit, ttl=T)`` up to the ttl's value, computed once per
+    worker: a hit's Cache-Status is this plus ``math.floor(T)``."""
+    return "; ".join([_sf_string(name)] + (["hit"] if hit else [])) + "; ttl="
+
+
 def age_header(age: float) -> str:
     """The Age field value (§5.1: "Age = delta-seconds"): whole seconds, never negative,
     at most 2^31 (§1.2.2)."""

@@ -213,6 +213,31 @@ def test_a_missing_body_chunk_cuts_the_reply_and_drops_the_url_record():
     assert store.get(keys.url_key(h)) is None and "cache.chunk_missing" in metrics.names
 
 
+def test_decoded_records_are_memoised_by_their_bytes(monkeypatch):
+    import edge.cache.cache as cache_mod
+    from edge.cache.cache import Cache
+
+    cfg = parse_config({"upstreams": {"a": {"servers": ["127.0.0.1:1"]}}, "routes": [{"upstream": "a"}],
+                        "cache": {"enabled": True}})
+    cache = Cache(cfg.cache, [route_cache(cfg.cache, cfg.routes[0].cache)], MemoryStore(), None)
+    first = _obj()
+    raw = first.encode()
+    a = cache._decode("k", raw)
+    assert a == first and cache._decode("k", bytes(raw)) is a     # equal bytes: the decoded object again
+    # the record replaced on the store (by any worker): decoded anew, never the old object
+    changed = _obj(headers=(("Content-Type", "text/html"),))
+    b = cache._decode("k", changed.encode())
+    assert b == changed and b is not a
+    assert cache._decode("k", None) is None
+    # bounded: the oldest entry goes first; big records are not kept
+    monkeypatch.setattr(cache_mod, "MEMO_ENTRIES", 3)
+    for i in range(5):
+        cache._decode(f"n{i}", raw)
+    assert len(cache._decoded) == 3 and "n4" in cache._decoded and "k" not in cache._decoded
+    big = _obj(body=b"x" * (cache_mod.MEMO_MAX_RECORD_BYTES + 1), length=cache_mod.MEMO_MAX_RECORD_BYTES + 1)
+    assert cache._decode("big", big.encode()) == big and "big" not in cache._decoded
+
+
 @pytest.mark.parametrize("store,cache_store,expected", [
     ({"backend": "local", "path": "/tmp/x"}, None, {"backend": "local", "path": "/tmp/x-cache"}),
     ({"backend": "redis", "url": "redis://127.0.0.1:1"}, None, {"backend": "redis", "url": "redis://127.0.0.1:1"}),
