@@ -606,7 +606,7 @@ class Cache:
         def tap(up, out_headers):
             response_time = time.time()
             tags = _surrogate_keys(out_headers)
-            if tags or self.strip_surrogate:
+            if tags or (self.strip_surrogate and _has_surrogate_field(out_headers)):
                 received = out_headers
                 without = [(n, v) for n, v in out_headers if n.lower() not in _SURROGATE]
                 if self.strip_surrogate:
@@ -866,10 +866,20 @@ def _only_if_cached(headers) -> bool:
     return False
 
 
+def _has_surrogate_field(headers) -> bool:
+    """A Surrogate-Key or Cache-Tag field, even an empty one (it is stripped all the same)."""
+    for n, _ in headers:
+        if n[:1] in "sScC" and n.lower() in _SURROGATE:
+            return True
+    return False
+
+
 def _surrogate_keys(headers) -> tuple[str, ...]:
     """Purge tags: ``Surrogate-Key`` (space-separated) and ``Cache-Tag`` (comma-separated)."""
     tags: list[str] = []
     for n, v in headers:
+        if n[:1] not in "sScC":  # every miss scans its response head: skip the lower() of the others
+            continue
         ln = n.lower()
         if ln == "surrogate-key":
             tags.extend(v.split())

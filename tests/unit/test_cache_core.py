@@ -7,7 +7,7 @@ import marshal
 import pytest
 
 from edge.cache import keys, policy, purge, records
-from edge.cache.cache import _coalescable, _surrogate_keys, route_cache
+from edge.cache.cache import _coalescable, _has_surrogate_field, _surrogate_keys, route_cache
 from edge.cache.records import PASS, StoredObject, VaryIndex
 from edge.config import parse_config
 from edge.store.memory import MemoryStore
@@ -154,6 +154,10 @@ def test_url_purge_without_scheme_covers_both():
 
 def test_surrogate_keys_from_both_fields():
     assert _surrogate_keys([("Surrogate-Key", "a  b"), ("Cache-Tag", "c, a"), ("X", "y")]) == ("a", "b", "c")
+    assert _surrogate_keys([("surrogate-key", "x"), ("CACHE-TAG", "y"), ("Server", "s"), ("Content-Type", "t")]) == ("x", "y")
+    # present but empty: no tags, still a field to strip before the client
+    assert _surrogate_keys([("Surrogate-Key", " ")]) == () and _has_surrogate_field([("Surrogate-Key", " ")])
+    assert _has_surrogate_field([("cache-tag", "")]) and not _has_surrogate_field([("Server", "x"), ("Cache-Control", "y")])
 
 
 @pytest.mark.parametrize("headers,expected", [
