@@ -42,7 +42,7 @@ instead of once per step.
 Bounding: each entry is accounted by its real page footprint in the map,
 ``edge.store.footprint.entry_footprint`` (its share of ``data`` and ``expiry``
 leaf and branch pages, and its overflow pages; issue 10: counting key + value
-bytes let a cache of 1.5 KB objects use 2.7 times its bound and fill the map).
+bytes let a cache of 1.5 KB objects, 64 MiB accounted, use 122 MiB of leaf pages and fill the map).
 So ``max_bytes`` is the memory and disk the store uses, within a small factor.
 Every write transaction first removes up to ``SWEEP_PER_WRITE`` expired entries
 (so expired data does not linger), then, while the total exceeds ``max_bytes``,
@@ -57,11 +57,14 @@ The LMDB map is ``footprint.map_size(max_bytes)`` (4 x ``max_bytes`` + 64 MiB):
 twice the worst leaf fill, plus copy-on-write pages, the free list and the pages
 LMDB cannot reuse yet (see ``edge.store.footprint``); it is address space over a
 sparse file, not memory. Should it still fill (``MapFullError``), ``_recover``
-evicts in small transactions (each can reuse the pages older ones freed; one big
-eviction transaction needs fresh pages for its own copies and fails too), lowers
-this process's bound, and retries; if even that fails, the write raises
-``StoreUnavailable``, which callers degrade on (the cache passes through, rate
-limiting applies its store-error policy), never a raw ``lmdb`` error.
+evicts a quarter of the accounted size in small transactions (at most 16 victims,
+fewer when even that finds no room: one big eviction transaction needs fresh pages
+for its own copies and fails like the write did), lowers this process's bound to
+what is left, and retries the write. If not one entry can be evicted it empties the
+store (``_clear``: dropping a tree copies none of its pages). A write that still
+finds no room raises ``StoreUnavailable``, which callers degrade on (the cache
+passes through, rate limiting applies its store-error policy), never a raw
+``lmdb`` error. ``tests/unit/test_store_local_fit.py`` forces a 512 KiB map.
 
 Location: ``StoreConfig.path``, or by default
 ``<tempfile.gettempdir()>/edge-store-<uid>-<hash of cwd and key_prefix>``, so two
