@@ -518,7 +518,7 @@ class _StepBatcher(GreenletBatcher):
     read-decide-write, and the whole batch is atomic for the other workers. If the
     batch's transaction fails (``MapFullError``: the map is full), each step is retried
     alone through ``LocalStore._write``, which evicts and retries; a step that still
-    fails raises in its own caller.
+    fails raises in its own caller (``StoreUnavailable`` when the map has no room).
     """
 
     def __init__(self, store: LocalStore) -> None:
