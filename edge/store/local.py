@@ -23,9 +23,10 @@ table and a robust cross-process lock, i.e. re-implementing LMDB.
 Layout, three named databases in one environment:
 
 - ``data``: key -> ``<d expires_at`` (0.0 = never) + value;
-- ``expiry``: ``>Q expires_at_us`` + key -> b"" (keys without TTL sort last),
-  an index used to drop expired entries and to choose victims;
-- ``meta``: ``bytes`` -> ``<q`` the accounted size of all entries.
+- ``expiry``: ``>Q expires_at_us`` + key -> ``<Q`` the entry's footprint (keys
+  without TTL sort last), an index used to drop expired entries and to choose victims;
+- ``meta``: ``bytes`` -> ``<q`` the accounted size of all entries, ``acct`` -> the
+  name of the accounting that size uses (``ACCOUNTING``).
 
 Rate-limit states (``ratelimit_step``, the ``ratelimit`` plugin's hot path) are
 written so that a busy key costs one get and one put in its transaction: the state
@@ -38,14 +39,32 @@ run in one write transaction (``_StepBatcher``): each is still one atomic
 read-decide-write under the writer lock, and the pages are copied once per batch
 instead of once per step.
 
-Bounding: each entry is accounted as ``len(key) + len(value) + ENTRY_OVERHEAD``.
+Bounding: each entry is accounted by its real page footprint in the map,
+``edge.store.footprint.entry_footprint`` (its share of ``data`` and ``expiry``
+leaf and branch pages, and its overflow pages; issue 10: counting key + value
+bytes let a cache of 1.5 KB objects, 64 MiB accounted, use 122 MiB of leaf pages and fill the map).
+So ``max_bytes`` is the memory and disk the store uses, within a small factor.
 Every write transaction first removes up to ``SWEEP_PER_WRITE`` expired entries
 (so expired data does not linger), then, while the total exceeds ``max_bytes``,
 evicts the entries that expire soonest (entries without TTL last). Reads never
 write, so the policy is "soonest to expire", not LRU (an LRU would turn every
-read into a cross-process write). The LMDB map is sized ``2 * max_bytes + 16MiB``
-for B-tree and copy-on-write overhead; if it still fills, we evict a quarter of
-the entries and retry once.
+read into a cross-process write). An expiry index row holds its entry's
+footprint (``<Q``), so choosing victims costs no lookup in ``data``; rows of
+older versions hold b"" and fall back to that lookup. ``meta`` ``acct`` names the
+accounting; a store written with another one is re-accounted once when opened.
+
+The LMDB map is ``footprint.map_size(max_bytes)`` (4 x ``max_bytes`` + 64 MiB):
+twice the worst leaf fill, plus copy-on-write pages, the free list and the pages
+LMDB cannot reuse yet (see ``edge.store.footprint``); it is address space over a
+sparse file, not memory. Should it still fill (``MapFullError``), ``_recover``
+evicts a quarter of the accounted size in small transactions (at most 16 victims,
+fewer when even that finds no room: one big eviction transaction needs fresh pages
+for its own copies and fails like the write did), lowers this process's bound to
+what is left, and retries the write. If not one entry can be evicted it empties the
+store (``_clear``: dropping a tree copies none of its pages). A write that still
+finds no room raises ``StoreUnavailable``, which callers degrade on (the cache
+passes through, rate limiting applies its store-error policy), never a raw
+``lmdb`` error. ``tests/unit/test_store_local_fit.py`` forces a 512 KiB map.
 
 Location: ``StoreConfig.path``, or by default
 ``<tempfile.gettempdir()>/edge-store-<uid>-<hash of cwd and key_prefix>``, so two
@@ -55,7 +74,9 @@ e.g. parallel test runs, do not share state, while the workers of one instance d
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import math
 import os
 import secrets
@@ -69,11 +90,14 @@ import lmdb
 from gevent import monkey
 from gevent.hub import Waiter
 
+from edge.errors import StoreUnavailable
 from edge.ratelimit import EPS_S, Algorithm, Decision, Limit, gcra_step, step_encoded
 from edge.store.base import Store
 from edge.store.batching import Answer, GreenletBatcher, deliver
+from edge.store.footprint import entry_footprint, map_size
 
-ENTRY_OVERHEAD = 64  # bytes accounted per entry for B-tree nodes and the expiry index
+log = logging.getLogger(__name__)
+
 SWEEP_PER_WRITE = 16  # expired entries removed by each write (amortized cleaning)
 FULL_PUT_EVERY = 64  # ratelimit_step: every n-th step of a process takes the full _put (see there)
 RL_EXPIRY_GRID = 16  # ratelimit_step: state expiries are rounded up to 1/16 s (see there)
@@ -91,7 +115,16 @@ _HDR_SIZE = _HDR.size
 _EXP = struct.Struct(">Q")
 _NEVER_US = 2**64 - 1
 _BYTES_KEY = b"bytes"
+_ACCT_KEY = b"acct"
+#: the accounting ``meta`` ``bytes`` uses; older stores (key + value + 64, no ``acct``) are
+#: re-accounted when opened
+ACCOUNTING = b"footprint-1"
 _Q = struct.Struct("<q")
+_SIZE = struct.Struct("<Q")  # an expiry index row's value: its entry's footprint
+# _recover: most victims per eviction transaction; rounds of eviction (each to 3/4) and retry
+RECOVER_BATCH = 16
+RECOVER_ROUNDS = 3
+MAP_FULL_LOG_EVERY_S = 60.0
 
 
 def default_path(key_prefix: str, cwd: str | None = None) -> str:
@@ -109,6 +142,8 @@ class LocalStore(Store):
         self.path = path or default_path(key_prefix)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         self._max_bytes = max_bytes
+        self._bound = max_bytes  # lowered by _recover if the map fills all the same
+        self._map_full_logged_at = -MAP_FULL_LOG_EVERY_S
         self._prefix = key_prefix.encode()
         self._clock = clock
         self._steps = 0
@@ -116,7 +151,7 @@ class LocalStore(Store):
         # without it (scripts, tests, threads) each step is its own transaction
         self._batch = _StepBatcher(self) if monkey.is_module_patched("socket") else None
         self._env = lmdb.open(
-            self.path, map_size=2 * max_bytes + 16 * 1024 * 1024, max_dbs=3,
+            self.path, map_size=map_size(max_bytes), max_dbs=3,
             sync=False, metasync=False, readahead=False, meminit=False, max_readers=1024,
             # writemap: a commit writes into the shared map instead of a pwrite() per dirty page,
             # 5.0 -> 1.5 µs for a one-put transaction (issue 4 benchmark). Still copy-on-write:
@@ -128,6 +163,14 @@ class LocalStore(Store):
         self._data = self._env.open_db(b"data")
         self._expiry = self._env.open_db(b"expiry")
         self._meta = self._env.open_db(b"meta")
+        # the page model is per page size; memoized because it is on every write's path
+        # (a few distinct key and value lengths repeat: cache records, chunks, rate states)
+        self._footprint = functools.lru_cache(maxsize=4096)(
+            functools.partial(entry_footprint, psize=self._env.stat()["psize"]))
+        with self._env.begin(db=self._meta) as txn:
+            current = txn.get(_ACCT_KEY) == ACCOUNTING
+        if not current:
+            self._reaccount()
 
     # -- internals ---------------------------------------------------------------------
 
@@ -151,12 +194,30 @@ class LocalStore(Store):
         raw = txn.get(_BYTES_KEY, db=self._meta)
         return _Q.unpack(raw)[0] if raw else 0
 
+    def _reaccount(self) -> None:
+        """Recompute ``bytes`` with this version's accounting (a store from an older version).
+
+        Once per store: the first process to open it does it under the writer lock, the
+        others find ``acct`` current. Index rows keep their old b"" values (``_sweep``
+        falls back to a lookup for those).
+        """
+        def op(txn: lmdb.Transaction, now: float) -> None:
+            if txn.get(_ACCT_KEY, db=self._meta) == ACCOUNTING:
+                return
+            size = 0
+            for k, raw in txn.cursor(db=self._data):
+                size += self._footprint(len(k), len(raw) - _HDR_SIZE)
+            txn.put(_BYTES_KEY, _Q.pack(size), db=self._meta)
+            txn.put(_ACCT_KEY, ACCOUNTING, db=self._meta)
+
+        self._write(op)
+
     def _remove(self, txn: lmdb.Transaction, k: bytes, raw: bytes) -> int:
         """Delete an entry and its index row; returns the bytes freed."""
         (expires_at,) = _HDR.unpack_from(raw)
         txn.delete(k, db=self._data)
         txn.delete(self._exp_key(expires_at, k), db=self._expiry)
-        return len(k) + len(raw) - _HDR.size + ENTRY_OVERHEAD
+        return self._footprint(len(k), len(raw) - _HDR_SIZE)
 
     def _put(self, txn: lmdb.Transaction, k: bytes, value: bytes, ttl_s: float | None, now: float,
              expires_at: float | None = None) -> None:
@@ -166,59 +227,122 @@ class LocalStore(Store):
             size -= self._remove(txn, k, old)
         if expires_at is None:
             expires_at = now + ttl_s if ttl_s is not None else 0.0
+        footprint = self._footprint(len(k), len(value))
         txn.put(k, _HDR.pack(expires_at) + value, db=self._data)
-        txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
-        size += len(k) + len(value) + ENTRY_OVERHEAD
-        size = self._sweep(txn, size, now, keep=k)
+        txn.put(self._exp_key(expires_at, k), _SIZE.pack(footprint), db=self._expiry)
+        size = self._sweep(txn, size + footprint, now, self._bound, keep=k)
         txn.put(_BYTES_KEY, _Q.pack(size), db=self._meta)
 
-    def _sweep(self, txn: lmdb.Transaction, size: int, now: float, evict_all_over: int | None = None,
-               keep: bytes | None = None) -> int:
-        """Drop expired entries (bounded), then evict soonest-expiring ones while over the bound.
+    def _sweep(self, txn: lmdb.Transaction, size: int, now: float, bound: int,
+               keep: bytes | None = None, max_victims: int | None = None) -> int:
+        """Drop expired entries (bounded), then evict soonest-expiring ones while over ``bound``.
 
         ``keep`` (the key just written) is never evicted: a write must not vanish at once.
+        At most ``max_victims`` entries go (``_recover``'s small transactions).
         """
-        bound = self._max_bytes if evict_all_over is None else evict_all_over
         now_us = int(now * 1e6)
         swept = 0
+        victims = 0
         cur = txn.cursor(db=self._expiry)
-        victims = []
-        if cur.first():
-            for ikey in cur.iternext(values=False):
-                exp_us = _EXP.unpack_from(ikey)[0]
-                expired = exp_us <= now_us and swept < SWEEP_PER_WRITE
-                if not expired and size <= bound:
-                    break
-                if not expired and ikey[_EXP.size:] == keep:
-                    continue
-                swept += expired
-                victims.append(ikey)
-                # estimate the freed size now so the loop knows when to stop
-                raw = txn.get(ikey[_EXP.size:], db=self._data)
-                if raw is not None:
-                    size -= len(ikey) - _EXP.size + len(raw) - _HDR.size + ENTRY_OVERHEAD
-        cur.close()
-        for ikey in victims:
+        ikey = cur.key() if cur.first() else b""
+        while ikey:  # b"": past the last row (no index key is empty)
+            expired = _EXP.unpack_from(ikey)[0] <= now_us and swept < SWEEP_PER_WRITE
+            if not expired and size <= bound or victims == max_victims:
+                break
             k = ikey[_EXP.size:]
-            txn.delete(ikey, db=self._expiry)
+            if not expired and k == keep:
+                ikey = cur.key() if cur.next() else b""
+                continue
+            swept += expired
+            victims += 1
+            raw_size = cur.value()
+            if raw_size:
+                size -= _SIZE.unpack(raw_size)[0]
+            else:  # a row written by an older version: look the size up
+                raw = txn.get(k, db=self._data)
+                if raw is not None:
+                    size -= self._footprint(len(k), len(raw) - _HDR_SIZE)
+            cur.delete()  # and on to the next row
             txn.delete(k, db=self._data)
+            ikey = cur.key()
+        cur.close()
         return max(size, 0)
+
+    def _move_index_row(self, txn: lmdb.Transaction, k: bytes, old_expires_at: float, expires_at: float) -> None:
+        """Re-file ``k`` under its new expiry; the row keeps its value (the footprint)."""
+        footprint = txn.pop(self._exp_key(old_expires_at, k), db=self._expiry)
+        txn.put(self._exp_key(expires_at, k), footprint or b"", db=self._expiry)
 
     def _write(self, fn: Callable[[lmdb.Transaction, float], object]) -> object:
         """Run ``fn(txn, now)`` in one write transaction (atomic across processes)."""
-        for attempt in (0, 1):
+        try:
+            with self._env.begin(write=True, db=self._data) as txn:
+                return fn(txn, self._clock())
+        except lmdb.MapFullError:
+            return self._recover(fn)
+
+    def _recover(self, fn: Callable[[lmdb.Transaction, float], object]) -> object:
+        """The map is full: make room, then retry ``fn``; StoreUnavailable if there is none.
+
+        One transaction that evicts many entries copies every page it touches (copy-on-write)
+        and needs fresh pages for that, which a full map does not have. So ``_evict_stepwise``
+        evicts in small transactions, each reusing pages that earlier ones freed. Each round
+        evicts a quarter of the accounted size and lowers this process's bound to what is
+        left, so its next writes do not refill the map at once. If not even one entry can be
+        evicted, ``_clear`` empties the store (a cache and rate-limit states may be lost; a
+        store refusing every write for good may not).
+        """
+        self._env.reader_check()  # a killed worker's snapshot pins pages: release them
+        now = time.monotonic()
+        if now - self._map_full_logged_at >= MAP_FULL_LOG_EVERY_S:
+            self._map_full_logged_at = now
+            log.warning("local store %s: LMDB map full; evicting in small transactions (bound %d -> 3/4)",
+                        self.path, self._bound)
+        for _ in range(RECOVER_ROUNDS):
+            if not self._evict_stepwise():
+                self._clear()
             try:
                 with self._env.begin(write=True, db=self._data) as txn:
                     return fn(txn, self._clock())
             except lmdb.MapFullError:
-                if attempt:
-                    raise
-                # B-tree overhead outgrew the map: free a quarter of the bound and retry once
-                self._env.reader_check()
+                continue
+        raise StoreUnavailable(f"local store {self.path}: LMDB map full, and evicting made no room")
+
+    def _evict_stepwise(self) -> bool:
+        """Evict down to 3/4 of the accounted size in small transactions; False if none could run."""
+        with self._env.begin(db=self._meta) as txn:
+            target = self._size(txn) * 3 // 4
+        self._bound = min(self._bound, target)
+        # Halved when a transaction finds no room: evicting entries that each fill a leaf
+        # page frees pages the same transaction reuses (a big batch may succeed where a
+        # small one fails), while victims sharing pages need a copy of each page touched.
+        batch = RECOVER_BATCH
+        evicted = False
+        while True:
+            try:
                 with self._env.begin(write=True) as txn:
-                    size = self._sweep(txn, self._size(txn), self._clock(), evict_all_over=self._max_bytes * 3 // 4)
-                    txn.put(_BYTES_KEY, _Q.pack(size), db=self._meta)
-        raise AssertionError("unreachable")
+                    size = self._size(txn)
+                    left = self._sweep(txn, size, self._clock(), target, max_victims=batch)
+                    txn.put(_BYTES_KEY, _Q.pack(left), db=self._meta)
+            except lmdb.MapFullError:
+                if batch > 1:
+                    batch //= 2
+                    continue
+                return evicted  # pages freed so far serve the retry; none freed: stuck
+            evicted = True
+            if left <= target or left >= size:
+                return True
+
+    def _clear(self) -> None:
+        """Empty the store (``_recover``'s last resort): a drop frees whole trees copying no leaf."""
+        log.error("local store %s: LMDB map full and no entry could be evicted; emptying the store", self.path)
+        try:
+            with self._env.begin(write=True) as txn:
+                txn.drop(self._data, delete=False)
+                txn.drop(self._expiry, delete=False)
+                txn.put(_BYTES_KEY, _Q.pack(0), db=self._meta)
+        except lmdb.MapFullError as e:
+            raise StoreUnavailable(f"local store {self.path}: LMDB map full, and emptying it failed") from e
 
     # -- Store -------------------------------------------------------------------------
 
@@ -295,8 +419,8 @@ class LocalStore(Store):
             with self._env.begin(write=True, db=self._data) as txn:
                 return step(txn, k, limit, cost, self._clock() if now is None else now)
         except lmdb.MapFullError:
-            # rare: _write retries once after evicting a quarter of the bound
-            return self._write(  # type: ignore[return-value]
+            # rare: _recover evicts and retries, or raises StoreUnavailable
+            return self._recover(  # type: ignore[return-value]
                 lambda txn, clock_now: step(txn, k, limit, cost, clock_now if now is None else now))
 
     def _gcra(self, txn: lmdb.Transaction, k: bytes, limit: Limit, cost: float, t: float) -> Decision:
@@ -323,8 +447,7 @@ class LocalStore(Store):
             # evict; overwrite the value, and move its index row if the expiry changed.
             # Every FULL_PUT_EVERY-th step takes the full _put, which sweeps expired entries.
             if expires_at != old_expires_at:
-                txn.delete(self._exp_key(old_expires_at, k), db=self._expiry)
-                txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
+                self._move_index_row(txn, k, old_expires_at, expires_at)
             txn.put(k, _GCRA_STATE.pack(expires_at, new_tat))
             return decision
         self._put(txn, k, _TAT.pack(new_tat), None, t, expires_at=expires_at)
@@ -347,8 +470,7 @@ class LocalStore(Store):
         self._steps += 1
         if stored is not None and len(stored) == _HDR_SIZE + len(raw) and self._steps % FULL_PUT_EVERY:
             if expires_at != old_expires_at:
-                txn.delete(self._exp_key(old_expires_at, k), db=self._expiry)
-                txn.put(self._exp_key(expires_at, k), b"", db=self._expiry)
+                self._move_index_row(txn, k, old_expires_at, expires_at)
             txn.put(k, _HDR.pack(expires_at) + raw)
             return decision
         self._put(txn, k, raw, None, t, expires_at=expires_at)
@@ -396,7 +518,7 @@ class _StepBatcher(GreenletBatcher):
     read-decide-write, and the whole batch is atomic for the other workers. If the
     batch's transaction fails (``MapFullError``: the map is full), each step is retried
     alone through ``LocalStore._write``, which evicts and retries; a step that still
-    fails raises in its own caller.
+    fails raises in its own caller (``StoreUnavailable`` when the map has no room).
     """
 
     def __init__(self, store: LocalStore) -> None:
