@@ -1013,7 +1013,7 @@ class StoreConfig(Model):
         "`redis+cluster://host:port`",
     )
     servers: tuple[str, ...] = Field((), description="memcached: `host:port` of each server")
-    path: str | None = Field(None, description="local: directory of the node's store (default: a per-config directory under the temp dir)")
+    path: str | None = Field(None, description="local: directory of the node's store (default: a per-config directory under /dev/shm when it can hold the store, else under the temp dir)")
     timeout: PositiveDuration = Field(
         0.05,
         description="redis/memcached: longest a single wait of a store call may take (connect, answer, a free connection slot); one call may wait up to 4 times this (`edge.store.base.CALL_TIMEOUTS`) before it fails with `StoreUnavailable` (> 0)",

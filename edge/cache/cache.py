@@ -930,7 +930,7 @@ def cache_store_config(cfg):
         return main
     from edge.store.local import default_path
 
-    return main.model_copy(update={"path": (main.path or default_path(main.key_prefix)) + "-cache"})
+    return main.model_copy(update={"path": (main.path or default_path(main.key_prefix, max_bytes=main.max_bytes)) + "-cache"})
 
 
 def build_cache(cfg, routes, store, metrics) -> Cache | None:

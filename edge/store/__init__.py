@@ -53,7 +53,7 @@ def build_local_fallback(cfg: StoreConfig, main: Store | None = None) -> Store:
     from edge.store.lazy import LazyStore
     from edge.store.local import LocalStore, default_path
 
-    path = (cfg.path or default_path(cfg.key_prefix)) + "-fallback"
+    path = (cfg.path or default_path(cfg.key_prefix, max_bytes=cfg.max_bytes)) + "-fallback"
     max_bytes = min(cfg.max_bytes, FALLBACK_MAX_BYTES)
     return LazyStore(lambda: LocalStore(path=path, max_bytes=max_bytes, key_prefix=cfg.key_prefix))
 

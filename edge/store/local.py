@@ -66,10 +66,19 @@ finds no room raises ``StoreUnavailable``, which callers degrade on (the cache
 passes through, rate limiting applies its store-error policy), never a raw
 ``lmdb`` error. ``tests/unit/test_store_local_fit.py`` forces a 512 KiB map.
 
-Location: ``StoreConfig.path``, or by default
-``<tempfile.gettempdir()>/edge-store-<uid>-<hash of cwd and key_prefix>``, so two
-edge instances started from different directories (or with different prefixes),
-e.g. parallel test runs, do not share state, while the workers of one instance do.
+Location: ``StoreConfig.path``, or by default ``<dir>/edge-store-<uid>-<hash of cwd and
+key_prefix>``, so two edge instances started from different directories (or with
+different prefixes), e.g. parallel test runs, do not share state, while the workers of
+one instance do. ``<dir>`` is ``/dev/shm`` (memory) when it exists, is writable and its
+size is at least ``SHM_MAP_MULTIPLE`` maps (a container's 64 MiB ``/dev/shm`` is not),
+else ``tempfile.gettempdir()``. Why memory: the map is written in place (``writemap``),
+and on a disk file system every page the kernel has written back is write-protected
+again, so the next transaction that reuses it takes a page fault into the file system
+(ext4 ``page_mkwrite``): measured on a full store after a writeback, a one-put write
+transaction costs 7.3 µs on ext4 and 2.5 µs on tmpfs (docs/benchmarks.md). Nothing in the
+store needs to survive a reboot (cache, counters, leases; ACME keeps its certificates on
+disk too). The choice depends only on the mount's size, never on its free space, so the
+master, its workers and ``python -m edge`` tools always open the same directory.
 """
 
 from __future__ import annotations
@@ -127,19 +136,40 @@ RECOVER_ROUNDS = 3
 MAP_FULL_LOG_EVERY_S = 60.0
 
 
-def default_path(key_prefix: str, cwd: str | None = None) -> str:
+#: memory file systems the default directory is chosen from, in order (see "Location")
+SHM_DIRS = ("/dev/shm",)
+#: a memory file system is used when it can hold this many maps of the store
+SHM_MAP_MULTIPLE = 2
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def default_dir(max_bytes: int = DEFAULT_MAX_BYTES, candidates: tuple[str, ...] = SHM_DIRS) -> str:
+    """Where default store directories go: a big enough memory file system, else the
+    temporary directory (see "Location" in the module docstring)."""
+    need = SHM_MAP_MULTIPLE * map_size(max_bytes)
+    for d in candidates:
+        try:
+            st = os.statvfs(d)
+        except OSError:
+            continue
+        if st.f_blocks * st.f_frsize >= need and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return tempfile.gettempdir()
+
+
+def default_path(key_prefix: str, cwd: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """The per-instance default directory (see the module docstring)."""
     seed = f"{cwd or os.getcwd()}\0{key_prefix}".encode()
     digest = hashlib.sha1(seed).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"edge-store-{os.getuid()}-{digest}")
+    return os.path.join(default_dir(max_bytes), f"edge-store-{os.getuid()}-{digest}")
 
 
 class LocalStore(Store):
     name = "local"
 
-    def __init__(self, path: str | None = None, max_bytes: int = 64 * 1024 * 1024,
+    def __init__(self, path: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                  key_prefix: str = "", clock: Callable[[], float] = time.time) -> None:
-        self.path = path or default_path(key_prefix)
+        self.path = path or default_path(key_prefix, max_bytes=max_bytes)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         self._max_bytes = max_bytes
         self._bound = max_bytes  # lowered by _recover if the map fills all the same

@@ -262,6 +262,25 @@ def test_local_default_path_differs_per_prefix_and_directory():
     assert default_path("a:", "/srv/x") != default_path("a:", "/srv/y")
 
 
+def test_local_default_dir_is_memory_when_it_holds_the_store(tmp_path):
+    import tempfile
+
+    from edge.store.footprint import map_size
+    from edge.store.local import SHM_MAP_MULTIPLE, default_dir, default_path
+
+    # the first candidate big enough for SHM_MAP_MULTIPLE maps, judged by its size, never its free space
+    st = os.statvfs(tmp_path)
+    size = st.f_blocks * st.f_frsize
+    fits = size // SHM_MAP_MULTIPLE // 8
+    assert default_dir(fits, (str(tmp_path / "absent"), str(tmp_path))) == str(tmp_path)
+    too_big = size  # SHM_MAP_MULTIPLE maps of it exceed the file system
+    assert SHM_MAP_MULTIPLE * map_size(too_big) > size
+    assert default_dir(too_big, (str(tmp_path),)) == tempfile.gettempdir()
+    assert default_dir(fits, ()) == tempfile.gettempdir()
+    # the directory default_path uses is default_dir's for the same bound
+    assert os.path.dirname(default_path("a:", "/srv/x", max_bytes=fits)) == default_dir(fits)
+
+
 # --------------------------------------------------------------------------- rate limits
 
 
