@@ -207,6 +207,10 @@ class Cache:
         if isinstance(found, Entry):
             return self._decide(proxy, ctx, route, rc, chain, body, url, h, found, now)
         if _only_if_cached(req_headers):
+            if found is FILLING:  # a response on its way into the store: this client may have just seen it
+                found = self._fill_landed(h, req_headers)
+                if isinstance(found, Entry):
+                    return self._decide(proxy, ctx, route, rc, chain, body, url, h, found, time.time())
             # RFC 9111 §5.2.1.7: "respond using a stored response or ... a 504 (Gateway Timeout)"
             self.metrics.incr("cache.miss")
             return proxy.answer(ctx, Response.error(504, "not in cache (only-if-cached)"), chain)
@@ -243,6 +247,23 @@ class Cache:
                 return NO_MATCH
             soft = soft or v is purge.SOFT
         return Entry(obj, key, soft)
+
+    def _fill_landed(self, h: str, req_headers) -> Entry | object | None:
+        """What replaces a fill marker within ``coalesce_wait`` (the marker itself if nothing
+        does), for a request that must not go to the backend (only-if-cached). A fill commits
+        just after its last byte went out, so a client that got that answer and asks again at
+        once would otherwise find the marker, not the object."""
+        deadline = time.monotonic() + self.coalesce_wait_s
+        sleep_s = POLL_FIRST_S
+        found: Entry | object | None = FILLING
+        try:
+            while found is FILLING and time.monotonic() < deadline:
+                gevent.sleep(sleep_s)
+                sleep_s = min(sleep_s * 2, POLL_MAX_S)
+                found = self._load(h, req_headers)
+        except StoreUnavailable as e:
+            self.health.failed(e)
+        return found
 
     def _ban_rules(self) -> tuple[purge.Ban, ...]:
         mono = time.monotonic()
@@ -491,6 +512,14 @@ class Cache:
                 self.metrics.incr("cache.stale_on_error")
                 return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, None))
             return proxy.upstream_failed(ctx, chain, e)
+        if up.status == 304 and not policy.validates(up.headers, obj.facts):
+            # RFC 9111 §4.3.4: a 304 for none of the stored validators updates nothing ("MUST
+            # NOT use the new response to update"), and the stored response stays unvalidated
+            _drain(up)
+            try:
+                up = proxy.exchange(ctx, route, chain, body, conditional=[])
+            except UpstreamError as e:
+                return proxy.upstream_failed(ctx, chain, e)
         if up.status == 304:
             _drain(up)
             refreshed = self._refresh(rc, entry, proxy.response_headers(up), now, time.time())
@@ -504,8 +533,25 @@ class Cache:
             up.close()
             self.metrics.incr("cache.stale_on_error")
             return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, up.status))
+        if up.status == 200 and ctx.method == "HEAD":
+            self._head_answered(rc, entry, proxy.response_headers(up), now, t)
         self.metrics.incr("cache.miss")
         return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "stale"))
+
+    def _head_answered(self, rc, entry: Entry, head_headers, request_time: float, response_time: float) -> None:
+        """RFC 9111 §4.3.5: a 200 answer to a HEAD updates the stored GET response when their
+        validators and length agree (``policy.head_updates``), else makes it stale (a soft
+        mark: the next use revalidates)."""
+        obj = entry.obj
+        if policy.head_updates(obj.headers, obj.length, head_headers):
+            self._refresh(rc, entry, head_headers, request_time, response_time)
+            return
+        ttl_s = obj.expires_at - time.time()
+        if ttl_s > 0:
+            try:
+                self.store.set(entry.record_key, dataclasses.replace(obj, soft_purged=True).encode(), ttl_s)
+            except StoreUnavailable as e:
+                self.health.failed(e)
 
     def _stale_status(self, obj: StoredObject, now: float, status: int | None) -> str:
         ttl = obj.facts.freshness_lifetime - policy.current_age(obj.facts, now)
@@ -555,9 +601,12 @@ class Cache:
                 return  # logged and counted by exchange; the stale object stays
             if up.status == 304:
                 _drain(up)
-                self._refresh(rc, entry, proxy.response_headers(up), request_time, time.time())
+                if policy.validates(up.headers, entry.obj.facts):  # RFC 9111 §4.3.4
+                    self._refresh(rc, entry, proxy.response_headers(up), request_time, time.time())
                 return
             out_headers = proxy.response_headers(up)
+            if up.status == 200 and ctx.method == "HEAD":
+                self._head_answered(rc, entry, out_headers, request_time, time.time())
             fill = Fill(h, url, request_time, replaces=entry)
             _headers, body = self._store_tap(ctx, rc, fill, "stale")(up, out_headers)
             if body is not None:

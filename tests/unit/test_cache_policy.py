@@ -547,6 +547,36 @@ def test_select_by_validator(fresh, stored, expected, section):
     assert P.select_by_validator(fresh, fs) == expected, section
 
 
+@pytest.mark.parametrize("fresh,stored,expected,section", [
+    ([("ETag", '"a"')], [("ETag", '"a"')], True, "§4.3.4 the stored strong validator"),
+    ([("ETag", '"z"')], [("ETag", '"a"')], False, "§4.3.4 another strong validator: MUST NOT update"),
+    ([("ETag", 'W/"a"')], [("ETag", '"a"')], True, "§4.3.4 weak comparison for a weak validator"),
+    ([("ETag", 'W/"z"')], [("ETag", '"a"')], False, "§4.3.4 a weak validator matching nothing"),
+    ([("Last-Modified", D(T0 - 10))], [("Last-Modified", D(T0 - 10))], True, "§4.3.4 Last-Modified matches"),
+    ([("Last-Modified", D(T0 - 5))], [("Last-Modified", D(T0 - 10))], False, "§4.3.4 another Last-Modified"),
+    ([], [("ETag", '"a"')], True, "§4.3.1 the 304 answers the one validation edge sent"),
+    ([], [], True, "§4.3.4 no validators, one stored without validator"),
+])
+def test_validates(fresh, stored, expected, section):
+    assert P.validates(fresh, facts(stored + [("Date", D(T0))])) is expected, section
+
+
+@pytest.mark.parametrize("stored,length,head,expected,section", [
+    ([("ETag", '"a"')], 10, [("ETag", '"a"'), ("X-V", "2")], True, "§4.3.5 matching ETag: update"),
+    ([("ETag", '"a"')], 10, [("ETag", '"b"')], False, "§4.3.5 another ETag: stale"),
+    ([], 10, [("ETag", '"b"')], False, "§4.3.5 a validator the stored response lacks: stale"),
+    ([("Last-Modified", "lm1")], 10, [("Last-Modified", "lm1")], True, "§4.3.5 matching Last-Modified"),
+    ([("Last-Modified", "lm1")], 10, [("Last-Modified", "lm2")], False, "§4.3.5 another Last-Modified"),
+    ([("ETag", '"a"'), ("Last-Modified", "lm1")], 10, [("ETag", '"a"'), ("Last-Modified", "lm2")], False,
+     "§4.3.5 every received validator must match"),
+    ([("ETag", '"a"')], 10, [("ETag", '"a"'), ("Content-Length", "10")], True, "§4.3.5 same Content-Length"),
+    ([("ETag", '"a"')], 10, [("ETag", '"a"'), ("Content-Length", "11")], False, "§4.3.5 other Content-Length: stale"),
+    ([("ETag", '"a"')], 10, [("X-V", "2")], True, "§4.3.5 no validator or length received: nothing differs"),
+])
+def test_head_updates(stored, length, head, expected, section):
+    assert P.head_updates(stored, length, head) is expected, section
+
+
 # ---------------------------------------------------------------------------------------
 # RFC 9110 §13 client conditionals from the cache
 # ---------------------------------------------------------------------------------------
