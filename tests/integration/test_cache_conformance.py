@@ -229,6 +229,14 @@ def test_expires(env, expires, reused):
     assert (env.count(p) == 1) is reused and (b.text == a.text) is reused
 
 
+def test_dates_are_matched_case_insensitively(env):
+    # §4.2: "Although all date formats are specified to be case-sensitive, a cache recipient
+    # SHOULD match the field value case-insensitively."
+    p = env.path("expires-case")
+    env.twice(p, Canned(headers=[("Expires", hd(3600).upper().replace("GMT", "gmt"))]))
+    assert env.count(p) == 1
+
+
 def test_invalid_expires_blocks_heuristics(env):
     # §4.2.2: "A cache MUST NOT use heuristics to determine freshness when an explicit
     # expiration time is present"; §5.3: an invalid Expires is a time in the past
@@ -318,6 +326,10 @@ def test_age_from_the_origin_is_carried_and_grows(env):
     (["  max-age=3600 ,  public  "], True),         # RFC 9110 §5.6.1 list whitespace
     (["foo=\"a, max-age=0\", max-age=3600"], True),  # a quoted comma does not split
     (["unknown-ext, max-age=3600"], True),          # §5.2.3: unrecognised directives are ignored
+    (['ext="max-age=3600", max-age=0'], False),     # a directive inside a quoted string is not one
+    (['max-age=0, ext="max-age=3600"'], False),
+    (["max-age=003600"], True),                     # §1.2.2 delta-seconds = 1*DIGIT
+    (["max-age='3600'"], False),                    # not a token or quoted-string: invalid
     (["max-age=abc"], False),                       # §4.2.1: invalid freshness information: stale
     (["max-age=-1"], False),
     (["max-age=99999999999999999999"], True),        # §1.2.2: 2^31
@@ -361,6 +373,14 @@ def test_explicit_freshness_makes_other_statuses_cacheable(env, status):
     p = env.path(f"explicit-other-{status}")
     a, b = env.twice(p, cc("max-age=3600", status=status, headers=[("Location", "/elsewhere")]))
     assert b.status == status and env.count(p) == 1
+
+
+def test_public_allows_heuristics_for_other_statuses(env):
+    # §4.2.2: heuristics also for "responses without explicit freshness that have been marked
+    # as explicitly cacheable (e.g., with a public response directive)"
+    p = env.path("heur-public-302")
+    env.twice(p, Canned(302, [("Cache-Control", "public"), ("Location", "/x"), ("Last-Modified", hd(-30 * 86400))]))
+    assert env.count(p) == 1
 
 
 def test_heuristic_freshness_needs_last_modified_in_the_past(env):
@@ -491,6 +511,35 @@ def test_set_cookie_is_stored_per_the_route_setting(env):
     p = env.path("cookie")
     a, b = env.twice(p, cc("max-age=3600", headers=[("Set-Cookie", "a=b")]))
     assert env.count(p) == 1 and b.h("Set-Cookie") == "a=b"
+
+
+def test_incomplete_response_is_not_stored(env):
+    # §3.3: "A cache MUST NOT use an incomplete response to answer requests unless the response
+    # has been made complete or the request is partial"
+    p = env.path("truncated")
+    env.script(p, cc("max-age=3600", headers=[("Content-Length", "100")], body=b"x" * 50, cut=True),
+               cc("max-age=3600", body=b"y" * 100))
+    try:
+        env.req(p)
+    except (http.client.IncompleteRead, ConnectionError):
+        pass   # the client sees the cut too
+    r = env.req(p)
+    assert r.status == 200 and r.body == b"y" * 100 and env.count(p) == 2
+
+
+def test_chunked_response_is_stored_and_served_with_valid_framing(env):
+    # §3.1: Transfer-Encoding is hop-by-hop: stored bodies are served with their own framing
+    p = env.path("chunked")
+    env.script(p, cc("max-age=3600", headers=[("Transfer-Encoding", "chunked")],
+                     body=b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"))
+    a = env.req(p)
+    b = env.req(p)
+    assert a.body == b.body == b"hello world" and b.hit
+    raw = env.raw(p)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lower = head.lower()
+    assert (b"content-length: 11" in lower) != (b"transfer-encoding: chunked" in lower)
+    assert body == b"hello world" or body.startswith(b"b\r\nhello world")
 
 
 def test_hop_by_hop_and_connection_listed_fields_are_not_stored(env):
@@ -884,6 +933,15 @@ def test_revalidation_carries_the_request_fields_vary_names(env):
     assert seen.header("If-None-Match") == '"s1"' and seen.header("X-Sel") == "123" and b.body == a.body
 
 
+def test_origin_only_preconditions_are_forwarded(env):
+    # §4.3.2: If-Match and If-Unmodified-Since "are not applicable to a cache"
+    p = env.path("cond-ifmatch")
+    env.script(p, cc("max-age=3600", headers=[("ETag", '"m1"')]), Canned(412, [], b""))
+    env.req(p)
+    r = env.req(p, [("If-Match", '"other"')])
+    assert r.status == 412 and env.seen(p)[1].header("If-Match") == '"other"'
+
+
 def test_client_if_modified_since_is_answered_from_the_cache(env):
     p = env.path("cond-ims")
     lm = hd(-86400)
@@ -956,6 +1014,25 @@ def test_unsafe_methods_invalidate(env, method):
     assert not r.hit and r.text == f"{p} 3\n"
 
 
+def test_invalidation_covers_every_variant(env):
+    # §4.4 invalidates the target URI: every stored response for it (§4.1 variants included)
+    p = env.path("inval-vary")
+    env.script(p, cc("max-age=3600", headers=[("Vary", "X-V")]))
+    one = env.req(p, [("X-V", "1")])
+    two = env.req(p, [("X-V", "2")])
+    env.req(p, method="DELETE")
+    assert env.req(p, [("X-V", "1")]).body != one.body and env.req(p, [("X-V", "2")]).body != two.body
+    assert env.count(p) == 5
+
+
+def test_safe_methods_do_not_invalidate(env):
+    p = env.path("inval-safe")
+    env.script(p, cc("max-age=3600"))
+    a = env.req(p)
+    env.req(p, method="OPTIONS")
+    assert env.req(p).body == a.body and env.count(p) == 2
+
+
 def test_error_answer_does_not_invalidate(env):
     p = env.path("inval-error")
     env.script(p, cc("max-age=3600"), Canned(500, [], b"err\n"), cc("max-age=3600"))
@@ -1025,12 +1102,25 @@ def test_cache_status_of_upstream_caches_is_kept_first(env):
     ("private", "max-age=3600", True),
     ("max-age=3600", "max-age=, ,", True),         # §2.2: an invalid value is ignored as if absent
     ("max-age=3600", '"junk"', True),
+    ("no-store", "max-age=3600, &&&&&", False),   # not a Dictionary: ignored, Cache-Control governs
+    ("max-age=3600", "private", False),            # RFC 9111 §5.2.2.7 read from the targeted field
+    ("max-age=3600", "no-cache", False),           # §5.2.2.4 likewise
+    ("no-store", "foobar, max-age=3600", True),    # unknown directives are ignored
+    ("no-store", "MaX-aGe=3600", False),           # RFC 8941 §3.2 keys are lower case: not a Dictionary
+    ("no-store", "max-age=99999999999", True),
 ])
 def test_cdn_cache_control(env, cc_value, cdn, reused):
     p = env.path("cdn")
     a, b = env.twice(p, cc(cc_value, headers=[("CDN-Cache-Control", cdn)]))
     assert (env.count(p) == 1) is reused
     assert a.h("CDN-Cache-Control") == cdn     # §3: forwarded downstream
+
+
+def test_cdn_cache_control_max_age_counts_the_age(env):
+    # RFC 9213 §2.1 directives keep their RFC 9111 meaning: §4.2.3 Age still counts
+    p = env.path("cdn-age")
+    env.twice(p, Canned(headers=[("CDN-Cache-Control", "max-age=3600"), ("Age", "7200")]))
+    assert env.count(p) == 2
 
 
 def test_cdn_cache_control_overrides_expires(env):

@@ -35,6 +35,8 @@ def facts(headers, status=200, req_t=T0, resp_t=T0, settings=SHARED):
     ("0", None, "RFC 9111 §5.3 invalid"),
     ("-1", None, "RFC 9111 §5.3 invalid"),
     ("Sun, 06 Nov 1994 08:49:37 UTC", None, "RFC 9110 §5.6.7 only GMT"),
+    ("SUN, 06 NOV 1994 08:49:37 gmt", 784111777.0, "RFC 9111 §4.2 a cache matches dates case-insensitively"),
+    ("sunday, 06-nov-94 08:49:37 Gmt", 784111777.0, "RFC 9111 §4.2 case-insensitively (rfc850-date)"),
     ("Sun, 32 Nov 1994 08:49:37 GMT", None, "RFC 9110 §5.6.7 day range"),
     ("Sun, 06 Foo 1994 08:49:37 GMT", None, "RFC 9110 §5.6.7 month"),
     ("", None, "empty"),
