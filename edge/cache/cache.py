@@ -511,6 +511,8 @@ class Cache:
             if policy.stale_on_error(obj.facts, t, rc.settings, None, ctx.headers.items()):
                 self.metrics.incr("cache.stale_on_error")
                 return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, None))
+            if obj.facts.must_revalidate and e.status != 504:
+                e = RevalidationFailed(f"stored response must be revalidated: {e}")
             return proxy.upstream_failed(ctx, chain, e)
         if up.status == 304 and not policy.validates(up.headers, obj.facts):
             # RFC 9111 §4.3.4: a 304 for none of the stored validators updates nothing ("MUST
@@ -817,6 +819,17 @@ class Cache:
             return out_headers, up.body
 
         return tap
+
+
+class RevalidationFailed(UpstreamError):
+    """A stale must-revalidate (proxy-revalidate, s-maxage) response could not be validated:
+    RFC 9111 §5.2.2.2 "if a cache is disconnected, the cache MUST generate an error message
+    rather than reuse the stale response. The generated status code SHOULD be 504 (Gateway
+    Timeout) unless another error status code is more applicable"."""
+
+    status = 504
+    metric = "revalidation_failed"
+    public = "gateway timeout (the stored response must be revalidated)"
 
 
 class CacheBodyLost(EdgeError):
