@@ -281,6 +281,13 @@ def test_max_age_overrides_expires(env):
     assert env.count(r) == 1
 
 
+def test_response_pragma_has_no_meaning(env):
+    # §5.4: "the meaning of "Pragma: no-cache" in responses was never specified"; Cache-Control governs
+    p = env.path("pragma-response")
+    env.twice(p, cc("max-age=3600", headers=[("Pragma", "no-cache")]))
+    assert env.count(p) == 1
+
+
 def test_no_date_uses_the_receipt_time(env):
     # §4.2.1 Expires "minus the value of the Date response header field (using the time the
     # message was received if it is not present)"; RFC 9110 §6.6.1
@@ -352,6 +359,13 @@ def test_age_from_the_origin_is_carried_and_grows(env):
     (['max-age=0, ext="max-age=3600"'], False),
     (["max-age=003600"], True),                     # §1.2.2 delta-seconds = 1*DIGIT
     (["max-age='3600'"], False),                    # not a token or quoted-string: invalid
+    (["max-age =3600"], False),                     # §5.2: token [ "=" ... ]: no whitespace around "="
+    (["max-age= 3600"], False),
+    (["max-age=3600a"], False),
+    (['ext="max-age=3600", max-age="0"'], False),
+    (["max-age=2147483648"], True),
+    (["s-maxage=3600", "max-age=0"], True),         # §4.2.1 s-maxage first, across lines
+    (["max-age=3600", "s-maxage=0"], False),
     (["max-age=abc"], False),                       # §4.2.1: invalid freshness information: stale
     (["max-age=-1"], False),
     (["max-age=99999999999999999999"], True),        # §1.2.2: 2^31
@@ -623,9 +637,11 @@ def test_stale_if_error(env):
     assert b.status == 200 and b.body == a.body
 
 
-def test_without_stale_if_error_the_error_is_passed_on(env):
+@pytest.mark.parametrize("directives", [(), ("stale-if-error=5",)])
+def test_without_stale_if_error_the_error_is_passed_on(env, directives):
+    # no permission, or a stale-if-error window already passed (10 s stale > 5)
     p = env.path("no-sie")
-    env.script(p, stale_on_arrival(), Canned(503, [], b"down\n"))
+    env.script(p, stale_on_arrival(*directives), Canned(503, [], b"down\n"))
     env.req(p)
     b = env.req(p)
     assert b.status == 503 and b.body == b"down\n"
@@ -1024,7 +1040,7 @@ def test_head_200_with_another_validator_makes_the_stored_get_stale(env):
 
 # ------------------------------------------------------------------------------ §4.4 invalidation
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "FOO"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "FOO", "M-SEARCH"])
 def test_unsafe_methods_invalidate(env, method):
     # §4.4: "A cache MUST invalidate the target URI ... when it receives a non-error status code
     # in response to an unsafe request method (including methods whose safety is unknown)"
@@ -1080,6 +1096,14 @@ def test_location_and_content_location_are_invalidated_on_the_same_origin_only(e
     env.req(p, [("Host", f"127.0.0.1:{env.edge.port}")], method="POST", body=b"x")
     assert not env.req(loc, [("Host", f"127.0.0.1:{env.edge.port}")]).hit
     assert not env.req(cloc, [("Host", f"127.0.0.1:{env.edge.port}")]).hit
+    q = env.path("inval-loc-query") + "?a=1&b=2"          # the query is part of the URI invalidated
+    env.script(q, cc("max-age=3600"))
+    env.req(q)
+    assert env.req(q).hit
+    p2 = env.path("inval-post-query")
+    env.script(p2, Canned(303, [("Location", q)]))
+    env.req(p2, method="PUT", body=b"x")                     # a 3xx is not an error status either
+    assert not env.req(q).hit
     f = env.path("inval-post-foreign")
     env.script(f, Canned(200, [("Location", f"http://other.test{foreign}"),
                                ("Content-Location", f"http://other.test{foreign}")]))
@@ -1207,5 +1231,24 @@ def test_range_requests_from_the_stored_response(env):
     r = env.req(p, [("Range", "bytes=0-1"), ("If-Range", '"other"')])
     assert r.status == 200 and r.body == body
     r = env.req(p, [("Range", "bytes=0-1"), ("If-Range", 'W/"r1"')])
+    assert r.status == 200 and r.body == body
+    r = env.req(p, [("Range", "items=0-1")])            # §14.2: another range unit is ignored
+    assert r.status == 200 and r.body == body
+    r = env.req(p, [("Range", "bytes=0-1")], method="HEAD")   # §14.2: ranges are defined for GET only
+    assert r.status == 200 and r.h("Content-Range") is None
+    assert env.count(p) == 1
+
+
+def test_if_range_with_a_date(env):
+    # RFC 9110 §13.1.5: an HTTP-date If-Range matches a strong Last-Modified exactly; Last-Modified
+    # is strong when Date is at least one second later (§8.8.2.2)
+    p = env.path("range-date")
+    body = bytes(range(50))
+    lm = hd(-86400)
+    env.script(p, cc("max-age=3600", headers=[("Last-Modified", lm)], body=body))
+    env.req(p)
+    r = env.req(p, [("Range", "bytes=0-9"), ("If-Range", lm)])
+    assert r.status == 206 and r.body == body[:10]
+    r = env.req(p, [("Range", "bytes=0-9"), ("If-Range", hd(-2 * 86400))])
     assert r.status == 200 and r.body == body
     assert env.count(p) == 1
