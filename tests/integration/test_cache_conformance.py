@@ -379,7 +379,7 @@ def test_cache_control_parsing(env, lines, reused):
 # ------------------------------------------------------------------------------ §4.2.2 heuristics, §3 status codes
 
 HEURISTIC = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501]   # RFC 9110 §15.1
-NOT_BY_DEFAULT = [201, 202, 302, 303, 307, 400, 403, 500, 502, 503]
+NOT_BY_DEFAULT = [201, 202, 302, 303, 307, 400, 403, 500, 502, 503, 504, 599]
 
 
 @pytest.mark.parametrize("status", HEURISTIC)
@@ -411,12 +411,27 @@ def test_explicit_freshness_makes_other_statuses_cacheable(env, status):
     assert b.status == status and env.count(p) == 1
 
 
+@pytest.mark.parametrize("status", [200, 203, 204, 299, 301, 302, 303, 307, 308, 400, 404, 410, 499, 500, 502,
+                                    503, 504, 599])
+def test_explicit_freshness_for_any_final_status(env, status):
+    # §3: any final status may be stored with explicit freshness (only 206/304 and
+    # must-understand need the status to be understood); §4.2: a stale one is not reused
+    p = env.path(f"status-fresh-{status}")
+    a, b = env.twice(p, cc("max-age=3600", status=status))
+    assert b.status == status and env.count(p) == 1
+    q = env.path(f"status-stale-{status}")
+    env.twice(q, cc("max-age=3600", status=status, headers=[("Age", "7200")]))
+    assert env.count(q) == 2
+
+
 def test_public_allows_heuristics_for_other_statuses(env):
     # §4.2.2: heuristics also for "responses without explicit freshness that have been marked
     # as explicitly cacheable (e.g., with a public response directive)"
-    p = env.path("heur-public-302")
-    env.twice(p, Canned(302, [("Cache-Control", "public"), ("Location", "/x"), ("Last-Modified", hd(-30 * 86400))]))
-    assert env.count(p) == 1
+    for status in (302, 599):
+        p = env.path(f"heur-public-{status}")
+        env.twice(p, Canned(status, [("Cache-Control", "public"), ("Location", "/x"),
+                                     ("Last-Modified", hd(-30 * 86400))]))
+        assert env.count(p) == 1, status
 
 
 def test_heuristic_freshness_needs_last_modified_in_the_past(env):
