@@ -528,14 +528,16 @@ AUTH = [("Authorization", "Basic dTpw")]
 
 @pytest.mark.parametrize("value,stored", [
     ("max-age=3600", False),                       # §3.5: not without an explicit permission
+    ("", False),                                   # (Expires below)
     ("public, max-age=3600", True),
     ("s-maxage=3600", True),
     ("must-revalidate, max-age=3600", True),
 ])
 def test_authorization(env, value, stored):
     p = env.path("auth")
-    env.script(p, cc(value))
+    env.script(p, cc(value) if value else Canned(headers=[("Expires", hd(30 * 86400))]))
     a = env.req(p, AUTH)
+    assert env.seen(p)[0].header("Authorization") == AUTH[0][1]   # the credentials go to the origin
     if stored:
         # a request with credentials does not lead a coalesced fill (nothing for others to wait
         # on), so its object lands just after its answer: wait for it without the origin
@@ -599,11 +601,28 @@ def test_hop_by_hop_and_connection_listed_fields_are_not_stored(env):
     p = env.path("hop")
     a, b = env.twice(p, cc("max-age=3600", headers=[
         ("Connection", "X-Hop, X-Hop2"), ("X-Hop", "1"), ("X-Hop2", "2"), ("Keep-Alive", "timeout=5"),
-        ("Proxy-Authenticate", "Basic"), ("X-Kept", "k")]))
+        ("Proxy-Authenticate", "Basic"), ("Proxy-Authentication-Info", "x"), ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"), ("X-Kept", "k")]))
     assert env.count(p) == 1
     for r in (a, b):
         assert r.h("X-Hop") is None and r.h("X-Hop2") is None and r.h("Keep-Alive") is None
-    assert b.h("Proxy-Authenticate") is None and b.h("X-Kept") == "k"
+    for name in ("Proxy-Authenticate", "Proxy-Authentication-Info", "Proxy-Connection", "TE"):
+        assert b.h(name) is None, name
+    assert b.h("X-Kept") == "k"
+
+
+def test_304_does_not_bring_hop_by_hop_fields_into_the_store(env):
+    # §3.2: the update excepts "Header fields excepted from storage in Section 3.1"
+    p = env.path("reval-hop")
+    env.script(p, stale_on_arrival(), Canned(304, [
+        ("Cache-Control", "max-age=3600"), ("ETag", '"s1"'), ("Connection", "X-Hop"), ("X-Hop", "1"),
+        ("Keep-Alive", "timeout=5"), ("Proxy-Authenticate", "Basic"), ("X-New", "n")]))
+    env.req(p)
+    env.req(p)
+    c = env.req(p)
+    assert c.hit and c.h("X-New") == "n"
+    for name in ("X-Hop", "Keep-Alive", "Proxy-Authenticate"):
+        assert c.h(name) is None, name
 
 
 def test_unknown_fields_are_stored(env):
