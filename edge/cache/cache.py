@@ -610,17 +610,24 @@ class Cache:
             if up.status == 200 and ctx.method == "HEAD":
                 self._head_answered(rc, entry, out_headers, request_time, time.time())
             fill = Fill(h, url, request_time, replaces=entry)
-            _headers, body = self._store_tap(ctx, rc, fill, "stale")(up, out_headers)
+            tap = self._store_tap(ctx, rc, fill, "stale")
+            _headers, body = tap(up, out_headers)
             if body is not None:
+                if getattr(tap, "variants", None) is not None:
+                    # it is being stored: the commit releases the lock once the new object is
+                    # readable (or the fill gives it back), so no second revalidation starts
+                    # in between while the stale object is still served (RFC 5861 §3, once)
+                    fill.lock, fill.lock_key, token = token, lock_key, None
                 for _ in body:  # the tee keeps the copy and commits at the end
                     pass
         except EdgeError as e:
             log.warning("background revalidation of %s failed: %s", url, e)
         finally:
-            try:
-                self.store.release_lock(lock_key, token)
-            except StoreUnavailable as e:
-                self.health.failed(e)
+            if token is not None:
+                try:
+                    self.store.release_lock(lock_key, token)
+                except StoreUnavailable as e:
+                    self.health.failed(e)
 
     # ------------------------------------------------------------------ storing
 

@@ -1137,8 +1137,10 @@ def store_plan(method: str, status: int, request_headers: Headers, response_head
 
 def worth_storing(facts: StoredFacts, settings: PolicySettings = DEFAULT_SETTINGS) -> bool:
     """False for a storable response that could never be served: never fresh, no
-    validator to revalidate it with, and no stale window (RFC 5861 or the route's)."""
-    return (facts.freshness_lifetime > 0 or facts.has_validator
+    validator to revalidate it with, and no stale window (RFC 5861 or the route's).
+    ``max-age=0, stale-while-revalidate=N`` is served stale for N seconds while it is
+    refreshed (RFC 5861 §3), with or without a validator."""
+    return (facts.freshness_lifetime > 0 or facts.has_validator or facts.stale_while_revalidate_s is not None
             or facts.stale_if_error_s is not None or settings.serve_stale_on_error_s > 0)
 
 

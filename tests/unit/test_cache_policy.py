@@ -779,6 +779,9 @@ def test_no_transform_from_cache_control_with_targeted_field():
     ([("ETag", '"a"')], {}, True),
     ([], {}, False),
     ([], {"serve_stale_on_error_s": 10}, True),
+    ([("Cache-Control", "max-age=0, stale-if-error=60")], {}, True),
+    ([("Cache-Control", "max-age=0, stale-while-revalidate=60")], {}, True),   # RFC 5861 §3: served stale
+    ([("Cache-Control", "max-age=0")], {}, False),
 ])
 def test_worth_storing(headers, kw, useful):
     s = PolicySettings(**kw)
