@@ -297,7 +297,13 @@ def test_no_date_uses_the_receipt_time(env):
     q = env.path("nodate-expires")
     a, b = env.twice(q, Canned(headers=[("Expires", hd(3600))], date=False))
     assert env.count(q) == 1
-    assert b.h("Date") is not None  # RFC 9110 §6.6.1: a cache appends Date to a response it stores
+    # RFC 9110 §6.6.1: "A recipient with a clock that receives a response message without a Date
+    # header field MUST record the time it was received and append a corresponding Date header
+    # field to the message's header section if it is cached or forwarded downstream"
+    assert a.h("Date") is not None and b.h("Date") == a.h("Date")
+    r = env.path("nodate-uncached")
+    a, b = env.twice(r, cc("no-store", date=False))
+    assert a.h("Date") is not None and b.h("Date") is not None
 
 
 def test_invalid_date_is_replaced_by_the_receipt_time(env):
@@ -455,6 +461,17 @@ def test_heuristic_age_is_shown(env):
     p = env.path("heur-age")
     a, b = env.twice(p, Canned(200, [("Last-Modified", hd(-30 * 86400))]))
     assert b.hit and b.h("Age") is not None
+
+
+def test_full_answer_to_a_range_request_is_stored(env):
+    # RFC 9110 §14.2: a server may ignore Range and send 200; that complete response is storable
+    p = env.path("range-ignored")
+    env.script(p, cc("max-age=3600", body=b"0123456789"))
+    a = env.req(p, [("Range", "bytes=0-4")])
+    assert a.status == 200 and a.body == b"0123456789"
+    env.landed(p)
+    r = env.req(p, [("Range", "bytes=2-3")])
+    assert r.status == 206 and r.body == b"23" and env.count(p) == 1
 
 
 def test_partial_content_is_not_served_as_the_full_response(env):
