@@ -586,10 +586,16 @@ class Cache:
         lock_key = keys.revalidate_lock_key(h, secondary)
         try:
             token = self.store.acquire_lock(lock_key, REVALIDATE_LOCK_S)
+            if token is None:
+                return
+            # the refresh may have landed (and let the lock go) between our read and the lock:
+            # then there is nothing left to refresh
+            current = records.decode(self.store.get(entry.record_key))
+            if not isinstance(current, StoredObject) or current.stored_at != entry.obj.stored_at:
+                self.store.release_lock(lock_key, token)
+                return
         except StoreUnavailable as e:
             self.health.failed(e)
-            return
-        if token is None:
             return
         self.metrics.incr("cache.background_revalidation")
         gevent.spawn(self._background, proxy, ctx, route, rc, chain, url, h, entry, lock_key, token)

@@ -729,7 +729,8 @@ def test_stale_while_revalidate_with_max_age_0(env, validator):
     b = env.req(p)
     assert b.body == a.body and b.h("Cache-Control") == "max-age=0, stale-while-revalidate=3600"
     until(lambda: env.count(p) == 2, timeout_s=10)
-    env.landed(p)
+    # the refreshed object lands just after the background fetch ends (meanwhile the stale one is served)
+    until(lambda: env.req(p).h("ETag") == '"def"', timeout_s=10)
     c = env.req(p)
     assert c.hit and c.h("ETag") == '"def"' and c.h("Cache-Control") == "max-age=3600" and env.count(p) == 2
 
@@ -743,6 +744,8 @@ def test_stale_while_revalidate(env):
     b = env.req(p)
     assert b.status == 200 and b.body == a.body and b.h("Age") is not None
     until(lambda: env.count(p) == 2, timeout_s=10)
+    # the refreshed object lands just after the background fetch ends; requests in between get
+    # the stale one and must not start a second refresh (RFC 5861 §3 "asynchronously", once)
     until(lambda: env.req(p).text == f"{p} 2\n", timeout_s=10)
     assert env.count(p) == 2
 
@@ -1194,6 +1197,7 @@ def test_cache_status_is_a_structured_list(env):
     p = env.path("cache-status")
     env.script(p, cc("max-age=3600"))
     miss = parse_cache_status(env.req(p).h("Cache-Status"))
+    env.landed(p)   # else the next request may wait for the fill: "fwd=uri-miss; collapsed" (§2.6)
     hit = parse_cache_status(env.req(p).h("Cache-Status"))
     (name, params), = [m for m in miss if m[0] == "edge"]
     # RFC 9211 §2.2 fwd, §2.3 fwd-status, §2.5 stored, §2.4 ttl
