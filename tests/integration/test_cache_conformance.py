@@ -29,9 +29,6 @@ from edge.launch import start_edge
 from tests.fixtures.scripted_origin import Canned, ScriptedOrigin
 from tests.integration.conftest import until
 
-HOUR = 3600
-
-
 def hd(offset_s: float = 0.0) -> str:
     """An HTTP-date ``offset_s`` from now (RFC 9110 §5.6.7)."""
     return email.utils.formatdate(time.time() + offset_s, usegmt=True)
@@ -206,10 +203,6 @@ def env(tmp_path_factory):
     yield Env(edge, origin)
     edge.stop()
     origin.stop()
-
-
-def served_from_cache(env: Env, path: str, first: Reply, second: Reply, origin_count: int = 1) -> bool:
-    return second.status == first.status and second.body == first.body and env.count(path) == origin_count
 
 
 # ------------------------------------------------------------------------------ §4.2 freshness
