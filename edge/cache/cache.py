@@ -15,8 +15,10 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    ``Cache-Status``; the client's own conditionals and ranges through the policy);
    ``ServeStale`` too, starting a background revalidation that one request does for the
    whole fleet (a store lock); ``Revalidate`` sends a conditional request (a 304 merges
-   into the stored head via ``policy.merge_304`` and refreshes the record; a 200
-   replaces it); ``Fetch`` forwards. When the backend is down or answers 5xx, a stale
+   into the stored head via ``policy.merge_304`` and refreshes the record when its
+   validator is the stored one, ``policy.validates``, else edge asks again without
+   conditionals; a 200 replaces it; a 200 to a HEAD updates or stales the stored GET,
+   ``policy.head_updates``); ``Fetch`` forwards. When the backend is down or answers 5xx, a stale
    object is served if ``policy.stale_on_error`` allows (RFC 5861 ``stale-if-error`` and
    the route's ``serve_stale_on_error``).
 3. **Miss**: one request per URL takes the fill lock (``acquire_lock``, across workers,
