@@ -15,8 +15,10 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    ``Cache-Status``; the client's own conditionals and ranges through the policy);
    ``ServeStale`` too, starting a background revalidation that one request does for the
    whole fleet (a store lock); ``Revalidate`` sends a conditional request (a 304 merges
-   into the stored head via ``policy.merge_304`` and refreshes the record; a 200
-   replaces it); ``Fetch`` forwards. When the backend is down or answers 5xx, a stale
+   into the stored head via ``policy.merge_304`` and refreshes the record when its
+   validator is the stored one, ``policy.validates``, else edge asks again without
+   conditionals; a 200 replaces it; a 200 to a HEAD updates or stales the stored GET,
+   ``policy.head_updates``); ``Fetch`` forwards. When the backend is down or answers 5xx, a stale
    object is served if ``policy.stale_on_error`` allows (RFC 5861 ``stale-if-error`` and
    the route's ``serve_stale_on_error``).
 3. **Miss**: one request per URL takes the fill lock (``acquire_lock``, across workers,
@@ -213,6 +215,10 @@ class Cache:
         if isinstance(found, Entry):
             return self._decide(proxy, ctx, route, rc, chain, body, url, h, found, now)
         if _only_if_cached(req_headers):
+            if found is FILLING:  # a response on its way into the store: this client may have just seen it
+                found = self._fill_landed(h, req_headers)
+                if isinstance(found, Entry):
+                    return self._decide(proxy, ctx, route, rc, chain, body, url, h, found, time.time())
             # RFC 9111 §5.2.1.7: "respond using a stored response or ... a 504 (Gateway Timeout)"
             self.metrics.incr("cache.miss")
             return proxy.answer(ctx, Response.error(504, "not in cache (only-if-cached)"), chain)
@@ -267,6 +273,23 @@ class Cache:
                 return NO_MATCH
             soft = soft or v is purge.SOFT
         return Entry(obj, key, soft)
+
+    def _fill_landed(self, h: str, req_headers) -> Entry | object | None:
+        """What replaces a fill marker within ``coalesce_wait`` (the marker itself if nothing
+        does), for a request that must not go to the backend (only-if-cached). A fill commits
+        just after its last byte went out, so a client that got that answer and asks again at
+        once would otherwise find the marker, not the object."""
+        deadline = time.monotonic() + self.coalesce_wait_s
+        sleep_s = POLL_FIRST_S
+        found: Entry | object | None = FILLING
+        try:
+            while found is FILLING and time.monotonic() < deadline:
+                gevent.sleep(sleep_s)
+                sleep_s = min(sleep_s * 2, POLL_MAX_S)
+                found = self._load(h, req_headers)
+        except StoreUnavailable as e:
+            self.health.failed(e)
+        return found
 
     def _ban_rules(self) -> tuple[purge.Ban, ...]:
         mono = time.monotonic()
@@ -514,7 +537,17 @@ class Cache:
             if policy.stale_on_error(obj.facts, t, rc.settings, None, ctx.headers.items()):
                 self.metrics.incr("cache.stale_on_error")
                 return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, None))
+            if obj.facts.must_revalidate and e.status != 504:
+                e = RevalidationFailed(f"stored response must be revalidated: {e}")
             return proxy.upstream_failed(ctx, chain, e)
+        if up.status == 304 and not policy.validates(up.headers, obj.facts):
+            # RFC 9111 §4.3.4: a 304 for none of the stored validators updates nothing ("MUST
+            # NOT use the new response to update"), and the stored response stays unvalidated
+            _drain(up)
+            try:
+                up = proxy.exchange(ctx, route, chain, body, conditional=[])
+            except UpstreamError as e:
+                return proxy.upstream_failed(ctx, chain, e)
         if up.status == 304:
             _drain(up)
             refreshed = self._refresh(rc, entry, proxy.response_headers(up), now, time.time())
@@ -528,8 +561,25 @@ class Cache:
             up.close()
             self.metrics.incr("cache.stale_on_error")
             return self._serve(proxy, ctx, chain, rc, obj, t, self._stale_status(obj, t, up.status))
+        if up.status == 200 and ctx.method == "HEAD":
+            self._head_answered(rc, entry, proxy.response_headers(up), now, t)
         self.metrics.incr("cache.miss")
         return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "stale"))
+
+    def _head_answered(self, rc, entry: Entry, head_headers, request_time: float, response_time: float) -> None:
+        """RFC 9111 §4.3.5: a 200 answer to a HEAD updates the stored GET response when their
+        validators and length agree (``policy.head_updates``), else makes it stale (a soft
+        mark: the next use revalidates)."""
+        obj = entry.obj
+        if policy.head_updates(obj.headers, obj.length, head_headers):
+            self._refresh(rc, entry, head_headers, request_time, response_time)
+            return
+        ttl_s = obj.expires_at - time.time()
+        if ttl_s > 0:
+            try:
+                self.store.set(entry.record_key, dataclasses.replace(obj, soft_purged=True).encode(), ttl_s)
+            except StoreUnavailable as e:
+                self.health.failed(e)
 
     def _stale_status(self, obj: StoredObject, now: float, status: int | None) -> str:
         ttl = obj.facts.freshness_lifetime - policy.current_age(obj.facts, now)
@@ -562,10 +612,16 @@ class Cache:
         lock_key = keys.revalidate_lock_key(h, secondary)
         try:
             token = self.store.acquire_lock(lock_key, REVALIDATE_LOCK_S)
+            if token is None:
+                return
+            # the refresh may have landed (and let the lock go) between our read and the lock:
+            # then there is nothing left to refresh
+            current = records.decode(self.store.get(entry.record_key))
+            if not isinstance(current, StoredObject) or current.stored_at != entry.obj.stored_at:
+                self.store.release_lock(lock_key, token)
+                return
         except StoreUnavailable as e:
             self.health.failed(e)
-            return
-        if token is None:
             return
         self.metrics.incr("cache.background_revalidation")
         gevent.spawn(self._background, proxy, ctx, route, rc, chain, url, h, entry, lock_key, token)
@@ -579,21 +635,31 @@ class Cache:
                 return  # logged and counted by exchange; the stale object stays
             if up.status == 304:
                 _drain(up)
-                self._refresh(rc, entry, proxy.response_headers(up), request_time, time.time())
+                if policy.validates(up.headers, entry.obj.facts):  # RFC 9111 §4.3.4
+                    self._refresh(rc, entry, proxy.response_headers(up), request_time, time.time())
                 return
             out_headers = proxy.response_headers(up)
+            if up.status == 200 and ctx.method == "HEAD":
+                self._head_answered(rc, entry, out_headers, request_time, time.time())
             fill = Fill(h, url, request_time, replaces=entry)
-            _headers, body = self._store_tap(ctx, rc, fill, "stale")(up, out_headers)
+            tap = self._store_tap(ctx, rc, fill, "stale")
+            _headers, body = tap(up, out_headers)
             if body is not None:
+                if getattr(tap, "variants", None) is not None:
+                    # it is being stored: the commit releases the lock once the new object is
+                    # readable (or the fill gives it back), so no second revalidation starts
+                    # in between while the stale object is still served (RFC 5861 §3, once)
+                    fill.lock, fill.lock_key, token = token, lock_key, None
                 for _ in body:  # the tee keeps the copy and commits at the end
                     pass
         except EdgeError as e:
             log.warning("background revalidation of %s failed: %s", url, e)
         finally:
-            try:
-                self.store.release_lock(lock_key, token)
-            except StoreUnavailable as e:
-                self.health.failed(e)
+            if token is not None:
+                try:
+                    self.store.release_lock(lock_key, token)
+                except StoreUnavailable as e:
+                    self.health.failed(e)
 
     # ------------------------------------------------------------------ storing
 
@@ -792,6 +858,17 @@ class Cache:
             return out_headers, up.body
 
         return tap
+
+
+class RevalidationFailed(UpstreamError):
+    """A stale must-revalidate (proxy-revalidate, s-maxage) response could not be validated:
+    RFC 9111 §5.2.2.2 "if a cache is disconnected, the cache MUST generate an error message
+    rather than reuse the stale response. The generated status code SHOULD be 504 (Gateway
+    Timeout) unless another error status code is more applicable"."""
+
+    status = 504
+    metric = "revalidation_failed"
+    public = "gateway timeout (the stored response must be revalidated)"
 
 
 class CacheBodyLost(EdgeError):

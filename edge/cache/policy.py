@@ -19,8 +19,10 @@ these functions at four moments:
    request (RFC 9110 §13.2.2; a 304 carries ``not_modified_headers()``) and
    ``ranges()`` its Range (RFC 9110 §14).
 3. The origin answers a revalidation: ``select_by_validator()`` picks the stored
-   responses a 304 updates (§4.3.4), ``merge_304()`` updates their header fields
-   (§3.2); an error or no answer goes to ``stale_on_error()`` (RFC 5861 §4, §4.2.4).
+   responses a 304 updates (§4.3.4; ``validates()`` for the one response edge validated),
+   ``merge_304()`` updates their header fields (§3.2), ``head_updates()`` says whether a
+   200 to a HEAD updates the stored GET or makes it stale (§4.3.5); an error or no answer
+   goes to ``stale_on_error()`` (RFC 5861 §4, §4.2.4).
 4. An unsafe request got a non-error answer: ``invalidation_targets()`` (§4.4).
 
 ``cache_status()`` and ``age_header()`` build the Cache-Status (RFC 9211) and Age
@@ -122,8 +124,10 @@ _NOT_UPDATED = _NOT_STORED | {"content-length", "content-range", "content-encodi
 
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
-_IMF_RE = re.compile(r"[A-Za-z]{3}, (\d{2}) ([A-Za-z]{3}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT")
-_RFC850_RE = re.compile(r"[A-Za-z]{6,9}, (\d{2})-([A-Za-z]{3})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT")
+# RFC 9111 §4.2: "Although all date formats are specified to be case-sensitive, a cache
+# recipient SHOULD match the field value case-insensitively" (names of days and months, GMT).
+_IMF_RE = re.compile(r"[A-Za-z]{3}, (\d{2}) ([A-Za-z]{3}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT", re.IGNORECASE)
+_RFC850_RE = re.compile(r"[A-Za-z]{6,9}, (\d{2})-([A-Za-z]{3})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT", re.IGNORECASE)
 _ASCTIME_RE = re.compile(r"[A-Za-z]{3} ([A-Za-z]{3}) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})")
 
 
@@ -1133,8 +1137,10 @@ def store_plan(method: str, status: int, request_headers: Headers, response_head
 
 def worth_storing(facts: StoredFacts, settings: PolicySettings = DEFAULT_SETTINGS) -> bool:
     """False for a storable response that could never be served: never fresh, no
-    validator to revalidate it with, and no stale window (RFC 5861 or the route's)."""
-    return (facts.freshness_lifetime > 0 or facts.has_validator
+    validator to revalidate it with, and no stale window (RFC 5861 or the route's).
+    ``max-age=0, stale-while-revalidate=N`` is served stale for N seconds while it is
+    refreshed (RFC 5861 §3), with or without a validator."""
+    return (facts.freshness_lifetime > 0 or facts.has_validator or facts.stale_while_revalidate_s is not None
             or facts.stale_if_error_s is not None or settings.serve_stale_on_error_s > 0)
 
 
@@ -1559,6 +1565,47 @@ def select_by_validator(fresh_headers: Headers, stored: Sequence[StoredFacts]) -
     if len(stored) == 1 and not stored[0].has_validator:
         return [0]
     return []
+
+
+def validates(fresh_headers: Headers, stored: StoredFacts) -> bool:
+    """Does a 304 answering edge's validation of the one ``stored`` response refresh it (§4.3.4)?
+
+    ``select_by_validator`` with that one response: a 304 whose strong validator is not the
+    stored one, or whose weak validator or Last-Modified matches nothing stored, refreshes
+    nothing ("the cache MUST NOT use the new response to update any stored responses"), and
+    the stored response is then not validated either. A 304 without any validator also
+    refreshes it: edge's request was conditional on that response's validators alone
+    (§4.3.1), so the 304 can answer nothing else (RFC 9110 §15.4.5 has the server send the
+    ETag a 200 would carry; an origin that omits it should not cost a full response each time).
+    """
+    if header_first(fresh_headers, "etag") is None and header_first(fresh_headers, "last-modified") is None:
+        return True
+    return bool(select_by_validator(fresh_headers, (stored,)))
+
+
+def head_updates(stored_headers: Headers, stored_length: int | None, head_headers: Headers) -> bool:
+    """Does a 200 answer to a HEAD update the stored GET response (True) or make it stale (False)?
+
+    §4.3.5: "For each of the stored responses that could have been chosen, if the stored
+    response and HEAD response have matching values for any received validator fields (ETag
+    and Last-Modified) and, if the HEAD response has a Content-Length header field, the value
+    of Content-Length matches that of the stored response, the cache SHOULD update the stored
+    response as described below; otherwise, the cache SHOULD consider the stored response to
+    be stale." Each validator the HEAD response carries must equal the stored one (a
+    validator the stored response lacks does not match); one it does not carry is not
+    compared. The update itself is ``merge_304`` ("the cache MUST use the header fields
+    provided in the HEAD response to update the stored response (see Section 3.2)").
+    """
+    for name in ("etag", "last-modified"):
+        received = header_first(head_headers, name)
+        if received is not None:
+            stored = header_first(stored_headers, name)
+            if stored is None or stored.strip() != received.strip():
+                return False
+    length = header_first(head_headers, "content-length")
+    if length is not None:
+        return stored_length is not None and length.strip() == str(stored_length)
+    return True
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ def facts(headers, status=200, req_t=T0, resp_t=T0, settings=SHARED):
     ("0", None, "RFC 9111 §5.3 invalid"),
     ("-1", None, "RFC 9111 §5.3 invalid"),
     ("Sun, 06 Nov 1994 08:49:37 UTC", None, "RFC 9110 §5.6.7 only GMT"),
+    ("SUN, 06 NOV 1994 08:49:37 gmt", 784111777.0, "RFC 9111 §4.2 a cache matches dates case-insensitively"),
+    ("sunday, 06-nov-94 08:49:37 Gmt", 784111777.0, "RFC 9111 §4.2 case-insensitively (rfc850-date)"),
     ("Sun, 32 Nov 1994 08:49:37 GMT", None, "RFC 9110 §5.6.7 day range"),
     ("Sun, 06 Foo 1994 08:49:37 GMT", None, "RFC 9110 §5.6.7 month"),
     ("", None, "empty"),
@@ -547,6 +549,36 @@ def test_select_by_validator(fresh, stored, expected, section):
     assert P.select_by_validator(fresh, fs) == expected, section
 
 
+@pytest.mark.parametrize("fresh,stored,expected,section", [
+    ([("ETag", '"a"')], [("ETag", '"a"')], True, "§4.3.4 the stored strong validator"),
+    ([("ETag", '"z"')], [("ETag", '"a"')], False, "§4.3.4 another strong validator: MUST NOT update"),
+    ([("ETag", 'W/"a"')], [("ETag", '"a"')], True, "§4.3.4 weak comparison for a weak validator"),
+    ([("ETag", 'W/"z"')], [("ETag", '"a"')], False, "§4.3.4 a weak validator matching nothing"),
+    ([("Last-Modified", D(T0 - 10))], [("Last-Modified", D(T0 - 10))], True, "§4.3.4 Last-Modified matches"),
+    ([("Last-Modified", D(T0 - 5))], [("Last-Modified", D(T0 - 10))], False, "§4.3.4 another Last-Modified"),
+    ([], [("ETag", '"a"')], True, "§4.3.1 the 304 answers the one validation edge sent"),
+    ([], [], True, "§4.3.4 no validators, one stored without validator"),
+])
+def test_validates(fresh, stored, expected, section):
+    assert P.validates(fresh, facts(stored + [("Date", D(T0))])) is expected, section
+
+
+@pytest.mark.parametrize("stored,length,head,expected,section", [
+    ([("ETag", '"a"')], 10, [("ETag", '"a"'), ("X-V", "2")], True, "§4.3.5 matching ETag: update"),
+    ([("ETag", '"a"')], 10, [("ETag", '"b"')], False, "§4.3.5 another ETag: stale"),
+    ([], 10, [("ETag", '"b"')], False, "§4.3.5 a validator the stored response lacks: stale"),
+    ([("Last-Modified", "lm1")], 10, [("Last-Modified", "lm1")], True, "§4.3.5 matching Last-Modified"),
+    ([("Last-Modified", "lm1")], 10, [("Last-Modified", "lm2")], False, "§4.3.5 another Last-Modified"),
+    ([("ETag", '"a"'), ("Last-Modified", "lm1")], 10, [("ETag", '"a"'), ("Last-Modified", "lm2")], False,
+     "§4.3.5 every received validator must match"),
+    ([("ETag", '"a"')], 10, [("ETag", '"a"'), ("Content-Length", "10")], True, "§4.3.5 same Content-Length"),
+    ([("ETag", '"a"')], 10, [("ETag", '"a"'), ("Content-Length", "11")], False, "§4.3.5 other Content-Length: stale"),
+    ([("ETag", '"a"')], 10, [("X-V", "2")], True, "§4.3.5 no validator or length received: nothing differs"),
+])
+def test_head_updates(stored, length, head, expected, section):
+    assert P.head_updates(stored, length, head) is expected, section
+
+
 # ---------------------------------------------------------------------------------------
 # RFC 9110 §13 client conditionals from the cache
 # ---------------------------------------------------------------------------------------
@@ -747,6 +779,9 @@ def test_no_transform_from_cache_control_with_targeted_field():
     ([("ETag", '"a"')], {}, True),
     ([], {}, False),
     ([], {"serve_stale_on_error_s": 10}, True),
+    ([("Cache-Control", "max-age=0, stale-if-error=60")], {}, True),
+    ([("Cache-Control", "max-age=0, stale-while-revalidate=60")], {}, True),   # RFC 5861 §3: served stale
+    ([("Cache-Control", "max-age=0")], {}, False),
 ])
 def test_worth_storing(headers, kw, useful):
     s = PolicySettings(**kw)
