@@ -63,7 +63,7 @@ from edge.errors import (BadRequest, ClientDisconnected, ClientError, EdgeError,
                          InvalidResponseField, SlowClient)
 from edge.fields import fields_valid
 from edge.http import without_framing
-from edge.netio import Waits, raw_socket, send_all
+from edge.netio import TLSReader, Waits, raw_socket, send_all
 
 log = logging.getLogger("edge.h1")
 
@@ -345,7 +345,7 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
 class Connection:
     """One client connection: its state, its read buffer, and its socket."""
 
-    __slots__ = ("sock", "raw", "waits", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s",
+    __slots__ = ("sock", "raw", "waits", "wait_first", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s",
                  "header_timeout_s", "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served")
 
     def __init__(self, worker, sock, peer_ip: str, port: int, scheme: str) -> None:
@@ -357,6 +357,7 @@ class Connection:
         # a TLS socket reads through gevent's SSL wrapper
         self.raw = raw_socket(sock)
         self.waits = Waits(sock) if self.raw is not None else None
+        self.wait_first = self.waits is not None and not isinstance(self.raw, TLSReader)  # see read_head
         self.buf = b""
         self.state = State.IDLE
         self.idle = worker.idle_connections
@@ -417,8 +418,16 @@ class Connection:
             deadline = None
             sock.settimeout(self.keepalive_s)
             self.idle[sock] = now
+            if self.wait_first and not self.waits.readable(self.keepalive_s):
+                # An idle keep-alive connection: its next request is rarely there yet (the client
+                # is still reading the last answer), so wait for it before reading instead of
+                # paying a recv that fails with EAGAIN on every request. Plain TCP only: a TLS
+                # connection may hold a decrypted request inside OpenSSL with nothing on the socket.
+                self.idle.pop(sock, None)
+                return None  # idle past keepalive: close quietly, as every server does
         acc = None  # a bytearray once the head spans several recvs
         scanned = 0
+        more = False  # a recv returned part of a head: the next one waits only what is left
         while True:
             if buf:
                 end = head_end(buf, scanned)
@@ -429,6 +438,11 @@ class Connection:
                     return req
                 check_partial_head(buf, limits)
                 scanned = len(buf)
+            if more:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SlowClient(f"request head not complete within {self.header_timeout_s:g}s")
+                sock.settimeout(left)
             try:
                 data = self.recv()
             except SlowClient:
@@ -460,10 +474,7 @@ class Connection:
                     acc = bytearray(buf)
                 acc += data
                 buf = acc
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SlowClient(f"request head not complete within {self.header_timeout_s:g}s")
-            sock.settimeout(left)
+            more = True
 
     # ------------------------------------------------------------------ one exchange
 
