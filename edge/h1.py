@@ -345,7 +345,7 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
 class Connection:
     """One client connection: its state, its read buffer, and its socket."""
 
-    __slots__ = ("sock", "raw", "waits", "wait_first", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s",
+    __slots__ = ("sock", "raw", "waits", "wait_first", "timeout_s", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s",
                  "header_timeout_s", "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served")
 
     def __init__(self, worker, sock, peer_ip: str, port: int, scheme: str) -> None:
@@ -357,6 +357,7 @@ class Connection:
         # a TLS socket reads through gevent's SSL wrapper
         self.raw = raw_socket(sock)
         self.waits = Waits(sock) if self.raw is not None else None
+        self.timeout_s: float | None = -1.0  # the socket's timeout as set_timeout last set it (-1: unknown)
         self.wait_first = self.waits is not None and not isinstance(self.raw, TLSReader)  # see read_head
         self.buf = b""
         self.state = State.IDLE
@@ -377,6 +378,14 @@ class Connection:
             self.state = _NEXT[self.state][ev]
         except KeyError:
             raise IllegalTransition(self.state, ev) from None
+
+    def set_timeout(self, timeout_s: float | None) -> None:
+        """``sock.settimeout`` unless it holds that value already (it is set twice per request
+        otherwise, each a Python call into gevent). Everything on this connection sets the
+        socket's timeout through here."""
+        if timeout_s != self.timeout_s:
+            self.sock.settimeout(timeout_s)
+            self.timeout_s = timeout_s
 
     # ------------------------------------------------------------------ reading
 
@@ -410,21 +419,24 @@ class Connection:
         now = time.monotonic()
         if self.served == 0:
             deadline = now + self.header_timeout_s  # a new connection must send its head in time
-            sock.settimeout(self.header_timeout_s)
+            self.set_timeout(self.header_timeout_s)
         elif buf:
             deadline = now + self.header_timeout_s
-            sock.settimeout(self.header_timeout_s)
+            self.set_timeout(self.header_timeout_s)
         else:
             deadline = None
-            sock.settimeout(self.keepalive_s)
             self.idle[sock] = now
-            if self.wait_first and not self.waits.readable(self.keepalive_s):
+            if self.wait_first:
                 # An idle keep-alive connection: its next request is rarely there yet (the client
                 # is still reading the last answer), so wait for it before reading instead of
                 # paying a recv that fails with EAGAIN on every request. Plain TCP only: a TLS
                 # connection may hold a decrypted request inside OpenSSL with nothing on the socket.
-                self.idle.pop(sock, None)
-                return None  # idle past keepalive: close quietly, as every server does
+                # (The wait has its own timer: the socket's timeout stays as it was.)
+                if not self.waits.readable(self.keepalive_s):
+                    self.idle.pop(sock, None)
+                    return None  # idle past keepalive: close quietly, as every server does
+            else:
+                self.set_timeout(self.keepalive_s)
         acc = None  # a bytearray once the head spans several recvs
         scanned = 0
         more = False  # a recv returned part of a head: the next one waits only what is left
@@ -442,7 +454,7 @@ class Connection:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SlowClient(f"request head not complete within {self.header_timeout_s:g}s")
-                sock.settimeout(left)
+                self.set_timeout(left)
             try:
                 data = self.recv()
             except SlowClient:
@@ -509,7 +521,7 @@ class Connection:
             ctx = RequestContext(method, adm.path, adm.query, Headers.wrap(fields),
                                  version="1.1" if http11 else "1.0", scheme=self.scheme, host=adm.host,
                                  port=self.port, client_ip=self.peer_ip, start=now)
-            self.sock.settimeout(self.body_idle_s)
+            self.set_timeout(self.body_idle_s)
             body = None
             if adm.body:
                 chunked = adm.body == admission.CHUNKED
@@ -549,7 +561,7 @@ class Connection:
                              client_ip=self.peer_ip, start=time.monotonic())
         reply = self.proxy.error_reply(ctx, e)
         try:
-            self.sock.settimeout(self.body_idle_s)
+            self.set_timeout(self.body_idle_s)
             self.write(ctx, reply, False, True)
         except (EdgeError, OSError):
             pass  # the client is gone or not reading; it is closed right after anyway
@@ -671,7 +683,7 @@ class Connection:
             send_all(sock, head + early)
             if buffered:
                 send_all(backend, buffered)  # bytes the client sent right after its upgrade request
-            sock.settimeout(None)
+            self.set_timeout(None)
             backend.settimeout(None)
             a = gevent.spawn(_pipe, sock, backend, activity)
             b = gevent.spawn(_pipe, backend, sock, activity)
