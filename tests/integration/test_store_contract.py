@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from edge.ratelimit import Algorithm, Limit, gcra_step, window_step
 from edge.store import build_store
 from edge.store.base import Store
 from tests.fixtures.admission import gcra_bounds
+from tests.fixtures.services import suspend
 
 BACKENDS = ["memory", "local", "redis", "memcached"]
 SHARED = ["local", "redis", "memcached"]  # backends shared between processes
@@ -475,7 +477,7 @@ def test_unresponsive_store_costs_one_timeout_per_call(backend, make_cfg, reques
     timeout_s = 0.1
     s = build_store(make_cfg(backend, server=server, timeout=timeout_s))
     s.set("k", b"v")
-    os.kill(server.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    suspend(server.pid)  # accepts connections, answers nothing
     try:
         for _ in range(4):
             t0 = time.monotonic()
@@ -555,6 +557,7 @@ def test_store_works_under_gevent_monkey_patching(backend, make_cfg):
 _PIPELINE_SCRIPT = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import json, os, signal, sys, time, gevent
+    from tests.fixtures.services import suspend
     from edge.config import StoreConfig
     from edge.errors import StoreUnavailable
     from edge.store import build_store
@@ -585,7 +588,7 @@ _PIPELINE_SCRIPT = textwrap.dedent("""
     s._r.script_flush()
     out["after_flush"] = sorted({r[0] for r in burst(50, "flush", Limit.parse("1/h", burst=50))}, key=str)
     # an unresponsive server: every concurrent step fails within about one store timeout
-    os.kill(pid, signal.SIGSTOP)
+    suspend(pid)
     try:
         stalled = burst(50, "stall", limit)
         time.sleep(0.05)
@@ -610,7 +613,8 @@ def test_redis_steps_of_concurrent_greenlets_share_pipelines_exactly(make_cfg, m
     timeout_s = 0.1
     cfg = make_cfg("redis", server=server, timeout=timeout_s)
     proc = subprocess.run([sys.executable, "-c", _PIPELINE_SCRIPT, cfg.model_dump_json(), str(server.pid)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])  # the script imports tests.fixtures
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["pipelined"]

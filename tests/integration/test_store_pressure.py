@@ -34,6 +34,7 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
+from tests.fixtures.services import suspend
 from tests.fixtures.statsd import statsd  # noqa: F401  (the fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -351,7 +352,7 @@ def test_default_budget_lets_a_plugin_handle_its_own_store_timeout(edge_factory,
     import requests
 
     assert requests.get(edge.url + "/", timeout=10).text == "ok"
-    os.kill(redis.pid, signal.SIGSTOP)  # hung: connections accepted, nothing answered
+    suspend(redis.pid)  # hung: connections accepted, nothing answered
     try:
         answers = [requests.get(edge.url + "/", timeout=10) for _ in range(20)]
     finally:
