@@ -21,6 +21,19 @@ def connect(port: int, src: str = "127.0.0.1", host: str = "127.0.0.1") -> socke
     return s
 
 
+def send_until_close(port: int, data: bytes, timeout_s: float = TIMEOUT_S) -> bytes:
+    """Send ``data`` (a request with ``Connection: close``) and return every byte the server
+    sends until it closes: the exact answer, framing included."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
 class Reply:
     def __init__(self, status: int, headers: dict[str, str], body: bytes, closed: bool) -> None:
         self.status, self.headers, self.body, self.closed = status, headers, body, closed

@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.utils
 import http.client
 import re
-import socket
 import time
 import uuid
 
@@ -28,6 +27,7 @@ import pytest
 from edge.launch import start_edge
 from tests.fixtures.scripted_origin import Canned, ScriptedOrigin
 from tests.integration.conftest import until
+from tests.integration.rawhttp import send_until_close
 
 def hd(offset_s: float = 0.0) -> str:
     """An HTTP-date ``offset_s`` from now (RFC 9110 §5.6.7)."""
@@ -155,14 +155,8 @@ class Env:
 
     def raw(self, path: str, method: str = "GET", headers: str = "") -> bytes:
         """The exact bytes of the answer (the connection closes after it)."""
-        with socket.create_connection(("127.0.0.1", self.edge.port), timeout=30) as s:
-            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.edge.port}\r\n{headers}Connection: close\r\n\r\n".encode())
-            out = b""
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    return out
-                out += data
+        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.edge.port}\r\n{headers}Connection: close\r\n\r\n"
+        return send_until_close(self.edge.port, request.encode(), timeout_s=30)
 
     def landed(self, path: str, headers=()) -> None:
         """Wait until a fresh stored response answers ``path`` without the origin

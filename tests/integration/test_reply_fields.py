@@ -9,10 +9,11 @@ connection or bytes on the wire.
 
 from __future__ import annotations
 
-import socket
 import textwrap
 
 import pytest
+
+from tests.integration.rawhttp import send_until_close
 
 PLUGIN = '''
 from edge.context import Response
@@ -37,14 +38,7 @@ class Framer(Plugin):
 
 
 def raw_get(port: int, path: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
+    return send_until_close(port, f"GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n".encode())
 
 
 @pytest.fixture
