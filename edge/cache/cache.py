@@ -79,9 +79,11 @@ POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.1
 #: a background revalidation holds its lock at most this long
 REVALIDATE_LOCK_S = 30.0
-#: decoded records a worker keeps (``Cache._decode``), and the largest record it keeps
-MEMO_ENTRIES = 2048
-MEMO_MAX_RECORD_BYTES = 16 * 1024
+#: decoded records a worker keeps (``Cache._decode``), and the largest record it keeps: a
+#: small object's record (a 1 KiB body and its head) fits; at most ~8 MiB per worker (the raw
+#: bytes and the decoded copy of each), whatever URLs clients ask for
+MEMO_ENTRIES = 1024
+MEMO_MAX_RECORD_BYTES = 4 * 1024
 #: stores whose calls never switch greenlets (LMDB, a dict): a commit may run as a hub callback
 _IN_PROCESS_STORES = frozenset({"local", "memory"})
 
@@ -178,7 +180,7 @@ class Cache:
         self.health = StoreDown(metrics)
         self.tokens = records.Tokens()  # built in the worker, after the fork: its own random prefix
         self._decoded: dict[str, tuple[bytes, Any]] = {}  # store key -> (raw record, decoded): see _decode
-        self._hit_status = policy.cache_status_prefix(self.name, hit=True)  # + the ttl: a hit's Cache-Status
+        self._hit_status = policy.hit_status_prefix(self.name)  # + the ttl: a hit's Cache-Status
         # how a commit runs once the request's greenlet yields (see "Fill" above)
         self._later = _in_hub if getattr(store, "name", "") in _IN_PROCESS_STORES else gevent.spawn
         self._bans: tuple[purge.Ban, ...] = ()
@@ -448,7 +450,7 @@ class Cache:
         leader's object (an ``Entry``), its pass mark or the end of ``coalesce_wait`` (None).
 
         ``found`` is what the lookup saw. With no record at the URL key, the lock is a fill
-        marker ``add``ed there (``records.fill_token``): the add itself proves nothing was
+        marker ``add``ed there (``records.Tokens.fill``): the add itself proves nothing was
         committed since the lookup, and the leader's record write (object, Vary index or pass
         mark) replaces the marker, so a miss costs one lock write and no release. With a record
         that stays (a Vary index without this variant, a banned object) the lock is the URL's

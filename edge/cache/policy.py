@@ -1946,10 +1946,10 @@ def cache_status(*, name: str = "edge", hit: bool = False, fwd: str | None = Non
     return "; ".join(parts)
 
 
-def cache_status_prefix(name: str, *, hit: bool) -> str:
-    """``cache_status(name=name, hit=hit, ttl=T)`` up to the ttl's value, computed once per
+def hit_status_prefix(name: str) -> str:
+    """``cache_status(name=name, hit=True, ttl=T)`` up to the ttl's value, computed once per
     worker: a hit's Cache-Status is this plus ``math.floor(T)``."""
-    return "; ".join([_sf_string(name)] + (["hit"] if hit else [])) + "; ttl="
+    return f"{_sf_string(name)}; hit; ttl="
 
 
 def age_header(age: float) -> str:

@@ -179,12 +179,7 @@ class Tokens:
 
     def fill(self) -> str:
         """A new fill-marker lock token; its ``.encode()`` is the value stored under the URL key."""
-        return f"{_FILL_PREFIX}{self._prefix}.{next(self._count):x}"
-
-
-def fill_token() -> str:
-    """A fill-marker token outside a worker's cache (tests, tools): see ``Tokens.fill``."""
-    return _FILL_PREFIX + secrets.token_hex(12)
+        return _FILL_PREFIX + self.next()
 
 
 def decode(raw: bytes | None) -> StoredObject | VaryIndex | _Pass | _Filling | None:

@@ -75,8 +75,9 @@ def test_other_records_round_trip_and_garbage_is_a_miss():
     assert records.decode(b"not marshal") is None
     assert records.decode(marshal.dumps((records.FORMAT - 1, "o"))) is None   # another layout version
     assert records.decode(marshal.dumps(("x",))) is None
-    token = records.fill_token()   # the fill marker a leader adds at the URL key
-    assert records.decode(token.encode()) is records.FILLING and token != records.fill_token()
+    tokens = records.Tokens()
+    token = tokens.fill()   # the fill marker a leader adds at the URL key
+    assert records.decode(token.encode()) is records.FILLING and token != tokens.fill()
     assert records.decode(b"\x00other") is None
 
 

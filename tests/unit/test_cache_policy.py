@@ -5,6 +5,8 @@ Times are injected: T0 is an arbitrary instant, ``D(t)`` its HTTP-date.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from edge.cache import policy as P
@@ -727,6 +729,13 @@ def test_if_range_date_needs_strong_last_modified():
 ])
 def test_cache_status(kw, expected, section):
     assert P.cache_status(**kw) == expected, section
+
+
+@pytest.mark.parametrize("name", ["edge", "edge-1", "my cache", 'a "b"'])
+@pytest.mark.parametrize("ttl", [42.7, 0.0, -3.2, 3599.999])
+def test_hit_status_prefix_is_cache_status_up_to_the_ttl(name, ttl):
+    # the hit path formats its Cache-Status from this prefix (RFC 9211 §2.1, §2.4)
+    assert P.hit_status_prefix(name) + str(math.floor(ttl)) == P.cache_status(name=name, hit=True, ttl=ttl)
 
 
 def test_cache_status_refuses_unknown_fwd():
