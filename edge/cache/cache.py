@@ -281,17 +281,21 @@ class Cache:
         does), for a request that must not go to the backend (only-if-cached). A fill commits
         just after its last byte went out, so a client that got that answer and asks again at
         once would otherwise find the marker, not the object."""
-        deadline = time.monotonic() + self.coalesce_wait_s
-        sleep_s = POLL_FIRST_S
-        found: Entry | object | None = FILLING
         try:
-            while found is FILLING and time.monotonic() < deadline:
-                gevent.sleep(sleep_s)
-                sleep_s = min(sleep_s * 2, POLL_MAX_S)
-                found = self._load(h, req_headers)
+            return self._poll_marker(h, req_headers, time.monotonic() + self.coalesce_wait_s, POLL_FIRST_S)[0]
         except StoreUnavailable as e:
             self.health.failed(e)
-        return found
+            return FILLING
+
+    def _poll_marker(self, h: str, req_headers, deadline: float, sleep_s: float) -> tuple[Entry | object | None, float]:
+        """Look the URL up again, backing off from ``sleep_s``, until something replaces its fill
+        marker or ``deadline`` passes: (what ``_load`` found last, the next sleep)."""
+        found: Entry | object | None = FILLING
+        while found is FILLING and time.monotonic() < deadline:
+            gevent.sleep(sleep_s)
+            sleep_s = min(sleep_s * 2, POLL_MAX_S)
+            found = self._load(h, req_headers)
+        return found, sleep_s
 
     def _ban_rules(self) -> tuple[purge.Ban, ...]:
         mono = time.monotonic()
@@ -483,19 +487,14 @@ class Cache:
                 elif found is not FILLING:
                     return None  # no fill in progress (not leading) or a pass mark
                 # a fill marker: wait for what replaces it
-                while time.monotonic() < deadline:
-                    gevent.sleep(sleep_s)
-                    sleep_s = min(sleep_s * 2, POLL_MAX_S)
-                    found = self._load(fill.h, req_headers)
-                    if found is FILLING:
-                        continue
-                    if isinstance(found, Entry):
-                        return found
-                    if found is PASS:
-                        return None
-                    if found is NO_MATCH:
-                        marker = False  # a variant this request does not match: its own fill
-                    break  # None: the leader gave up: try to lead
+                found, sleep_s = self._poll_marker(fill.h, req_headers, deadline, sleep_s)
+                if isinstance(found, Entry):
+                    return found
+                if found is PASS:
+                    return None
+                if found is NO_MATCH:
+                    marker = False  # a variant this request does not match: its own fill
+                # None: the leader gave up: try to lead (FILLING: the wait is over, below)
             else:
                 lock_key = keys.fill_lock_key(fill.h)
                 if lead:
