@@ -6,13 +6,15 @@ One edge (two workers, a plain and a TLS listener) in front of a scripted origin
 (tests/fixtures/scripted_origin.py: canned 1xx heads, then the final one, in one write)
 and a raw origin whose 102 is held apart from its final answer by a gate the test opens,
 so that a 1xx is seen to reach the client before the backend has answered. The interim
-heads are read off raw sockets (http.client hides them) and HTTP/2 HEADERS frames.
+heads are read off raw sockets (http.client, and so requests, takes a 103 for the final
+response) and HTTP/2 HEADERS frames.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -20,7 +22,7 @@ from edge.launch import free_port, start_edge
 from edge.tls import generate_self_signed
 from tests.fixtures.scripted_origin import Canned, ScriptedOrigin
 from tests.integration.raw_origin import RawOrigin
-from tests.integration.rawhttp import TIMEOUT_S, send_until_close
+from tests.integration.rawhttp import TIMEOUT_S, messages, send_until_close
 
 MAX_INTERIM = 3
 LINKS = (("Link", "</style.css>; rel=preload; as=style"), ("Link", "</app.js>; rel=preload; as=script"))
@@ -57,24 +59,6 @@ class Env:
     def raw(self, path: str, version: str = "1.1", extra: str = "") -> list[tuple[int, list[tuple[str, str]], bytes]]:
         data = f"GET {path} HTTP/{version}\r\nHost: test\r\n{extra}Connection: close\r\n\r\n".encode("latin-1")
         return messages(send_until_close(self.plain, data))
-
-
-def messages(data: bytes) -> list[tuple[int, list[tuple[str, str]], bytes]]:
-    """The heads in ``data`` as (status, fields, b""), the final one with everything after it."""
-    out = []
-    while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        assert sep, f"unterminated head {head[:200]!r}"
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        assert lines[0].startswith("HTTP/1.1 ")
-        fields = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
-        if 100 <= status < 200:
-            out.append((status, fields, b""))
-        else:
-            out.append((status, fields, data))
-            break
-    return out
 
 
 def names(fields) -> set[str]:
@@ -226,8 +210,7 @@ def test_a_request_waiting_on_another_fill_gets_no_interim_response(env):
         try:
             # the waiter finds the fill in progress (coalesce_wait 5 s) and waits on it; opening the
             # gate before it arrived would make it a plain hit, which the Cache-Status check tells apart
-            import time
-            time.sleep(1.0)
+            time.sleep(2.0)  # well inside coalesce_wait (5 s): a slow machine still finds the fill waiting
         finally:
             gate.set()
             t.join(TIMEOUT_S * 2)
