@@ -205,11 +205,14 @@ class Proxy:
             return self.upstream_failed(ctx, chain, e)
         return self.relay(ctx, chain, up, tap)
 
-    def exchange(self, ctx: RequestContext, route, chain, body: RequestBody | None, conditional=None):
+    def exchange(self, ctx: RequestContext, route, chain, body: RequestBody | None, conditional=None,
+                 interim: bool = True):
         """One exchange with the route's pool: the ``UpstreamReply`` (head read, body to stream).
 
         ``conditional``: the cache revalidating: the client's own validators and ranges are
-        replaced by these request fields. An ``UpstreamError`` is logged, counted and raised."""
+        replaced by these request fields. ``interim``: the backend's 1xx heads go to the
+        front end's ``ctx.interim`` (RFC 9110 §15.2); False for an exchange no client waits
+        on (a background revalidation). An ``UpstreamError`` is logged, counted and raised."""
         pool = self.pools.get(ctx.upstream)
         if pool is None:
             raise self._unknown_upstream(ctx, route)
@@ -254,7 +257,7 @@ class Proxy:
         started = time.monotonic()
         try:
             up = pool.exchange(ctx.method, target, host, headers, body_iter, body_length, self.route_timeouts.get((route.index, pool.name)),
-                               affinity=affinity)
+                               affinity=affinity, interim=ctx.interim if interim else None)
         except UpstreamError as e:
             log.warning("%s %s (request id %s) -> upstream %s: %s", ctx.method, ctx.raw_path, self.request_id_of(ctx) or "-",
                         pool.name, e)
@@ -267,6 +270,12 @@ class Proxy:
     def response_headers(self, up) -> list[tuple[str, str]]:
         """A backend's response fields as they go to clients (hop-by-hop and hidden ones removed, Via)."""
         return rules.downstream_response_headers(up.headers, hide=self.hide, via=self.via, keep_upgrade=up.status == 101)
+
+    def interim_fields(self, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A backend's 1xx fields as they go to the client: the rules of a final response
+        (``response_headers``: hop-by-hop, Connection-named, hidden and framing fields removed,
+        Via added). No response hook sees them (docs/plugins.md): they are not the answer."""
+        return rules.downstream_response_headers(fields, hide=self.hide, via=self.via)
 
     def upstream_failed(self, ctx: RequestContext, chain, e: UpstreamError) -> Reply:
         """The backend failed: the plugins' error phase may answer, else ``e.status``."""

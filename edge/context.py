@@ -154,7 +154,7 @@ class RequestContext:
         "method", "path", "raw_path", "query", "headers", "version", "scheme", "host", "port",
         "client_ip", "peer_ip", "route", "upstream", "facts", "request_id", "start",
         "status", "bytes_sent", "bytes_received", "error", "upstream_addr", "upstream_time",
-        "response_headers", "http2",
+        "response_headers", "http2", "interim",
     )
 
     def __init__(
@@ -198,6 +198,10 @@ class RequestContext:
         self.upstream_time: float | None = None
         self.response_headers: Headers | None = None
         self.http2 = http2
+        # The front end's writer of 1xx interim responses for this request, ``interim(status,
+        # reason, backend fields)`` (RFC 9110 §15.2), or None when this client may get none:
+        # HTTP/1.0, or the final head is being written. Set and cleared by the front end only.
+        self.interim = None
 
     @property
     def target(self) -> str:

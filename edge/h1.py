@@ -34,6 +34,19 @@ close-delimited, and keep-alive. Every header name and value is checked first
 500 and one log line; it never reaches the wire. A failure after the head went
 out aborts the connection (RST), so the client sees a truncated reply.
 
+Interim responses (issue 10; RFC 9110 §15.2). While ``Proxy.handle`` works on an
+HTTP/1.1 request, ``ctx.interim`` is the connection's ``send_interim``: the backend's
+1xx heads (102, 103 ...; never 100 or 101, see edge/upstream/client.py) are written as
+they arrive, each as ``HTTP/1.1 1xx reason``, the fields a final response would keep
+(``Proxy.interim_fields``: hop-by-hop and Connection-named fields removed, Via added),
+an empty line, and no body or framing field. ``ctx.interim`` stays None for an HTTP/1.0
+request (§15.2: "A server MUST NOT send a 1xx response to an HTTP/1.0 client") and is
+cleared before the final head is written; ``send_interim`` also refuses any state but
+HANDLING, so no 1xx can follow the final head. Fields that fail the checks of the way
+out drop that interim response (it is advisory), logged and counted. Edge's own
+``100 Continue`` (``Expect: 100-continue``) goes out when the body is first pulled,
+before the request is sent to a backend.
+
 Tunnel. After a 101 the client and backend sockets are relayed byte for byte
 until either side closes or the tunnel has been quiet in both directions for its
 idle timeout (issue 7, defect 6: traffic either way counts as activity).
@@ -339,6 +352,19 @@ def reply_head(reply: Reply, plan: framing.Plan, date: str) -> bytes:
     return "".join(parts).encode("latin-1")
 
 
+def interim_head(status: int, reason: str, fields: list[tuple[str, str]]) -> bytes:
+    """The serialised head of a 1xx interim response (no framing fields: a 1xx has no
+    content, RFC 9110 §15.2); InvalidResponseField if a field or the reason may not be written."""
+    if not 100 <= status < 200 or status == 101:
+        raise InvalidResponseField(f"status {status} is not an interim response")
+    if not fields_valid(fields):
+        raise InvalidResponseField.naming(fields)
+    if reason not in _REASONS_OK and _REASON_RE.fullmatch(reason) is None:
+        raise InvalidResponseField(f"invalid reason phrase {reason[:60]!r}")
+    lines = "".join([f"{name}: {value}\r\n" for name, value in fields])
+    return f"HTTP/1.1 {status} {reason}\r\n{lines}\r\n".encode("latin-1")
+
+
 # ---------------------------------------------------------------------------- the connection
 
 
@@ -346,7 +372,8 @@ class Connection:
     """One client connection: its state, its read buffer, and its socket."""
 
     __slots__ = ("sock", "raw", "waits", "wait_first", "timeout_s", "buf", "state", "idle", "worker", "proxy", "limits", "keepalive_s",
-                 "header_timeout_s", "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served")
+                 "header_timeout_s", "body_idle_s", "tunnel_idle_s", "peer_ip", "port", "scheme", "clock", "served",
+                 "interim_writer")
 
     def __init__(self, worker, sock, peer_ip: str, port: int, scheme: str) -> None:
         self.worker = worker
@@ -372,6 +399,7 @@ class Connection:
         self.scheme = scheme
         self.clock = worker.clock
         self.served = 0
+        self.interim_writer = self.send_interim  # bound once per connection: ctx.interim of its HTTP/1.1 requests
 
     def event(self, ev: Event) -> None:
         try:
@@ -521,6 +549,8 @@ class Connection:
             ctx = RequestContext(method, adm.path, adm.query, Headers.wrap(fields),
                                  version="1.1" if http11 else "1.0", scheme=self.scheme, host=adm.host,
                                  port=self.port, client_ip=self.peer_ip, start=now)
+            if http11:
+                ctx.interim = self.interim_writer  # RFC 9110 §15.2: never a 1xx to an HTTP/1.0 client
             self.set_timeout(self.body_idle_s)
             body = None
             if adm.body:
@@ -529,6 +559,7 @@ class Connection:
                 first = self._continue_sender() if adm.expect_continue and http11 else None
                 body = RequestBody(None if chunked else adm.length, reader.read, first)
             reply = proxy.handle(ctx, body)
+            ctx.interim = None  # the final head follows: no 1xx after it (RFC 9110 §15.2)
             keep = (keepalive_on and worker.alive and not reply.close_connection and not wants_close(req)
                     and (body is None or body.finished))
             try:
@@ -574,6 +605,27 @@ class Connection:
         def send_continue() -> None:
             send_all(sock, CONTINUE)
         return send_continue
+
+    def send_interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
+        """Write a backend's 1xx interim response now (``ctx.interim``; module docstring).
+
+        Only while the request is being handled: once the final head is being written a 1xx
+        would be read as the answer to the next request. A client that is gone ends the
+        exchange (ClientDisconnected), so the backend is not waited on for nobody."""
+        if self.state is not State.HANDLING:
+            return
+        proxy = self.proxy
+        try:
+            head = interim_head(status, reason, proxy.interim_fields(fields))
+        except InvalidResponseField as e:
+            # advisory only: the final response carries the answer, so this one is dropped
+            log.warning("interim %d response not relayed: %s", status, e)
+            proxy.metrics.incr(e.metric)
+            return
+        try:
+            send_all(self.sock, head)
+        except OSError as e:
+            raise ClientDisconnected(f"client gone while an interim response was written: {e}") from None
 
     # ------------------------------------------------------------------ writing
 
@@ -809,4 +861,4 @@ def answer_and_close(worker, sock, peer_ip: str, reply: Reply, ctx: RequestConte
 
 
 __all__ = ["serve", "Connection", "State", "Event", "TRANSITIONS", "IllegalTransition", "ChunkedDecoder",
-           "BodyReader", "HeadLimits", "head_end", "check_partial_head", "reply_head", "Clock"]
+           "BodyReader", "HeadLimits", "head_end", "check_partial_head", "reply_head", "interim_head", "Clock"]

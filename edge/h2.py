@@ -22,6 +22,15 @@ connection; the access log records the error. A request body that breaks the
 HTTP/2 rules after dispatch (DATA beyond or short of its Content-Length) is a
 client error (400, logged at info), not an internal error.
 
+Interim responses (issue 10; RFC 9110 §15.2, RFC 9113 §8.1: "a HEADERS frame ... containing
+a 1xx ... status" may precede the final one). While ``Proxy.handle`` works on a stream,
+``ctx.interim`` sends the backend's 1xx heads (never 100 or 101: edge/upstream/client.py)
+through gunicorn's ``send_informational``: one HEADERS frame without END_STREAM, ``:status``
+and the fields a final response keeps (``Proxy.interim_fields``, then the connection-specific
+ones, checked by ``edge.fields``; an invalid field drops that 1xx, logged and counted). It is
+cleared before the final HEADERS are written, and gunicorn refuses a 1xx after them. This costs
+one small closure per stream (the stream id); the plain-WSGI ``application`` sends none.
+
 ``application`` is the WSGI entry point named in gunicorn.conf.py, for gunicorn
 worker classes other than edge's: it builds the same admission from the environ
 (``RAW_URI`` is the target as received) and lets the WSGI server write the reply.
@@ -32,7 +41,7 @@ from __future__ import annotations
 import logging
 import time
 
-from gunicorn.http2.errors import HTTP2ConnectionError, HTTP2ProtocolError, HTTP2StreamError
+from gunicorn.http2.errors import HTTP2ConnectionError, HTTP2Error, HTTP2ProtocolError, HTTP2StreamError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from edge import admission, framing
@@ -99,7 +108,9 @@ def serve_stream(worker, req, addr, h2_conn, port: int) -> None:
         body = None
         if adm.body:
             body = RequestBody(adm.length, _body_reader(req.body, ctx))
+        ctx.interim = _interim_writer(proxy, h2_conn, sid)
         reply = proxy.handle(ctx, body)
+        ctx.interim = None  # the final HEADERS follow: no 1xx after them
         if reply.upgrade is not None:
             reply.upgrade[0].close()  # RFC 9113 §8.6: no 101 on HTTP/2
             reply = proxy.error_reply(ctx, UpstreamError("upgrade is not available on HTTP/2"))
@@ -118,6 +129,24 @@ def serve_stream(worker, req, addr, h2_conn, port: int) -> None:
         if body is not None:
             ctx.bytes_received = body.consumed
         proxy.finish(ctx)
+
+
+def _interim_writer(proxy, h2_conn, sid: int):
+    """``ctx.interim`` of one stream: a backend's 1xx as a HEADERS frame (module docstring)."""
+
+    def send_interim(status: int, reason: str, fields: list[tuple[str, str]]) -> None:
+        out = [(k, v) for k, v in proxy.interim_fields(fields) if k.lower() not in _CONNECTION_SPECIFIC]
+        if not fields_valid(out):
+            log.warning("interim %d response not relayed on HTTP/2 stream %d: %s", status, sid,
+                        InvalidResponseField.naming(out))
+            proxy.metrics.incr(InvalidResponseField.metric)
+            return
+        try:
+            h2_conn.send_informational(sid, status, out)
+        except (HTTP2Error, H2ProtocolError) as e:
+            # the stream was reset or the connection is gone: stop waiting on the backend for nobody
+            raise ClientDisconnected(f"HTTP/2 stream {sid} closed before an interim response: {e}") from None
+    return send_interim
 
 
 def _body_reader(wsgi_input, ctx: RequestContext):

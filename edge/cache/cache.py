@@ -631,7 +631,9 @@ class Cache:
         try:
             request_time = time.time()
             try:
-                up = proxy.exchange(ctx, route, chain, None, conditional=list(policy.conditional_headers((entry.obj.facts,))))
+                # interim=False: the client already has its (stale) answer; a 1xx now would follow its final head
+                up = proxy.exchange(ctx, route, chain, None, conditional=list(policy.conditional_headers((entry.obj.facts,))),
+                                    interim=False)
             except UpstreamError:
                 return  # logged and counted by exchange; the stale object stays
             if up.status == 304:

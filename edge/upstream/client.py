@@ -34,6 +34,20 @@ the connection is discarded. The head budget is enforced before the bytes reach 
 parser, so an endless field line costs at most one buffer (httptools accumulates a
 field in memory until it ends).
 
+Interim responses (issue 10). RFC 9110 §15.2: "A proxy MUST forward 1xx responses unless
+the proxy itself requested the generation of the 1xx response." ``exchange(..., interim=f)``
+hands each interim head the backend sends (102 Processing, 103 Early Hints, any other 1xx
+but 100 and 101) to ``f(status, reason, fields)`` in order, as the reads that complete it
+arrive (a 102 that precedes a long computation reaches the client at once, not with the
+final head); ``f`` is the front end's writer (``RequestContext.interim``), None when nobody
+may get one (an HTTP/1.0 client, a background revalidation). ``100 Continue`` is never
+handed on: edge answers the client's ``Expect: 100-continue`` itself (edge.h1) and removes
+``Expect`` towards the backend (edge.http), so a backend's 100 answers nothing the client
+asked of it, and a client that expected one already has edge's (RFC 9110 §10.1.1: the
+expectation is met hop by hop here). ``101`` stays the upgrade path. Every 1xx, handed on
+or not, counts against ``max_interim_responses`` and ``max_head_bytes``. Without a 1xx
+this costs one attribute read per read of the head.
+
 Failure mapping (STYLE §7): refused/reset connect -> ConnectError (502), connect
 timeout -> ConnectTimeout (504), silence between reads -> ReadTimeout (504), a
 blocked write -> SendTimeout (504), the whole exchange over ``timeouts.total`` ->
@@ -232,9 +246,9 @@ class _Parse:
     notes (in ``error``) the first limit the backend went over; the reader raises after the feed."""
 
     __slots__ = ("headers", "reason", "final", "done", "chunks", "trailers", "trailer_bytes", "status_of",
-                 "interim", "surplus", "error", "max_line", "max_fields", "max_trailer", "max_interim")
+                 "interim", "surplus", "error", "max_line", "max_fields", "max_trailer", "max_interim", "relay", "heads")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, relay=None) -> None:
         self.headers: list[tuple[str, str]] = []
         self.reason = b""
         self.final = False        # the final (non-1xx) head is complete
@@ -250,6 +264,8 @@ class _Parse:
         self.max_fields = limits.max_fields
         self.max_trailer = limits.max_trailer_bytes
         self.max_interim = limits.max_interim_responses
+        self.relay = relay        # who interim heads go to (UpstreamPool.exchange's ``interim``), or None
+        self.heads: list | None = None  # interim heads parsed and not yet handed to ``relay``
 
     def on_message_begin(self) -> None:
         if self.final:
@@ -298,6 +314,13 @@ class _Parse:
             self.interim += 1
             if self.interim > self.max_interim:
                 self.error = f"more than {self.max_interim} interim (1xx) responses"
+            elif code != 100 and self.relay is not None:
+                # Handed on by the reader after this feed (module docstring: never from inside the
+                # parser's callback, where a failed client write would leave llhttp mid-message).
+                # 100 is never forwarded: edge answers Expect itself (RFC 9110 §10.1.1, §15.2.1).
+                if self.heads is None:
+                    self.heads = []
+                self.heads.append((code, self.reason.decode("latin-1"), self.headers))
             return
         self.final = True
         self.status_of = None
@@ -464,6 +487,7 @@ class UpstreamPool:
         body_length: int | None,
         timeouts: Timeouts | None = None,
         affinity: str | None = None,
+        interim=None,
     ) -> UpstreamReply:
         """Send one request and return the response head; see the module docstring.
 
@@ -471,8 +495,11 @@ class UpstreamPool:
         ``body`` is None for no body; otherwise an iterable of chunks, framed with
         ``Content-Length: body_length`` or, when that is None, chunked.
         ``affinity`` is the request's key for hash or sticky balancing (``self.affinity``
-        says which), None otherwise. Every server picked gets one verdict in
-        ``self.health`` (``_Verdicts``), whatever way the attempt ends.
+        says which), None otherwise. ``interim(status, reason, fields)`` gets the backend's
+        1xx heads but 100 and 101, as they arrive (module docstring); None drops them. An
+        exception it raises (the client is gone) ends the exchange and closes the connection.
+        Every server picked gets one verdict in ``self.health`` (``_Verdicts``), whatever way
+        the attempt ends.
         """
         try:
             check_request(method, target, host, headers)
@@ -481,13 +508,13 @@ class UpstreamPool:
             raise
         verdicts = _Verdicts(self.health)
         try:
-            return self._exchange(verdicts, method, target, host, headers, body, body_length, timeouts, affinity)
+            return self._exchange(verdicts, method, target, host, headers, body, body_length, timeouts, affinity, interim)
         except BaseException as e:
             verdicts.failed(e)
             raise
 
     def _exchange(self, verdicts: "_Verdicts", method, target, host, headers, body, body_length, timeouts,
-                  affinity) -> UpstreamReply:
+                  affinity, interim) -> UpstreamReply:
         t = timeouts or self.timeouts
         now = time.monotonic()
         deadline = now + t.total if t.total else None
@@ -542,7 +569,8 @@ class UpstreamPool:
                         conn.close()
                         conn = self._connect(server, t, deadline)
                     head = f"{method} {target} HTTP/1.1\r\nHost: {host or server.authority}\r\n".encode("latin-1") + rest
-                    reply, p, parser = self._send_and_read(server, conn, head, first, chunks, body_length, t, deadline)
+                    reply, p, parser = self._send_and_read(server, conn, head, first, chunks, body_length, t, deadline,
+                                                           interim)
                 except _Failed as failed:
                     state = replay.state() if replay is not None else _NOTHING_PULLED
                     action = policy.decide(method, failed.cause, state, len(tried), fresh_tried)
@@ -665,7 +693,7 @@ class UpstreamPool:
             log.warning("upstream %s: %s", self.name, e)
             raise _Failed(Cause.CONNECT_TIMEOUT if isinstance(e, ConnectTimeout) else Cause.CONNECT_ERROR, e) from None
 
-    def _send_and_read(self, server, conn, head, first, chunks, body_length, t, deadline):
+    def _send_and_read(self, server, conn, head, first, chunks, body_length, t, deadline, interim):
         """Send the request and read the response head: ``(reply, parse state, parser)``; the
         connection is closed on any failure."""
         conn.requests += 1
@@ -682,7 +710,7 @@ class UpstreamPool:
                 if deadline is None or try_end < deadline:
                     head_deadline = try_end
             try:
-                reply, p, parser = _read_head(conn, server, t, head_deadline, self.limits)
+                reply, p, parser = _read_head(conn, server, t, head_deadline, self.limits, interim)
             except ReadTimeout as e:
                 raise _Failed(Cause.READ_TIMEOUT, e) from None
             except TotalTimeout:
@@ -895,8 +923,17 @@ def _feed(parser, p: _Parse, data: bytes) -> int | None:
     return None
 
 
-def _read_head(conn: PooledConnection, server: Server, t: Timeouts, deadline: float | None, limits: Limits) -> tuple[UpstreamReply, _Parse, object]:
-    p = _Parse(limits)
+def _relay_interim(p: _Parse) -> None:
+    """Hand the interim heads parsed so far to ``p.relay``, in the order they came."""
+    heads, p.heads = p.heads, None
+    relay = p.relay
+    for status, reason, fields in heads:
+        relay(status, reason, fields)
+
+
+def _read_head(conn: PooledConnection, server: Server, t: Timeouts, deadline: float | None, limits: Limits,
+               interim=None) -> tuple[UpstreamReply, _Parse, object]:
+    p = _Parse(limits, interim)
     parser = httptools.HttpResponseParser(p)
     p.status_of = parser.get_status_code
     upgrade_at = None
@@ -936,6 +973,8 @@ def _read_head(conn: PooledConnection, server: Server, t: Timeouts, deadline: fl
                     upgrade_at = _feed(parser, p, data[room:])
                     if upgrade_at is not None:
                         upgrade_at += room
+            if p.heads is not None:
+                _relay_interim(p)  # before a limit error: the 1xx within the limits were the backend's answer
             if p.error is not None:
                 raise ResponseTooLarge(f"response from {server.authority}: {p.error}")
             if upgrade_at is not None:

@@ -25,6 +25,7 @@ class H2Result:
     trailers: dict[str, str] = field(default_factory=dict)
     reset: int | None = None       # RST_STREAM error code, if the stream was reset
     goaway: bool = False
+    interim: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # 1xx HEADERS before the final ones
 
 
 def h2_exchange(port: int, path: str, *, method: str = "GET", authority: str | None = None,
@@ -69,6 +70,9 @@ def h2_exchange(port: int, path: str, *, method: str = "GET", authority: str | N
                     hs = dict(ev.headers)
                     out.status = int(hs.pop(":status"))
                     out.headers = hs
+                elif isinstance(ev, h2.events.InformationalResponseReceived) and ev.stream_id == sid:
+                    hs = dict(ev.headers)
+                    out.interim.append((int(hs.pop(":status")), hs))
                 elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
                     out.data += ev.data
                     conn.acknowledge_received_data(ev.flow_controlled_length, sid)

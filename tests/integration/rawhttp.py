@@ -34,6 +34,26 @@ def send_until_close(port: int, data: bytes, timeout_s: float = TIMEOUT_S) -> by
             out += chunk
 
 
+def messages(data: bytes) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+    """The responses in ``data`` (what ``send_until_close`` returned): each 1xx interim head as
+    ``(status, fields, b"")``, then the final one with every byte after its head. http.client
+    (and so requests) takes any 1xx but 100 for the final response: these tests read raw."""
+    out = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        assert sep, f"unterminated head {head[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        assert lines[0].startswith("HTTP/1.1 "), lines[0]
+        status = int(lines[0].split(" ")[1])
+        fields = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
+        if 100 <= status < 200:
+            out.append((status, fields, b""))
+        else:
+            out.append((status, fields, data))
+            break
+    return out
+
+
 class Reply:
     def __init__(self, status: int, headers: dict[str, str], body: bytes, closed: bool) -> None:
         self.status, self.headers, self.body, self.closed = status, headers, body, closed

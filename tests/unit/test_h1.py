@@ -7,7 +7,7 @@ from edge import framing
 from edge.context import Reply
 from edge.errors import BadRequest, HeaderTooLarge, InvalidResponseField
 from edge.h1 import (TRANSITIONS, ChunkedDecoder, Clock, Connection, Event, HeadLimits, IllegalTransition, State, UriTooLong,
-                     check_partial_head, head_end, next_state, parse_head, reply_head)
+                     check_partial_head, head_end, interim_head, next_state, parse_head, reply_head)
 
 LIMITS = HeadLimits(8190, 100, 8190, 65536)
 
@@ -131,6 +131,25 @@ def test_reply_head_chunked_close_and_own_date():
 def test_reply_head_refuses_invalid_fields(headers, reason):
     with pytest.raises(InvalidResponseField):
         reply_head(_reply(headers=headers, reason=reason), framing.plan("GET", 200, 5, True), "DATE")
+
+
+def test_interim_head_has_fields_and_no_framing_or_date():
+    # RFC 9110 §15.2: a 1xx ends with its header section (no content, no framing)
+    assert interim_head(103, "Early Hints", [("Link", "</a>; rel=preload"), ("Via", "1.1 edge")]) == \
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\nVia: 1.1 edge\r\n\r\n"
+    assert interim_head(102, "Processing", []) == b"HTTP/1.1 102 Processing\r\n\r\n"
+
+
+@pytest.mark.parametrize("status, fields, reason", [
+    (103, [("X-Bad", "a\r\nSet-Cookie: x=1")], "EH"),   # response splitting
+    (103, [("Bad Name", "v")], "EH"),
+    (103, [], "EH\r\nX: y"),                           # reason phrase
+    (101, [], "Switching Protocols"),                   # the upgrade path writes its own head
+    (200, [], "OK"),
+])
+def test_interim_head_refuses_what_may_not_be_written(status, fields, reason):
+    with pytest.raises(InvalidResponseField):
+        interim_head(status, reason, fields)
 
 
 def test_request_context_has_no_default_client_address():

@@ -151,6 +151,42 @@ def test_interim_heads_are_dropped_and_the_final_one_kept():
     assert p.chunks == [b"ok"] and parser.get_status_code() == 200
 
 
+def _parse_relayed(data: bytes, limits: Limits = Limits()):
+    import httptools
+
+    p = _Parse(limits, relay=lambda *head: None)
+    parser = httptools.HttpResponseParser(p)
+    p.status_of = parser.get_status_code
+    parser.feed_data(data)
+    return p
+
+
+@pytest.mark.parametrize("data,heads", [
+    # RFC 9110 §15.2: a proxy MUST forward 1xx responses, in order, with their fields
+    (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nLink: </b>\r\n\r\n" + _head(0),
+     [(103, "Early Hints", [("Link", "</a>"), ("Link", "</b>")])]),
+    (b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 EH\r\nX: 1\r\n\r\n" + _head(0),
+     [(102, "Processing", []), (103, "EH", [("X", "1")])]),
+    # 100 is edge's own business (it answers Expect itself, RFC 9110 §10.1.1): never forwarded
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 EH\r\n\r\n" + _head(0), [(103, "EH", [])]),
+    (b"HTTP/1.1 199 Whatever\r\n\r\n" + _head(0), [(199, "Whatever", [])]),
+    (_head(1), None),                                 # no 1xx: nothing collected, nothing allocated
+])
+def test_interim_heads_are_collected_for_the_relay(data, heads):
+    p = _parse_relayed(data)
+    assert p.final and p.heads == heads and p.headers[-1] == ("Content-Length", "0")
+
+
+def test_interim_heads_over_the_limit_are_not_collected():
+    p = _parse_relayed(b"HTTP/1.1 103 EH\r\n\r\n" * 3 + _head(0), Limits(max_interim_responses=2))
+    assert p.error.startswith("more than 2 interim") and len(p.heads) == 2
+
+
+def test_interim_heads_without_a_relay_are_dropped():
+    p, _ = _parse(b"HTTP/1.1 103 EH\r\nLink: </a>\r\n\r\n" + _head(0))
+    assert p.heads is None and p.interim == 1
+
+
 def test_a_second_response_is_surplus_and_never_passed_on():
     p, _ = _parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" b"HTTP/1.1 200 OK\r\nX-Smuggled: 1\r\nContent-Length: 3\r\n\r\nbad")
     assert p.surplus and p.done
