@@ -727,12 +727,12 @@ class Cache:
         headers = [(n, v) for n, v in partial.without_range_fields(obj.headers) if n.lower() not in strip]
         headers.append(("Age", policy.age_header(age)))
         headers.append(("Cache-Status", status_value))
-        headers.append(("Content-Range", p.content_range))
         if type(p) is partial.Unsatisfiable:
             # RFC 9110 §15.5.17: "the server SHOULD send a Content-Range header field for an
             # unsatisfied range request"; no content, so none of its fields
-            return proxy.reply_stored(ctx, chain, 416, [(n, v) for n, v in headers if n.lower() not in _NOT_IN_304],
-                                      b"", 0)
+            return proxy.reply_stored(ctx, chain, 416, [(n, v) for n, v in headers if n.lower() not in _NOT_IN_304]
+                                      + [("Content-Range", p.content_range)], b"", 0)
+        headers.append(("Content-Range", p.content_range))
         offset = p.first - span.first
         length = p.last - p.first + 1
         body = obj.body[offset:offset + length] if obj.body is not None else self._body(obj, offset, length)
