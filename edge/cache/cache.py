@@ -38,7 +38,13 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    the record that points to them last. A truncated or abandoned body leaves nothing.
    With compression on, the encoded stream the client gets is stored too, as an encoded
    variant of the body (``edge.cache.variants``), which later hits serve without codec work.
-5. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
+5. **Partial content** (RFC 9111 §3.3, §3.4): a single-range 206 is stored like any
+   response, with its status, so ``_decide`` hands every stored 206 to ``_partial``
+   (``edge.cache.partial`` decides): a range it holds is served, a range past the complete
+   length is a 416, and other requests complete it (``_complete``: the missing bytes with
+   If-Range, the stored and new bytes streamed as one response through the fill's tee) or
+   go to the origin as sent. A stored partial never answers as a complete response.
+6. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
    URL records of the targets ``policy.invalidation_targets`` names.
 
 The store being down is never an error: each failed store step makes that request a
