@@ -180,6 +180,35 @@ def test_client_validators_are_answered_from_the_partial(env):
     assert r.status == 304 and r.h("ETag") == '"v1"' and r.hit and env.count(p) == 1
 
 
+def test_a_large_partial_in_chunks_serves_and_completes(env):
+    # bodies over 512 KiB are stored in chunks: ranges and completion read them chunk by chunk
+    body = bytes(range(256)) * 4800                     # 1,228,800 bytes
+    p = env.script(env.path("big"), part(0, 699_999, total=len(body), body=body),
+                   part(700_000, len(body) - 1, total=len(body), body=body))
+    assert env.req(p, [("Range", "bytes=0-699999")]).body == body[:700_000]
+    stored(env, p, "bytes=0-699999")
+    r = env.req(p, [("Range", "bytes=524280-524300")])      # across the first chunk boundary
+    assert r.status == 206 and r.body == body[524_280:524_301] and r.hit
+    r = env.req(p)
+    assert r.status == 200 and r.body == body and env.seen(p)[-1].header("range") == "bytes=700000-"
+    completed(env, p)
+    r = env.req(p, [("Range", "bytes=-10")])
+    assert r.status == 206 and r.body == body[-10:] and r.hit and env.count(p) == 2
+
+
+def test_partials_are_kept_per_variant(env):
+    # RFC 9111 §4.1: a partial is one variant like any stored response
+    p = env.script(env.path("vary"), part(0, 4, extra=[("Vary", "Accept-Language")]))
+    en, fr = ("Accept-Language", "en"), ("Accept-Language", "fr")
+    env.req(p, [en, ("Range", "bytes=0-4")])
+    until(lambda: env.req(p, [en, ("Range", "bytes=1-2"), ("Cache-Control", "only-if-cached")]).status == 206,
+          timeout_s=10)
+    r = env.req(p, [en, ("Range", "bytes=1-2")])
+    assert r.body == b"12" and r.hit and env.count(p) == 1
+    r = env.req(p, [fr, ("Range", "bytes=1-2")])
+    assert not r.hit and env.count(p) == 2
+
+
 # ------------------------------------------------------------------------------ never answered as complete
 
 def test_a_partial_never_answers_a_request_without_range(env):
