@@ -710,7 +710,7 @@ class Cache:
                 if answered is not None:
                     self.metrics.incr("cache.hit")
                     return answered
-            if type(p) is partial.Serve or type(p) is partial.Unsatisfiable:
+            if type(p) is partial.Serve or type(p) is partial.Unsatisfiable or type(p) is partial.Whole:
                 self.metrics.incr("cache.hit" if kind is policy.Fresh else "cache.stale")
                 if kind is policy.ServeStale and d.revalidate_in_background:
                     self._revalidate_in_background(proxy, ctx, route, rc, chain, url, h, entry)
@@ -728,11 +728,17 @@ class Cache:
 
     def _serve_part(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, span: partial.Span, p, age: float,
                     status_value: str):
-        """A 206 of stored bytes (``partial.Serve``) or a 416 (``partial.Unsatisfiable``)."""
+        """A 206 of stored bytes (``partial.Serve``), a 416 (``partial.Unsatisfiable``) or the
+        whole representation as a 200 (``partial.Whole``)."""
         strip = rc.strip_fields
         headers = [(n, v) for n, v in partial.without_range_fields(obj.headers) if n.lower() not in strip]
         headers.append(("Age", policy.age_header(age)))
         headers.append(("Cache-Status", status_value))
+        if type(p) is partial.Whole:
+            if ctx.method == "HEAD":
+                return proxy.reply_stored(ctx, chain, 200, headers, None, obj.length)
+            body = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
+            return proxy.reply_stored(ctx, chain, 200, headers, body, obj.length)
         if type(p) is partial.Unsatisfiable:
             # RFC 9110 §15.5.17: "the server SHOULD send a Content-Range header field for an
             # unsatisfied range request"; no content, so none of its fields

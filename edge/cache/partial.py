@@ -19,6 +19,7 @@ responses use), and then
 
 - ``Serve``: the stored bytes cover the range: a 206 from the store;
 - ``Unsatisfiable``: the stored complete length proves the range unsatisfiable: 416;
+- ``Whole``: the stored part is the whole representation: a complete 200 from the store;
 - ``Complete``: anything else (no Range, a range past the stored bytes, several ranges, an
   If-Range that does not match) when only the tail or only the head of the representation
   is missing and the partial has a strong validator: ask the origin for the missing bytes,
@@ -164,6 +165,14 @@ class Unsatisfiable:
 
 
 @dataclass(frozen=True, slots=True)
+class Whole:
+    """The stored part is the entire representation: answer it as a complete 200."""
+
+
+WHOLE = Whole()
+
+
+@dataclass(frozen=True, slots=True)
 class Complete:
     """Ask the origin for bytes ``first``..``last`` (the missing head or tail) with these
     request fields, combine, and answer the client ``want`` (None: the complete 200; else
@@ -182,24 +191,30 @@ class Forward:
     reason: str
 
 
-Plan = Union[Serve, Unsatisfiable, Complete, Forward]
+Plan = Union[Serve, Unsatisfiable, Whole, Complete, Forward]
 
 
 def plan(method: str, range_header: str | None, if_range: str | None, span: Span, stored_headers: Headers) -> Plan:
     """What to do with a request when a fresh stored partial holds ``span``."""
+    if method == "GET":
+        rd = policy.ranges(range_header, if_range, span.complete, stored_headers, method)
+        if rd.status == 206 and span.first <= rd.start and rd.end <= span.last:
+            # RFC 9111 §3.3: "the request is partial and specifies a range wholly within the
+            # incomplete response"
+            return Serve(rd.start, rd.end, rd.content_range)
+        if rd.status == 416:
+            # RFC 9110 §14.1.1: "An int-range is satisfiable if the first-pos is less than the
+            # current length": the stored Content-Range gives the complete length
+            return Unsatisfiable(rd.content_range)
+    if span.first == 0 and span.last == span.complete - 1 and method in ("GET", "HEAD"):
+        # RFC 9110 §15.3.7.3: "If the union consists of the entire range of the representation,
+        # then the client MUST process the combined response as if it were a complete 200 (OK)
+        # response" (a 206 to "bytes=0-", say)
+        return WHOLE
     if method != "GET":
         # RFC 9111 §3.3: only "the request is partial" may be answered from an incomplete
         # response; a HEAD asks for the complete representation's head (RFC 9110 §9.3.2)
         return Forward("method")
-    rd = policy.ranges(range_header, if_range, span.complete, stored_headers, method)
-    if rd.status == 206 and span.first <= rd.start and rd.end <= span.last:
-        # RFC 9111 §3.3: "the request is partial and specifies a range wholly within the
-        # incomplete response"
-        return Serve(rd.start, rd.end, rd.content_range)
-    if rd.status == 416:
-        # RFC 9110 §14.1.1: "An int-range is satisfiable if the first-pos is less than the
-        # current length": the stored Content-Range gives the complete length
-        return Unsatisfiable(rd.content_range)
     validator = strong_validator(stored_headers)
     if validator is None:
         return Forward("no-strong-validator")   # RFC 9111 §3.4: nothing to combine with

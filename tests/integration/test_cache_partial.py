@@ -171,6 +171,18 @@ def test_a_strong_last_modified_completes_too(env):
     assert r.status == 200 and r.body == TEN and env.seen(p)[-1].header("if-range") == lm
 
 
+def test_a_part_that_is_the_whole_representation_answers_as_a_200(env):
+    # RFC 9110 §15.3.7.3: the entire range "as if it were a complete 200 (OK) response"
+    p = env.script(env.path("whole-part"), part(0, 9, etag=None))
+    env.req(p, [("Range", "bytes=0-")])
+    stored(env, p, "bytes=0-")
+    r = env.req(p)
+    assert r.status == 200 and r.body == TEN and r.h("Content-Range") is None and r.hit
+    head = env.req(p, method="HEAD")
+    assert head.status == 200 and head.h("Content-Length") == "10" and head.hit
+    assert env.count(p) == 1
+
+
 def test_client_validators_are_answered_from_the_partial(env):
     # RFC 9111 §4.3.2: a stored 206 answers the client's own If-None-Match
     p = env.script(env.path("inm"), part(0, 4))

@@ -102,6 +102,11 @@ DATED = [("Last-Modified", LM_STRONG), ("Date", DATE), ("Content-Range", "bytes 
      "RFC 9111 §3.4 no validator: nothing to combine with"),
     ("GET", None, None, Span(3, 5, 10), TAGGED, Forward("gaps"), "head and tail missing"),
     ("HEAD", None, None, Span(0, 4, 10), TAGGED, Forward("method"), "RFC 9111 §3.3 HEAD is not partial"),
+    ("GET", None, None, Span(0, 9, 10), [], PT.WHOLE,
+     "RFC 9110 §15.3.7.3 the entire representation is a complete 200 (no validator needed)"),
+    ("HEAD", None, None, Span(0, 9, 10), [], PT.WHOLE, "the whole representation answers HEAD too"),
+    ("GET", "bytes=2-3", None, Span(0, 9, 10), [], Serve(2, 3, "bytes 2-3/10"), "a range of the whole"),
+    ("GET", "bytes=0-1,5-6", None, Span(0, 9, 10), [], PT.WHOLE, "several ranges of the whole: the 200"),
     ("HEAD", "bytes=0-1", None, Span(0, 4, 10), TAGGED, Forward("method"), "RFC 9110 §14.2 ranges are for GET"),
 ])
 def test_plan(method, rng, if_range, span, stored, expected, section):
