@@ -38,7 +38,13 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    the record that points to them last. A truncated or abandoned body leaves nothing.
    With compression on, the encoded stream the client gets is stored too, as an encoded
    variant of the body (``edge.cache.variants``), which later hits serve without codec work.
-5. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
+5. **Partial content** (RFC 9111 §3.3, §3.4): a single-range 206 is stored like any
+   response, with its status, so ``_decide`` hands every stored 206 to ``_partial``
+   (``edge.cache.partial`` decides): a range it holds is served, a range past the complete
+   length is a 416, and other requests complete it (``_complete``: the missing bytes with
+   If-Range, the stored and new bytes streamed as one response through the fill's tee) or
+   go to the origin as sent. A stored partial never answers as a complete response.
+6. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
    URL records of the targets ``policy.invalidation_targets`` names.
 
 The store being down is never an error: each failed store step makes that request a
@@ -57,7 +63,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from edge.cache import keys, policy, purge, records, variants
+from edge.cache import keys, partial, policy, purge, records, variants
 from edge.cache.keys import KeyRules
 from edge.cache.records import FILLING, PASS, StoredObject, VaryIndex
 from edge.cache.tee import tee
@@ -307,6 +313,8 @@ class Cache:
 
     def _decide(self, proxy, ctx, route, rc, chain, body, url, h, entry: Entry, now: float):
         obj = entry.obj
+        if obj.status == 206:  # a stored partial never answers as a complete response (§3.3)
+            return self._partial(proxy, ctx, route, rc, chain, body, url, h, entry, now)
         req_headers = ctx.headers.items()
         if entry.soft:
             # a soft purge: "stale", so the next use revalidates (RFC 9111 §4.3.1 validators)
@@ -352,15 +360,10 @@ class Cache:
         headers.append(("Cache-Status", status_value))
         req = ctx.headers.items()
         method = ctx.method
-        code = policy.client_conditional(method, req, obj.headers, now, obj.status) if _has_conditional(req) else None
-        if code == 304:
-            # RFC 9110 §15.4.5: the fields a 304 must carry, plus this cache's Age and Cache-Status
-            out = policy.not_modified_headers(_strip(list(obj.headers), strip))
-            out.append(("Age", age_value))
-            out.append(("Cache-Status", status_value))
-            return proxy.reply_stored(ctx, chain, 304, out, None, None)
-        if code == 412:
-            return proxy.answer(ctx, Response(412, [("Cache-Status", status_value)], b""), chain)
+        if _has_conditional(req):
+            answered = self._precondition(proxy, ctx, chain, rc, obj, now, obj.status, age_value, status_value)
+            if answered is not None:
+                return answered
         if method == "GET" and obj.status == 200 and ctx.headers.get("range") is not None:
             part = self._range(proxy, ctx, chain, obj, headers)
             if part is not None:
@@ -369,6 +372,20 @@ class Cache:
             return proxy.reply_stored(ctx, chain, obj.status, headers, None, obj.length)
         body = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
         return proxy.reply_stored(ctx, chain, obj.status, headers, body, obj.length, self._variants(proxy, ctx, rc, obj))
+
+    def _precondition(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, now: float, status: int,
+                      age_value: str, status_value: str):
+        """A 304 or 412 for the client's own preconditions (RFC 9110 §13.2.2), or None."""
+        code = policy.client_conditional(ctx.method, ctx.headers.items(), obj.headers, now, status)
+        if code == 304:
+            # RFC 9110 §15.4.5: the fields a 304 must carry, plus this cache's Age and Cache-Status
+            out = policy.not_modified_headers(_strip(list(obj.headers), rc.strip_fields))
+            out.append(("Age", age_value))
+            out.append(("Cache-Status", status_value))
+            return proxy.reply_stored(ctx, chain, 304, out, None, None)
+        if code == 412:
+            return proxy.answer(ctx, Response(412, [("Cache-Status", status_value)], b""), chain)
+        return None
 
     def _variants(self, proxy, ctx, rc: RouteCache, obj: StoredObject):
         """The encoded variants of ``obj`` for a route that compresses (None: it does not, or the
@@ -440,7 +457,7 @@ class Cache:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")  # leading, or done waiting
         now = time.time()
         req_headers = ctx.headers.items()
-        if not found.soft and not _has_authorization(req_headers):
+        if not found.soft and found.obj.status != 206 and not _has_authorization(req_headers):
             d = policy.lookup(ctx.method, req_headers, found.obj.facts, now, rc.settings)
             if type(d) is policy.Fresh:
                 self.metrics.incr("cache.coalesced")
@@ -664,16 +681,139 @@ class Cache:
                 except StoreUnavailable as e:
                     self.health.failed(e)
 
+    # ------------------------------------------------------------------ partial content
+
+    def _partial(self, proxy, ctx, route, rc, chain, body, url, h, entry: Entry, now: float):
+        """A stored 206 (``edge.cache.partial``): serve a range it holds, prove a range
+        unsatisfiable, complete it (RFC 9111 §3.4), or forward the request (its answer replaces
+        the partial). It never answers a request as a complete response (§3.3)."""
+        obj = entry.obj
+        req_headers = ctx.headers.items()
+        span = partial.span_of(obj.headers)
+        kind = None
+        if span is not None and not entry.soft and (obj.facts.public or obj.facts.must_revalidate
+                                                    or not _has_authorization(req_headers)):
+            d = policy.lookup(ctx.method, req_headers, obj.facts, now, rc.settings)
+            kind = type(d)
+        usable = kind is policy.Fresh or kind is policy.ServeStale
+        only_if_cached = _only_if_cached(req_headers)
+        p = None
+        if usable or kind is policy.Revalidate:
+            p = partial.plan(ctx.method, ctx.headers.get("range"), ctx.headers.get("if-range"), span, obj.headers)
+        if usable:
+            if kind is policy.Fresh:
+                status_value = f"{self._hit_status}{math.floor(d.ttl)}"
+            else:
+                status_value = policy.cache_status(name=self.name, hit=True, ttl=d.ttl, detail=d.reason)
+            if _has_conditional(req_headers):
+                # RFC 9111 §4.3.2: "a stored 200 (OK) or 206 (Partial Content) response": its
+                # validators are the representation's
+                answered = self._precondition(proxy, ctx, chain, rc, obj, now, 200, policy.age_header(d.age), status_value)
+                if answered is not None:
+                    self.metrics.incr("cache.hit")
+                    return answered
+            if type(p) is partial.Serve or type(p) is partial.Unsatisfiable or type(p) is partial.Whole:
+                self.metrics.incr("cache.hit" if kind is policy.Fresh else "cache.stale")
+                if kind is policy.ServeStale and d.revalidate_in_background:
+                    self._revalidate_in_background(proxy, ctx, route, rc, chain, url, h, entry)
+                return self._serve_part(proxy, ctx, chain, rc, obj, span, p, d.age, status_value)
+        if kind is policy.OnlyIfCachedMiss or only_if_cached:
+            # RFC 9111 §5.2.1.7: a partial that does not hold the answer is no stored response for it
+            return proxy.answer(ctx, Response.error(504, "stored response is partial (only-if-cached)"), chain)
+        self.metrics.incr("cache.miss")
+        fill = Fill(h, url, now, replaces=entry)
+        if type(p) is partial.Complete:
+            # If-Range validates the stored bytes, so a stale partial may be completed too (§4.3)
+            return self._complete(proxy, ctx, route, rc, chain, body, fill, span, p)
+        # RFC 9211 §2.2 "partial: The cache stored a partial response, but it was not sufficient"
+        return self._fetch(proxy, ctx, route, rc, chain, body, fill, "partial")
+
+    def _serve_part(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, span: partial.Span, p, age: float,
+                    status_value: str):
+        """A 206 of stored bytes (``partial.Serve``), a 416 (``partial.Unsatisfiable``) or the
+        whole representation as a 200 (``partial.Whole``)."""
+        strip = rc.strip_fields
+        headers = [(n, v) for n, v in partial.without_range_fields(obj.headers) if n.lower() not in strip]
+        headers.append(("Age", policy.age_header(age)))
+        headers.append(("Cache-Status", status_value))
+        if type(p) is partial.Whole:
+            if ctx.method == "HEAD":
+                return proxy.reply_stored(ctx, chain, 200, headers, None, obj.length)
+            body = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
+            return proxy.reply_stored(ctx, chain, 200, headers, body, obj.length)
+        if type(p) is partial.Unsatisfiable:
+            # RFC 9110 §15.5.17: "the server SHOULD send a Content-Range header field for an
+            # unsatisfied range request"; no content, so none of its fields
+            return proxy.reply_stored(ctx, chain, 416, [(n, v) for n, v in headers if n.lower() not in _NOT_IN_304]
+                                      + [("Content-Range", p.content_range)], b"", 0)
+        headers.append(("Content-Range", p.content_range))
+        offset = p.first - span.first
+        length = p.last - p.first + 1
+        body = obj.body[offset:offset + length] if obj.body is not None else self._body(obj, offset, length)
+        return proxy.reply_stored(ctx, chain, 206, headers, body, length)
+
+    def _complete(self, proxy, ctx, route, rc, chain, body, fill: Fill, span: partial.Span, c: "partial.Complete"):
+        """RFC 9111 §3.3/§3.4: ask the origin for the missing bytes (Range + If-Range), stream the
+        stored bytes and the new ones as one complete response (or the client's range of it),
+        and store it through the usual tee. Any other answer is relayed (a 200: the
+        representation changed, or the origin ignores ranges; it replaces the partial), or the
+        client's own request is sent again when the part cannot be combined."""
+        obj = fill.replaces.obj
+        try:
+            up = proxy.exchange(ctx, route, chain, body, conditional=list(c.fields))
+        except UpstreamError as e:
+            return proxy.upstream_failed(ctx, chain, e)
+        response_time = time.time()
+        new_headers = proxy.response_headers(up)
+        if not partial.combinable(c, span, obj.headers, up.status, new_headers, up.length):
+            if up.status == 206 or up.status == 416:
+                # another representation or another range than asked: ask as the client did
+                self.metrics.incr("cache.partial_mismatch")
+                up.close()
+                return self._fetch(proxy, ctx, route, rc, chain, body, fill, "partial")
+            return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "partial"))
+        self.metrics.incr("cache.partial_completed")
+        headers = partial.combined_headers(obj.headers, new_headers, response_time)
+        stored = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
+        parts = (stored, up.body) if c.first > span.first else (up.body, stored)
+        combined = _Combined(up, span.complete, _concat(parts, up))
+        store_tap = self._store_tap(ctx, rc, fill, "partial", fwd_status=up.status)
+        want = c.want
+
+        def tap(_up, _headers):
+            out, stream = store_tap(combined, headers)
+            if want is None:
+                tap.variants = getattr(store_tap, "variants", None)
+                return out, stream
+            # the client asked for a range: it gets that part, the store the complete response
+            first, last = want
+            combined.status, combined.reason, combined.length = 206, "Partial Content", last - first + 1
+            out = out + [("Content-Range", f"bytes {first}-{last}/{span.complete}")]
+            return out, partial.window(stream, first, last)
+
+        return proxy.relay(ctx, chain, combined, tap)
+
+    def _partial_refusal(self, up, headers, rc: RouteCache, fill: Fill) -> str | None:
+        """Why a 206 is not stored (``partial.refusal``, RFC 9111 §3.3), or None. Never in
+        place of a stored complete response: it would only hold less."""
+        if fill.replaces is not None and fill.replaces.obj.status != 206:
+            return "partial"
+        reason = partial.refusal(headers, up.length, rc.max_object_size)
+        return None if reason is None else f"partial-{reason}"
+
     # ------------------------------------------------------------------ storing
 
-    def _store_tap(self, ctx, rc: RouteCache, fill: Fill, fwd: str):
+    def _store_tap(self, ctx, rc: RouteCache, fill: Fill, fwd: str, fwd_status: int | None = None):
         """The ``relay`` tap of a miss: decide storability from the head, tee the body. When it
-        stores, ``tap.variants`` is set: the relay tees the encoded stream into that variant."""
+        stores, ``tap.variants`` is set: the relay tees the encoded stream into that variant.
+        ``fwd_status``: what the origin answered, when ``up`` is not that answer (a completed
+        partial, ``_complete``)."""
         method = ctx.method
         req_headers = list(ctx.headers.items())
 
         def tap(up, out_headers):
             response_time = time.time()
+            seen = up.status if fwd_status is None else fwd_status
             tags = _surrogate_keys(out_headers)
             if tags or (self.strip_surrogate and _has_surrogate_field(out_headers)):
                 received = out_headers
@@ -683,6 +823,8 @@ class Cache:
             else:
                 received = without = out_headers
             reason = self._unstorable(method, up, rc)
+            if reason is None and up.status == 206:
+                reason = self._partial_refusal(up, out_headers, rc, fill)
             plan = None
             if reason is None:
                 # one parse of the head: verdict, facts and the fields to keep (RFC 9111 §3, §3.1, §4.2)
@@ -693,7 +835,7 @@ class Cache:
             body = up.body
             if reason is not None:
                 self._pass(fill, reason)
-                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=seen,
                                                                                    detail=reason))]
                 return _strip(out_headers, rc.strip_fields), body
             stored = plan.headers
@@ -701,13 +843,13 @@ class Cache:
             if not policy.worth_storing(facts, rc.settings):
                 # never fresh, no validator, no stale window: storing it would only take room
                 self._pass(fill, "not-worth-storing")
-                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+                out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=seen,
                                                                                    detail="not-worth-storing"))]
                 return _strip(out_headers, rc.strip_fields), body
             names = facts.vary
             secondary = policy.secondary_key(names, req_headers) if names else None
             ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
-            out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=up.status,
+            out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=seen,
                                                                                stored=True, ttl=ttl))]
             # the body's token, chosen now so the encoded stream the client gets can be stored under it too
             pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, self.tokens.next())
@@ -897,6 +1039,46 @@ class _Pending:
     names: tuple[str, ...]
     secondary: str | None
     version: str              # the body's token: its chunks and encoded variants (edge.cache.variants) go under it
+
+
+class _Combined:
+    """A stored partial and the origin's missing bytes as one complete 200 (RFC 9111 §3.4),
+    shaped like the backend's answer for ``relay`` and the store tap; the rest (server,
+    trailers) is the origin's answer's."""
+
+    __slots__ = ("up", "status", "reason", "headers", "body", "length")
+
+    def __init__(self, up, length: int, body: Iterator[bytes]) -> None:
+        self.up = up
+        self.status = 200
+        self.reason = "OK"
+        self.headers = up.headers
+        self.body = body
+        self.length = length
+
+    def __getattr__(self, name: str):
+        return getattr(self.up, name)
+
+    def close(self) -> None:
+        self.body.close()
+
+
+def _concat(parts, up) -> Iterator[bytes]:
+    """The pieces of a combined body in order (bytes or iterators); the origin's answer is
+    released however the stream ends."""
+    try:
+        for part in parts:
+            if isinstance(part, bytes):
+                if part:
+                    yield part
+            else:
+                yield from part
+    finally:
+        for part in parts:
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
+        up.close()
 
 
 def _in_hub(fn, *args) -> None:

@@ -79,10 +79,10 @@ DELTA_MAX = 2147483648
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
 # Status codes whose caching requirements edge implements (RFC 9111 §5.2.2.3
-# must-understand): the final codes of RFC 9110 §15 other than 206 (edge stores no
-# partial content) and 304 (never stored as a response of its own).
+# must-understand): the final codes of RFC 9110 §15 other than 304 (never stored as a
+# response of its own); 206 as edge.cache.partial stores and combines it (§3.3, §3.4).
 UNDERSTOOD_STATUSES = frozenset({
-    200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308,
+    200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 307, 308,
     400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416,
     417, 421, 422, 426, 500, 501, 502, 503, 504, 505,
 })
@@ -827,10 +827,11 @@ def _storable(method: str, status: int, request_headers: Headers, fields: dict[s
         return StoreVerdict(False, "status")
     # §3: "if the response status code is 206 or 304, or the must-understand cache directive
     # (see Section 5.2.2.3) is present: the cache understands the response status code".
-    # §3.3/§3.4: edge does not combine partial content, so a 206 is not stored;
+    # §3.3: "a 206 (Partial Content) response MAY be stored as if it were an incomplete 200
+    # (OK) response": edge stores single-part byte ranges (edge.cache.partial decides which);
     # a 304 updates a stored response (§4.3.4), it is never stored itself.
-    if status in (206, 304):
-        return StoreVerdict(False, "partial" if status == 206 else "status")
+    if status == 304:
+        return StoreVerdict(False, "status")
     if cc.must_understand:
         if status not in UNDERSTOOD_STATUSES:
             return StoreVerdict(False, "must-understand")

@@ -114,7 +114,7 @@ ST = [
     ("POST", 200, [], [("Cache-Control", "max-age=60")], {}, False, "method", "§3 method understood"),
     ("HEAD", 200, [], [("Cache-Control", "max-age=60")], {}, False, "method", "HEAD answered from a stored GET"),
     ("GET", 100, [], [], {}, False, "status", "§3 final status"),
-    ("GET", 206, [], [("Cache-Control", "max-age=60")], {}, False, "partial", "§3.3 partial content"),
+    ("GET", 206, [], [("Cache-Control", "max-age=60")], {}, True, "explicit", "§3.3 a 206 MAY be stored (edge.cache.partial)"),
     ("GET", 304, [], [], {}, False, "status", "§4.3.4 a 304 updates, is not stored"),
     ("GET", 200, [], [("Cache-Control", "no-store")], {}, False, "no-store", "§5.2.2.5"),
     ("GET", 200, [], [("Cache-Control", "NO-STORE, max-age=60")], {}, False, "no-store", "§4.2.1 most restrictive"),
