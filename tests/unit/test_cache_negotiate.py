@@ -5,6 +5,7 @@ the section it checks (RFC 9111 by § alone; RFC 9110, RFC 4647 named)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from edge.cache import language as L
 from edge.cache import policy as P
@@ -288,3 +289,49 @@ def test_post_response_without_a_target_and_other_methods_are_not_stored():
 def test_post_target_is_invalidated_even_when_its_response_is_stored():
     # RFC 9111 §4.4: the POST invalidates its target (the cache does that first, then stores)
     assert P.invalidation_targets("POST", 200, U, [("Content-Location", U)]) == [U]
+
+
+# ---------------------------------------------------------------------------------------
+# properties (hypothesis): any spelling of one preference list gives one key; nothing raises
+# ---------------------------------------------------------------------------------------
+
+_subtag = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
+_range = st.one_of(st.just("*"), st.tuples(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8),
+                                            st.lists(_subtag, max_size=2)).map(lambda t: "-".join([t[0], *t[1]])))
+_weight = st.one_of(st.none(), st.sampled_from(["0", "1", "0.5", "0.25", "0.001", "0.999", "1.000", "0.50"]))
+_ows = st.sampled_from(["", " ", "\t", "  "])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(st.tuples(_range, _weight), min_size=1, max_size=6, unique_by=lambda m: m[0]), st.data())
+def test_every_spelling_of_one_preference_list_has_one_key(members, data):
+    # §4.1 with RFC 9110 §12.4.2: the same (range, weight) pairs in any order, case, whitespace
+    # and weight spelling give one secondary key, and one preferred language
+    def spell(ms):
+        out = []
+        for rng, q in ms:
+            shown = "".join(c.upper() if data.draw(st.booleans()) else c for c in rng)
+            if q is not None:
+                shown += data.draw(_ows) + ";" + data.draw(_ows) + data.draw(st.sampled_from(["q", "Q"])) + "=" + q
+            out.append(data.draw(_ows) + shown + data.draw(_ows))
+        return ",".join(out)
+
+    shuffled = data.draw(st.permutations(members))
+    a, b = spell(members), spell(shuffled)
+    names = ("accept-language",)
+    assert P.secondary_key(names, AL(a)) == P.secondary_key(names, AL(b))
+    assert L.preferred_range([a]) == L.preferred_range([b])
+    canon = L.canonical([a])
+    assert canon is not None and L.canonical([canon]) == canon          # a fixed point
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(max_size=60), st.text(max_size=40))
+def test_language_and_location_rules_never_raise(value, location):
+    # whatever a client or an origin sends, the rules answer with a value
+    L.canonical([value])
+    L.preferred_range([value])
+    L.content_language([value])
+    P.language_selection(("accept-language", "x"), AL(value))
+    P.variant_language_key(("accept-language",), AL(value), [("Content-Language", value)])
+    assert isinstance(P.content_location_is_target(U, location), bool)
