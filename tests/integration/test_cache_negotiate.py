@@ -13,6 +13,7 @@ its last byte went out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
 import uuid
 
@@ -173,6 +174,23 @@ def test_newer_variant_in_a_language_replaces_the_older_for_selection(env):
     # its language copy is written just after the variant itself: wait for it (hits either way)
     until(lambda: env.req(p, AL("de;q=0.9, it;q=0.1")).body == third.body, timeout_s=10)
     assert env.count(p) == 2
+
+
+def test_concurrent_writers_leave_one_whole_variant_per_language(env):
+    # many misses at once (both workers), each stored under its own key and also under "de":
+    # whatever order the writes land in, a "de" request then gets one of those whole responses
+    p = env.script(env.path("lang-race"), vary_lang(lang="de"))
+    spellings = [f"de, x{i}" for i in range(12)]    # ties: each is its own variant, none chosen by language
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda v: env.req(p, AL(v)), spellings))
+    bodies = {a.body for a in answers}
+    for v in spellings:
+        env.landed(p, AL(v))
+    before = env.count(p)
+    for _ in range(6):
+        r = env.req(p, AL("de;q=0.8, fr;q=0.2"))
+        assert r.hit and r.body in bodies and r.h("Content-Language") == "de"
+    assert env.count(p) == before
 
 
 # ------------------------------------------------------------------ RFC 9111 §4.3.2: If-Modified-Since, no Last-Modified
