@@ -1,9 +1,12 @@
 """In-process CPU cost of a cache miss (issue 10): ``Cache.handle`` for a new URL, minus the proxy.
 
-Usage: ``.venv/bin/python scripts/bench_cache_miss.py [--store local|memory] [-n 20000] [--runs 5] [--hit]``
+Usage: ``.venv/bin/python scripts/bench_cache_miss.py [--store local|memory] [-n 20000] [--runs 5] [--hit]
+[--vary accept-encoding|accept-language]``
 
 ``--hit``: the same URL every time instead, after one miss stored it: what the cache costs a
 hit up to the reply the front end writes (lookup, decode, freshness, Age and Cache-Status).
+``--vary``: the response carries ``Vary`` with that field and the request a typical browser
+value of it, so a lookup reads the variant index, then the variant (RFC 9111 §4.1).
 
 The proxy is a stand-in that answers every forward at once with a typical nginx head and a
 1 KiB body (``Content-Length`` known), running the cache's tap and draining the tee as the
@@ -44,14 +47,19 @@ class _Up:
         pass
 
 
+# a typical browser's value of each field --vary can name
+VARY_VALUES = {"accept-encoding": "gzip, deflate, br, zstd", "accept-language": "en-US,en;q=0.9,de;q=0.8"}
+
+
 class _Proxy:
     compressor = None
+    head = HEAD
 
     def reply_stored(self, ctx, chain, status, headers, body, length, variants=None):
         return status, headers, body, length
 
     def response_headers(self, up):
-        return [(n, v) for n, v in HEAD if n != "Connection"]
+        return [(n, v) for n, v in self.head if n != "Connection"]
 
     def forward(self, ctx, route, chain, body, tap=None):
         up = _Up()
@@ -80,6 +88,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--hit", action="store_true", help="measure hits of one stored URL instead of misses")
+    ap.add_argument("--vary", choices=sorted(VARY_VALUES), help="the response varies on this request field")
     ap.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="the local store bound (the default store size)")
     args = ap.parse_args()
     cfg = parse_config({"upstreams": {"a": {"servers": ["127.0.0.1:1"]}}, "routes": [{"upstream": "a"}],
@@ -97,6 +106,9 @@ def main() -> None:
     cache = Cache(cfg.cache, [route_cache(cfg.cache, cfg.routes[0].cache)], store, _Metrics())
     proxy, route = _Proxy(), _Route()
     req = [("Host", "bench.test"), ("User-Agent", "wrk"), ("Accept", "*/*")]
+    if args.vary:
+        proxy.head = HEAD + [("Vary", args.vary)]
+        req.append((args.vary, VARY_VALUES[args.vary]))
     best = None
     serial = 0
     what = "hit" if args.hit else "miss"
@@ -119,7 +131,8 @@ def main() -> None:
         store.close()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"best: {best:.1f} µs per {what} ({args.store} store)")
+    vary = f", Vary: {args.vary}" if args.vary else ""
+    print(f"best: {best:.1f} µs per {what} ({args.store} store{vary})")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
 1. **Lookup** (GET and HEAD share the GET entry): one store read of the URL record
    (``edge.cache.keys``); if the response varies, a second read of the variant chosen by
    the policy's secondary key (RFC 9111 §4.1). A small body is inline in the record, so a
-   hit without ``Vary`` is one store round trip. The object is tested against the purge
+   hit without ``Vary`` is one store round trip. When the request's own variant is missing
+   and the response varies on Accept-Language, one more read looks for a variant in the
+   request's single preferred language (``_by_language``; each such variant is also
+   written under that language when committed, ``_put_variant``). The object is tested against the purge
    ban list (``edge.cache.purge``, kept in memory, refreshed every ``ban_refresh``).
 2. **Decide** with ``policy.lookup``: ``Fresh`` is answered from the cache (``Age``,
    ``Cache-Status``; the client's own conditionals and ranges through the policy);
@@ -45,7 +48,8 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    If-Range, the stored and new bytes streamed as one response through the fill's tee) or
    go to the origin as sent. A stored partial never answers as a complete response.
 6. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
-   URL records of the targets ``policy.invalidation_targets`` names.
+   URL records of the targets ``policy.invalidation_targets`` names. A POST's answer is
+   then stored as its target's GET response when RFC 9110 §9.3.3 allows (``_post_tap``).
 
 The store being down is never an error: each failed store step makes that request a
 plain pass-through, counted (``cache.store_unavailable``) and logged once per change.
@@ -205,6 +209,8 @@ class Cache:
             return self._read(proxy, ctx, route, rc, chain, body)
         if method in _SAFE:
             return proxy.forward(ctx, route, chain, body)
+        if method == "POST":
+            return proxy.forward(ctx, route, chain, body, tap=self._post_tap(ctx, rc))
         return proxy.forward(ctx, route, chain, body, tap=self._invalidation_tap(ctx, rc))
 
     # ------------------------------------------------------------------ lookup
@@ -269,7 +275,11 @@ class Cache:
             key = keys.variant_key(h, rec.generation, secondary)
             obj = self._decode(key, self.store.get(key))
             if not isinstance(obj, StoredObject):
-                return NO_MATCH
+                if "accept-language" not in rec.names:
+                    return NO_MATCH
+                key, obj = self._by_language(h, rec, req_headers)
+                if obj is None:
+                    return NO_MATCH
             soft = obj.stored_at < rec.purged_at
         else:
             obj = rec
@@ -281,6 +291,22 @@ class Cache:
                 return NO_MATCH
             soft = soft or v is purge.SOFT
         return Entry(obj, key, soft)
+
+    def _by_language(self, h: str, rec: VaryIndex, req_headers) -> tuple[str, StoredObject | None]:
+        """A variant in the one language this request prefers most, when its own secondary key
+        found none (``policy.language_selection``; ``edge.cache.language`` says when): one more
+        store read, only for responses that vary on Accept-Language. The variant was also
+        stored under its language when it was committed (``_put_variant``)."""
+        chosen = policy.language_selection(rec.names, req_headers)
+        if chosen is None:
+            return "", None
+        tag, secondary = chosen
+        key = keys.variant_key(h, rec.generation, secondary)
+        obj = self._decode(key, self.store.get(key))
+        if not isinstance(obj, StoredObject) or policy.stored_language(obj.headers) != tag:
+            return "", None
+        self.metrics.incr("cache.language_selected")
+        return key, obj
 
     def _fill_landed(self, h: str, req_headers) -> Entry | object | None:
         """What replaces a fill marker within ``coalesce_wait`` (the marker itself if nothing
@@ -361,7 +387,7 @@ class Cache:
         req = ctx.headers.items()
         method = ctx.method
         if _has_conditional(req):
-            answered = self._precondition(proxy, ctx, chain, rc, obj, now, obj.status, age_value, status_value)
+            answered = self._precondition(proxy, ctx, chain, rc, obj, obj.status, age_value, status_value)
             if answered is not None:
                 return answered
         if method == "GET" and obj.status == 200 and ctx.headers.get("range") is not None:
@@ -373,10 +399,12 @@ class Cache:
         body = obj.body if obj.body is not None else self._body(obj, 0, obj.length)
         return proxy.reply_stored(ctx, chain, obj.status, headers, body, obj.length, self._variants(proxy, ctx, rc, obj))
 
-    def _precondition(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, now: float, status: int,
+    def _precondition(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, status: int,
                       age_value: str, status_value: str):
-        """A 304 or 412 for the client's own preconditions (RFC 9110 §13.2.2), or None."""
-        code = policy.client_conditional(ctx.method, ctx.headers.items(), obj.headers, now, status)
+        """A 304 or 412 for the client's own preconditions (RFC 9110 §13.2.2), or None.
+        Without Last-Modified, If-Modified-Since is evaluated against the stored Date, or the
+        time the response was received (RFC 9111 §4.3.2)."""
+        code = policy.client_conditional(ctx.method, ctx.headers.items(), obj.headers, obj.facts.response_time, status)
         if code == 304:
             # RFC 9110 §15.4.5: the fields a 304 must carry, plus this cache's Age and Cache-Status
             out = policy.not_modified_headers(_strip(list(obj.headers), rc.strip_fields))
@@ -708,7 +736,7 @@ class Cache:
             if _has_conditional(req_headers):
                 # RFC 9111 §4.3.2: "a stored 200 (OK) or 206 (Partial Content) response": its
                 # validators are the representation's
-                answered = self._precondition(proxy, ctx, chain, rc, obj, now, 200, policy.age_header(d.age), status_value)
+                answered = self._precondition(proxy, ctx, chain, rc, obj, 200, policy.age_header(d.age), status_value)
                 if answered is not None:
                     self.metrics.incr("cache.hit")
                     return answered
@@ -810,6 +838,8 @@ class Cache:
         partial, ``_complete``)."""
         method = ctx.method
         req_headers = list(ctx.headers.items())
+        # a POST's answer is stored as its target's GET response when RFC 9110 §9.3.3 allows
+        post_target = keys.cache_url(ctx.scheme, ctx.host, ctx.path, ctx.query) if method == "POST" else None
 
         def tap(up, out_headers):
             response_time = time.time()
@@ -829,7 +859,7 @@ class Cache:
             if reason is None:
                 # one parse of the head: verdict, facts and the fields to keep (RFC 9111 §3, §3.1, §4.2)
                 plan = policy.store_plan(method, up.status, req_headers, received, fill.request_time, response_time,
-                                         rc.settings, without, _NOT_STORED)
+                                         rc.settings, without, _NOT_STORED, post_target)
                 if not plan.verdict.ok:
                     reason = plan.verdict.reason
             body = up.body
@@ -848,11 +878,15 @@ class Cache:
                 return _strip(out_headers, rc.strip_fields), body
             names = facts.vary
             secondary = policy.secondary_key(names, req_headers) if names else None
+            # also kept under its language, for requests that prefer it but spell Accept-Language otherwise
+            language = (policy.variant_language_key(names, req_headers, stored)
+                        if secondary is not None and "accept-language" in names else None)
             ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
             out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=seen,
                                                                                stored=True, ttl=ttl))]
             # the body's token, chosen now so the encoded stream the client gets can be stored under it too
-            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, self.tokens.next())
+            pending = _Pending(fill, up.status, up.reason, tuple(stored), facts, tags, names, secondary, self.tokens.next(),
+                               language)
             tap.variants = variants.VariantSource(self, fill.h, pending.version, up.length, rc.max_object_size,
                                                   response_time + self._store_ttl(facts, response_time), filling=True)
             out_headers = _strip(out_headers, rc.strip_fields)
@@ -864,8 +898,9 @@ class Cache:
         return tap
 
     def _unstorable(self, method, up, rc: RouteCache) -> str | None:
-        """What refuses the response before the policy looks at its head (None: ask the policy)."""
-        if method != "GET":
+        """What refuses the response before the policy looks at its head (None: ask the policy;
+        a POST's answer reaches here only from ``_post_tap``, the policy decides it too)."""
+        if method != "GET" and method != "POST":
             return "method"
         if up.status == 101:
             return "upgrade"
@@ -931,15 +966,15 @@ class Cache:
                 # the URL key holds our fill marker, so no index: the variant first, then the index
                 # in place of the marker (waiters that see the index find the variant)
                 new = VaryIndex(p.names, self.tokens.next())
-                self.store.set(keys.variant_key(h, new.generation, p.secondary), record, ttl_s)
+                self._put_variant(h, new.generation, p, record, ttl_s)
                 if not self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s):
                     # the marker expired and something else is there now: join (or replace) it
                     generation = self._generation(url_key, p.names)
                     if generation != new.generation:
-                        self.store.set(keys.variant_key(h, generation, p.secondary), record, ttl_s)
+                        self._put_variant(h, generation, p, record, ttl_s)
             else:
                 generation = self._generation(url_key, p.names)
-                self.store.set(keys.variant_key(h, generation, p.secondary), record, ttl_s)
+                self._put_variant(h, generation, p, record, ttl_s)
             self.metrics.incr("cache.stored")
             if fill.lock is not None:
                 if not marker:
@@ -952,6 +987,17 @@ class Cache:
             log.exception("storing %s failed", fill.url)
             self.metrics.incr("cache.store_error")
             self._release_after_failure(fill)
+
+    def _put_variant(self, h: str, generation: str, p: "_Pending", record: bytes, ttl_s: float) -> None:
+        """One variant under its secondary key, and a copy under its language key when it has
+        one (``Cache._by_language``). Each key holds a whole record on its own, written by
+        plain sets: a concurrent writer replaces one with another whole record (the language
+        key with a variant in that same language, the key says so), the Vary index is not
+        touched (no cas contention, no format change), and a new generation or a URL purge
+        makes both unreachable at once. A body in chunks is shared (its version's keys)."""
+        self.store.set(keys.variant_key(h, generation, p.secondary), record, ttl_s)
+        if p.language is not None:
+            self.store.set(keys.variant_key(h, generation, p.language), record, ttl_s)
 
     def _release_after_failure(self, fill: Fill) -> None:
         """Let the waiters go to the backend now rather than at the end of their wait."""
@@ -984,6 +1030,30 @@ class Cache:
         return min(self.max_ttl_s, max(remaining, 0.0) + keep)
 
     # ------------------------------------------------------------------ invalidation
+
+    def _post_tap(self, ctx, rc: RouteCache):
+        """A POST invalidates its target (RFC 9111 §4.4), then its answer may be stored as the
+        target's GET response (RFC 9110 §9.3.3: "A cached POST response can be reused to
+        satisfy a later GET or HEAD request", ``policy.storable``'s ``post_target``). The
+        invalidation comes first, so a stored response is never older than the POST that
+        changed the resource. The key is the target URI's (the route's query rules applied,
+        as for a GET); the request body is never part of it. Only an answer with a
+        Content-Location field goes to the store tap, so other POSTs cost what they did."""
+        invalidate = self._invalidation_tap(ctx, rc)
+        request_time = time.time()
+
+        def tap(up, out_headers):
+            out_headers, body = invalidate(up, out_headers)
+            if not _has_content_location(out_headers):
+                return out_headers, body
+            url = keys.cache_url(ctx.scheme, ctx.host, ctx.path, ctx.query, rc.keys)
+            store = self._store_tap(ctx, rc, Fill(keys.digest(url), url, request_time), "method")
+            out = store(up, out_headers)
+            tap.variants = getattr(store, "variants", None)  # the relay tees the encoded stream into it
+            return out
+
+        tap.variants = None
+        return tap
 
     def _invalidation_tap(self, ctx, rc: RouteCache):
         """RFC 9111 §4.4: unsafe methods invalidate the target URI (and Location/Content-Location)."""
@@ -1039,6 +1109,7 @@ class _Pending:
     names: tuple[str, ...]
     secondary: str | None
     version: str              # the body's token: its chunks and encoded variants (edge.cache.variants) go under it
+    language: str | None = None   # its language key (policy.variant_language_key): a copy is stored there too
 
 
 class _Combined:
@@ -1102,6 +1173,13 @@ def _has_conditional(headers) -> bool:
             ln = n.lower()
             if ln.startswith("if-") and ln != "if-range":
                 return True
+    return False
+
+
+def _has_content_location(headers) -> bool:
+    for n, _ in headers:
+        if n[:1] in "cC" and n.lower() == "content-location":
+            return True
     return False
 
 

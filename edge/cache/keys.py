@@ -11,8 +11,9 @@ effective request URI ``scheme://host/path?query``:
 - the query is kept as received unless the route says otherwise: ``ignore_params``
   drops parameters that do not change the answer (tracking tags such as ``utm_*``),
   ``sort_query`` orders the rest by name so ``?a=1&b=2`` and ``?b=2&a=1`` share one entry;
-- the method is not part of the key: only GET responses are stored, and HEAD is
-  answered from the stored GET (RFC 9111 §4.3.5 lets a HEAD response update it).
+- the method is not part of the key: only GET responses are stored (a POST's answer only
+  as its target's GET response, RFC 9110 §9.3.3), and HEAD is answered from the stored
+  GET (RFC 9111 §4.3.5 lets a HEAD response update it).
 
 The store has no key scan and some backends limit key length (memcached: 250 bytes, no
 spaces), so the URI is hashed (BLAKE2b, 128 bits) into fixed-width store keys:
@@ -20,7 +21,8 @@ spaces), so the URI is hashed (BLAKE2b, 128 bits) into fixed-width store keys:
 =========================  ==================================================================
 ``c:u:<h>``                the URL record: the object itself (no ``Vary``), a variant index
                            (``Vary`` names, a generation, a soft-purge time) or a hit-for-pass mark
-``c:v:<h>:<gen>:<vh>``     one variant, ``vh`` the hash of its secondary key (RFC 9111 §4.1)
+``c:v:<h>:<gen>:<vh>``     one variant, ``vh`` the hash of its secondary key (RFC 9111 §4.1), or of its
+                           language key (a copy for choosing by Content-Language, ``policy.variant_language_key``)
 ``c:b:<h>:<ver>:<n>``      body chunk ``n`` of stored version ``ver`` of an object
 ``c:e:<h>:<ver>:<enc>``    an encoded variant (gzip, br, zstd) of body ``ver`` (``edge.cache.variants``; ``:<n>``: its chunks)
 ``c:l:<h>``                the fill lock: the one request fetching a missing object (coalescing)

@@ -5,13 +5,16 @@ parameter (seconds since the epoch, float). The cache (``edge.cache.cache``) cal
 these functions at four moments:
 
 1. A response arrives from the origin: ``storable()`` says whether it may be stored
-   (RFC 9111 §3); ``headers_to_store()`` gives the header fields to keep (§3.1);
+   (RFC 9111 §3; a POST's answer as its target's GET response, RFC 9110 §9.3.3,
+   ``content_location_is_target()``); ``headers_to_store()`` gives the header fields to keep (§3.1);
    ``response_facts()`` computes once the numbers and flags needed later
    (``StoredFacts``: freshness lifetime, corrected initial age, validators, the
    directives that matter) so that a hit never parses a header again;
    ``worth_storing()`` skips a storable response that could never be served.
 2. A request arrives and a stored response was found for its key (and secondary key,
-   ``secondary_key()``, §4.1): ``lookup()`` returns a ``Decision``: ``Fresh``
+   ``secondary_key()``, §4.1; or, when that found nothing, a variant in the request's
+   preferred language: ``language_selection()`` and ``variant_language_key()``, with the
+   Accept-Language rules in ``edge.cache.language``): ``lookup()`` returns a ``Decision``: ``Fresh``
    (serve it), ``ServeStale`` (serve it stale, possibly revalidating in the
    background: RFC 5861), ``Revalidate`` (send a conditional request: §4.3.1),
    ``Fetch`` (forward unconditionally) or ``OnlyIfCachedMiss`` (504, §5.2.1.7).
@@ -47,7 +50,12 @@ Choices left open by the RFCs (also in docs/cache.md, "How edge decides"):
   satisfiable and with the full 200 otherwise (RFC 9110 §14.2 "A server MAY ignore
   the Range header field"): no multipart/byteranges bodies are built;
 - If-Match and If-Unmodified-Since in a request are "not applicable to a cache"
-  (RFC 9111 §4.3.2): such a request is forwarded (``Fetch("request")``).
+  (RFC 9111 §4.3.2): such a request is forwarded (``Fetch("request")``);
+- Accept-Language ranges of equal weight may be reordered (§4.1; RFC 9110 §12.4.2 states
+  preference by weight only), and a variant is chosen by language only for the request's
+  single top range equal to its Content-Language (``edge.cache.language`` says why);
+- a POST answer is reused for GET only with status 200 or 203 (RFC 9110 §8.7: a 2xx whose
+  content is the target's representation).
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
+from edge.cache import language
 from edge.fields import is_token
 from edge.http import HOP_BY_HOP, connection_options
 
@@ -88,10 +97,17 @@ UNDERSTOOD_STATUSES = frozenset({
 })
 
 # RFC 9111 §2: "most commonly, caches store the successful result of a retrieval request:
-# i.e., a 200 (OK) response to a GET request". Only GET responses are stored: HEAD is
-# answered from a stored GET (RFC 9110 §9.3.2), and POST responses would be reusable only
-# for a later GET with a matching Content-Location, which edge does not attempt.
+# i.e., a 200 (OK) response to a GET request". GET responses are stored; HEAD is answered
+# from a stored GET (RFC 9110 §9.3.2); a POST response only as the GET response of its
+# target URI, when RFC 9110 §9.3.3 allows (``storable(..., post_target=)``).
 STORABLE_METHODS = frozenset({"GET"})
+
+# RFC 9110 §8.7: "If Content-Location is included in a 2xx (Successful) response message and
+# its value refers ... to a URI that is the same as the target URI, then the recipient MAY
+# consider the content to be a current representation of that resource". Of the 2xx codes
+# only these answer a GET with the representation itself: 201/202 describe the action's
+# outcome, 204/205 carry no content, 206 is a part.
+POST_REUSABLE_STATUSES = frozenset({200, 203})
 
 # RFC 9110 §9.2.1: safe methods; RFC 9111 §4.4: "A cache MUST invalidate the target URI
 # ... when it receives a non-error status code in response to an unsafe request method
@@ -810,17 +826,70 @@ _PRAGMA_NO_CACHE = CacheControl(MappingProxyType({"no-cache": None}), frozenset(
 # ---------------------------------------------------------------------------------------
 
 def storable(method: str, status: int, request_headers: Headers, response_headers: Headers,
-             settings: PolicySettings = DEFAULT_SETTINGS) -> StoreVerdict:
-    """May this response be stored (RFC 9111 §3, §3.5; RFC 9213)? See each rule below."""
+             settings: PolicySettings = DEFAULT_SETTINGS, post_target: str | None = None) -> StoreVerdict:
+    """May this response be stored (RFC 9111 §3, §3.5; RFC 9213)? See each rule below.
+
+    ``post_target``: the absolute target URI of a POST, whose response may be stored as the
+    GET response of that URI (``post_reusable``); without it a POST response is never stored."""
     fields = _index(response_headers)
     cc, targeted = _effective_cc(fields, settings)
-    return _storable(method, status, request_headers, fields, cc, targeted, settings)
+    return _storable(method, status, request_headers, fields, cc, targeted, settings, post_target)
+
+
+def content_location_is_target(target_uri: str, content_location: str) -> bool:
+    """Does this Content-Location name the target URI itself (RFC 9110 §8.7, §9.3.3)?
+
+    §8.7: "Content-Location = absolute-URI / partial-URI", resolved against the target URI
+    ("its value refers (after conversion to absolute form) to a URI that is the same as the
+    target URI"). Same means: the same origin (scheme and host case-insensitive, a default
+    port the same as none: RFC 9110 §4.2.3), the same path (empty the same as "/") and the
+    same query, compared as strings (no percent-decoding: a spelling edge does not know to
+    be equivalent counts as another resource, so at worst a response is not stored). A
+    value that is no URI (a fragment, whitespace, userinfo) names nothing.
+    """
+    v = content_location.strip(" \t")
+    if not v or "#" in v or any(c <= " " or c >= "\x7f" for c in v):
+        return False
+    try:
+        resolved = urljoin(target_uri, v)
+        a, b = urlsplit(resolved), urlsplit(target_uri)
+    except ValueError:   # e.g. an unclosed "[" of an IPv6 literal
+        return False
+    origin = _origin(resolved)
+    if origin is None or origin != _origin(target_uri):
+        return False
+    # RFC 9110 §4.2.4: "A sender MUST NOT generate the userinfo subcomponent"
+    if a.username is not None or a.password is not None:
+        return False
+    return (a.path or "/") == (b.path or "/") and a.query == b.query
+
+
+def _post_reusable(target_uri: str, status: int, fields: dict[str, list[str]], cc: CacheControl, targeted: bool,
+                   settings: PolicySettings) -> bool:
+    # RFC 9110 §9.3.3: "Responses to POST requests are only cacheable when they include
+    # explicit freshness information (see Section 4.2.1 of [CACHING]) and a
+    # Content-Location header field that has the same value as the POST's target URI
+    # (Section 8.7). A cached POST response can be reused to satisfy a later GET or HEAD
+    # request." Explicit freshness is the origin's own (s-maxage for a shared cache,
+    # max-age, Expires, or the targeted field replacing them, RFC 9213), not a route's
+    # forced TTL; one Content-Location line only (two cannot both be the target).
+    if status not in POST_REUSABLE_STATUSES:
+        return False
+    explicit = "max-age" in cc or (settings.shared and "s-maxage" in cc) or (not targeted and "expires" in fields)
+    if not explicit:
+        return False
+    locations = fields.get("content-location")
+    return locations is not None and len(locations) == 1 and content_location_is_target(target_uri, locations[0])
 
 
 def _storable(method: str, status: int, request_headers: Headers, fields: dict[str, list[str]], cc: CacheControl,
-              _targeted: bool, settings: PolicySettings) -> StoreVerdict:
-    # §3: "the request method is understood by the cache"
-    if method not in STORABLE_METHODS:
+              _targeted: bool, settings: PolicySettings, post_target: str | None = None) -> StoreVerdict:
+    # §3: "the request method is understood by the cache"; a POST response only as the GET
+    # response of its target (RFC 9110 §9.3.3, ``_post_reusable``); the rules below apply to
+    # it as to a GET's (no-store, private, Authorization, §3.5)
+    if method not in STORABLE_METHODS and not (
+            method == "POST" and post_target is not None
+            and _post_reusable(post_target, status, fields, cc, _targeted, settings)):
         return _NO_METHOD
     # §3: "the response status code is final"
     if status < 200:
@@ -1116,18 +1185,20 @@ class StorePlan:
 
 def store_plan(method: str, status: int, request_headers: Headers, response_headers: Headers, request_time: float,
                response_time: float, settings: PolicySettings = DEFAULT_SETTINGS,
-               stored_headers: Headers | None = None, also_drop: frozenset[str] = frozenset()) -> StorePlan:
+               stored_headers: Headers | None = None, also_drop: frozenset[str] = frozenset(),
+               post_target: str | None = None) -> StorePlan:
     """``storable()``, ``response_facts()`` and ``headers_to_store()`` of one response head
     from one pass over its fields and one Cache-Control parse: the cache's miss path.
 
     ``stored_headers``: the list the kept fields are taken from when it is not
     ``response_headers`` itself (the cache strips its purge tags first); ``also_drop``:
-    more lower-case names the caller never stores (Age: recomputed per answer, §5.1).
+    more lower-case names the caller never stores (Age: recomputed per answer, §5.1);
+    ``post_target``: as for ``storable()``.
     The answers are those of the three functions (tests/unit/test_cache_policy.py).
     """
     fields = _index(response_headers)
     cc, targeted = _effective_cc(fields, settings)
-    verdict = _storable(method, status, request_headers, fields, cc, targeted, settings)
+    verdict = _storable(method, status, request_headers, fields, cc, targeted, settings, post_target)
     if not verdict.ok:
         return StorePlan(verdict)
     facts = _response_facts(request_time, response_time, status, fields, cc, targeted, settings)
@@ -1382,8 +1453,10 @@ def stale_on_error(facts: StoredFacts, now: float, settings: PolicySettings = DE
 # codings (RFC 9110 §8.4.1 "All content codings are case-insensitive"), charsets
 # (§8.3.2) and language tags (§8.5.1, "case-insensitive"); and among them the one whose
 # member order carries no meaning (§12.5.3 Accept-Encoding: preference is by qvalue, and
-# edge's compression picks by its own order among equals). Accept-Language keeps its
-# order: origins commonly read it as a preference.
+# edge's compression picks by its own order among equals). Accept-Language has a
+# canonical form of its own (weights read, equal weights ordered: ``edge.cache.language``,
+# which says why that order carries no meaning either); a value it cannot read keeps its
+# order here.
 _CASELESS_LISTS = frozenset({"accept-encoding", "accept-charset", "accept-language"})
 _UNORDERED_LISTS = frozenset({"accept-encoding"})
 _PARAM_OWS_RE = re.compile(r"[ \t]*([;=])[ \t]*")
@@ -1401,6 +1474,10 @@ def _normalise_value(values: list[str], name: str = "") -> str:
     members = [m.strip(" \t") for v in values for m in v.split(",")]
     members = [m for m in members if m]   # RFC 9110 §5.6.1: empty list elements
     if name in _CASELESS_LISTS:
+        if name == "accept-language":
+            canon = language.canonical(values)
+            if canon is not None:
+                return canon
         members = [_PARAM_OWS_RE.sub(r"\1", m).lower() for m in members]
         if name in _UNORDERED_LISTS:
             members.sort()
@@ -1416,10 +1493,11 @@ def secondary_key(vary_names: Sequence[str], request_headers: Headers) -> str | 
     One string: for each name (lower case, sorted) ``name:value`` on its own line, the
     value normalised (lines combined with ",", whitespace around commas and at the ends
     and empty members removed; Accept-Encoding/-Charset/-Language members lower-cased
-    without whitespace around ";" and "=", Accept-Encoding's sorted; a field absent is
-    distinct from an empty one). None for ``Vary: *``: §4.1 "A
-    stored response with a Vary header field value containing a member "*" always fails to
-    match." Empty string when there is nothing to vary on.
+    without whitespace around ";" and "=", Accept-Encoding's sorted, Accept-Language in
+    the canonical form of ``edge.cache.language``; a field absent is distinct from an
+    empty one). None for ``Vary: *``: §4.1 "A stored response with a Vary header field
+    value containing a member "*" always fails to match." Empty string when there is
+    nothing to vary on.
     """
     if not vary_names:
         return ""
@@ -1434,6 +1512,62 @@ def secondary_key(vary_names: Sequence[str], request_headers: Headers) -> str | 
         else:
             parts.append(n + ":" + _normalise_value(vals, n).translate(_ESCAPES))
     return "\n".join(parts)
+
+
+# The line that stands for Accept-Language in a language key (below). Keys are compared
+# under one Vary index, so with the same names, one line per name in the same order: a
+# request's key has ``accept-language`` or ``accept-language:<value>`` on that line, a
+# language key this NUL-led line, so the two kinds never collide.
+_LANGUAGE_LINE = "\x00content-language:"
+
+
+def _language_key(vary_names: Sequence[str], request_headers: Headers, tag: str | None) -> str | None:
+    if tag is None:
+        return None
+    key = secondary_key(vary_names, request_headers)
+    if not key:
+        return None
+    # one line per name, sorted, no raw newline inside a line (_ESCAPES): swap the one line of
+    # Accept-Language (``accept-language:<value>``, or the bare name when the field is absent)
+    lines = key.split("\n")
+    for i, line in enumerate(lines):
+        if line == "accept-language" or line.startswith("accept-language:"):
+            lines[i] = _LANGUAGE_LINE + tag
+            return "\n".join(lines)
+    return None
+
+
+def variant_language_key(vary_names: Sequence[str], request_headers: Headers,
+                         response_headers: Headers) -> str | None:
+    """Where a stored variant is also kept for choosing by language (None: it is not).
+
+    A response that varies on Accept-Language and says which language it is in (RFC 9110
+    §8.5: a single tag, ``edge.cache.language.content_language``) may serve a later request
+    whose single most-preferred language is exactly that tag, although that request spells
+    Accept-Language differently (``language_selection``): proactive negotiation
+    (RFC 9110 §12.1) from what the origin already said. The key is the request's secondary
+    key (§4.1) with its Accept-Language line replaced by the response's language, so every
+    other ``Vary`` field must still match.
+    """
+    tag = language.content_language(header_values(response_headers, "content-language"))
+    return _language_key(vary_names, request_headers, tag)
+
+
+def language_selection(vary_names: Sequence[str], request_headers: Headers) -> tuple[str, str] | None:
+    """``(tag, key)``: the language this request prefers over every other
+    (``edge.cache.language.preferred_range``) and the key a variant in that language is kept
+    under (``variant_language_key``), for a request whose own secondary key found nothing;
+    None when the response does not vary on Accept-Language or the request has no single
+    preferred language. The caller checks the variant found still says it is in ``tag``
+    (``stored_language``): a 304 may have changed its Content-Language since."""
+    tag = language.preferred_range(header_values(request_headers, "accept-language"))
+    key = _language_key(vary_names, request_headers, tag)
+    return None if key is None or tag is None else (tag, key)
+
+
+def stored_language(stored_headers: Headers) -> str | None:
+    """The single language tag a stored response is in (RFC 9110 §8.5), lower case, or None."""
+    return language.content_language(header_values(stored_headers, "content-language"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1623,7 +1757,7 @@ def _single_date(values: list[str]) -> float | None:
 
 
 def client_conditional(request_method: str, request_headers: Headers, stored_headers: Headers,
-                       now: float | None = None, stored_status: int = 200) -> int | None:
+                       received: float | None = None, stored_status: int = 200) -> int | None:
     """304, 412 or None (serve normally) for the request's preconditions against a stored
     response, in the order of RFC 9110 §13.2.2.
 
@@ -1638,8 +1772,8 @@ def client_conditional(request_method: str, request_headers: Headers, stored_hea
     continue to step 5; if false, respond 304 (Not Modified)". ``lookup()`` forwards
     requests with If-Match/If-Unmodified-Since (RFC 9111 §4.3.2), so from the cache only
     steps 3 and 4 apply; steps 1 and 2 are kept for completeness.
-    ``now`` (optional) is the time a stored response without Last-Modified or Date is
-    compared with. Only a stored 200 is evaluated: RFC 9111 §4.3.2 "If a cache receives a
+    ``received`` (optional) is when the stored response was received: its modification date
+    when it has neither a valid Last-Modified nor a valid Date. Only a stored 200 is evaluated: RFC 9111 §4.3.2 "If a cache receives a
     request that can be satisfied by reusing a stored 200 (OK) or 206 (Partial Content)
     response ... the cache SHOULD evaluate any applicable conditional header field
     preconditions"; RFC 9110 §13.2.1 "A server MUST ignore all received preconditions if its
@@ -1696,15 +1830,26 @@ def client_conditional(request_method: str, request_headers: Headers, stored_hea
         d = _single_date(ims)
         if d is None:
             return None
-        # RFC 9111 §4.3.2: "If a request contains an If-Modified-Since header field and no
-        # If-None-Match ... the cache SHOULD use the Last-Modified ... or, if not present,
-        # the Date field value (or, if absent, the time it was received)". RFC 9110 §13.1.3:
-        # "If the selected representation's last modification date is earlier or equal to
-        # the date provided in the field value, the condition is false."
+        # RFC 9111 §4.3.2: "If a request contains an If-Modified-Since header field and the
+        # Last-Modified header field is not present in a stored response, a cache SHOULD use
+        # the stored response's Date field value (or, if no Date field is present, the time
+        # that the stored response was received) to evaluate the conditional." RFC 9110
+        # §13.2.2 step 4: "if false, respond 304", and §13.1.3 "the condition is false" when
+        # the "last modification date is earlier or equal to the date provided in the field
+        # value". So a stored response whose Date is later than the client's date is
+        # modified since: a full 200 (the public suite's ``conditional-lm-fresh-no-lm``
+        # expects a 304 there; docs/cache.md "Known differences" says why edge does not).
+        # An invalid Last-Modified or Date counts as absent: the next in that order is used
+        # (RFC 9110 §6.6.1 lets a recipient replace an invalid Date by the receipt time, as
+        # edge's freshness does). Both dates are the origin's clock (§13.1.3 "in terms of
+        # the origin server's clock"), so a Date ahead of edge's own clock is compared as
+        # it is.
         ref = lm
         if ref is None:
             date_raw = header_first(stored_headers, "date")
-            ref = parse_http_date(date_raw) if date_raw is not None else now
+            ref = parse_http_date(date_raw) if date_raw is not None else None
+            if ref is None:
+                ref = received
         if ref is not None and ref <= d:
             return 304
     return None

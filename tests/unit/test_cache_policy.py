@@ -477,8 +477,8 @@ def test_stale_on_error(rcc, dt, status, kw, req, ok, section):
      True, "§4.1 case-normalisation and reordering where order is not significant (RFC 9110 §8.4.1)"),
     (["Accept-Language"], [("Accept-Language", "EN-us, de")], [("Accept-Language", "en-US,de")], True,
      "§4.1 language tags are case-insensitive (RFC 9110 §8.5.1)"),
-    (["Accept-Language"], [("Accept-Language", "en, de")], [("Accept-Language", "de, en")], False,
-     "Accept-Language order kept: origins read it as a preference"),
+    (["Accept-Language"], [("Accept-Language", "en, de")], [("Accept-Language", "de, en")], True,
+     "§4.1 reordering equally weighted languages (RFC 9110 §12.4.2: preference is the weight; edge.cache.language)"),
     (["X-Custom"], [("X-Custom", "A")], [("X-Custom", "a")], False, "§4.1 unknown fields: case kept"),
 ])
 def test_secondary_key(vary, a, b, same, section):
