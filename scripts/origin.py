@@ -84,7 +84,9 @@ Endpoints (any method unless noted; HEAD always gets the headers only)
     ``etag`` (ETag; a matching If-None-Match gets 304), ``lm`` (Last-Modified; an
     If-Modified-Since equal to it gets 304), ``expires``, ``vary``, ``tag`` (Surrogate-Key),
     ``ctag`` (Cache-Tag), ``cookie`` (Set-Cookie), ``status``, ``size``, ``delay`` (seconds before
-    the head), ``location``, ``nolength=1`` (chunked). While ``/cache-fail?status=S`` is set,
+    the head), ``location``, ``nolength=1`` (chunked), ``cc304`` (the Cache-Control of its 304
+    answers instead of ``cc``: a test can make a refreshed object fresh for longer than it
+    waited for the first one to go stale). While ``/cache-fail?status=S`` is set,
     every ``/cache/`` request is counted and answered S (``status=0`` clears it).
 ``/cache-count?path=/cache/NAME``
     JSON ``{"count": requests, "conditional": of which conditional, "methods": [...], "arrivals": [...]}``
@@ -658,11 +660,11 @@ class Connection:
             ("cookie", "Set-Cookie"), ("location", "Location")) if key in args]
         etag = args.get("etag")
         inm = req.get("if-none-match")
-        if etag is not None and inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
-            self.respond(304, headers=headers)
-            return False
         lm = args.get("lm")
-        if lm is not None and inm is None and req.get("if-modified-since") == lm:
+        if (etag is not None and inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")])
+                or lm is not None and inm is None and req.get("if-modified-since") == lm):
+            if "cc304" in args:
+                headers = [(n, v) for n, v in headers if n != "Cache-Control"] + [("Cache-Control", args["cc304"])]
             self.respond(304, headers=headers)
             return False
         status = int(args.get("status", "200"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from edge.launch import start_edge, start_origin
@@ -43,6 +45,22 @@ def simple_config(*origins, **route):
         "upstreams": {"app": {"servers": [f"127.0.0.1:{o.port}" for o in origins]}},
         "routes": [{"match": {"path": "/"}, "upstream": "app", **route}],
     }
+
+
+def store_config(request, backend: str, name: str) -> dict:
+    """A ``store`` section for ``backend`` (local, redis or memcached) with a key prefix of its
+    own, for module fixtures parametrised over the stores. Remote stores get a 1 s call
+    timeout: 512 KiB chunk writes on a machine shared with other test runs must not time out
+    (a store call that does stores nothing, correctly, which would make counts flaky)."""
+    store: dict = {"backend": backend, "key_prefix": f"{name}-{uuid.uuid4().hex[:8]}:"}
+    if backend == "redis":
+        store["url"] = request.getfixturevalue("redis_server").url
+        store["timeout"] = "1s"
+    elif backend == "memcached":
+        server = request.getfixturevalue("memcached_server")
+        store["servers"] = [f"{server.host}:{server.port}"]
+        store["timeout"] = "1s"
+    return store
 
 
 def until(cond, timeout_s: float = 30.0, interval_s: float = 0.1) -> None:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from edge.launch import REPO, free_port, start_edge, start_origin
-from tests.integration.conftest import until
+from tests.integration.conftest import store_config, until
 
 BACKENDS = ["local", "redis", "memcached"]
 
@@ -63,16 +63,7 @@ class Env:
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request, tmp_path_factory):
     backend = request.param
-    store: dict = {"backend": backend, "key_prefix": f"cachetest-{uuid.uuid4().hex[:8]}:"}
-    if backend != "local":
-        # 512 KiB chunk writes on a machine shared with other test runs: a store call that
-        # times out stores nothing (correctly), which would make the counters below flaky
-        store["timeout"] = "1s"
-    if backend == "redis":
-        store["url"] = request.getfixturevalue("redis_server").url
-    elif backend == "memcached":
-        server = request.getfixturevalue("memcached_server")
-        store["servers"] = [f"{server.host}:{server.port}"]
+    store = store_config(request, backend, "cachetest")
     origin = start_origin("c1", log_dir=str(tmp_path_factory.mktemp("origin")))
     down_port = free_port()
     config = {

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import email.utils
-import uuid
 
 import pytest
 
 from edge.launch import start_edge
 from tests.fixtures.scripted_origin import Canned, ScriptedOrigin
-from tests.integration.conftest import until
+from tests.integration.conftest import store_config, until
 from tests.integration.test_cache_conformance import Env, cc, hd
 
 BACKENDS = ["local", "redis", "memcached"]
@@ -30,14 +29,7 @@ BACKENDS = ["local", "redis", "memcached"]
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request, tmp_path_factory):
     backend = request.param
-    store: dict = {"backend": backend, "key_prefix": f"negotiate-{uuid.uuid4().hex[:8]}:"}
-    if backend == "redis":
-        store["url"] = request.getfixturevalue("redis_server").url
-        store["timeout"] = "1s"
-    elif backend == "memcached":
-        server = request.getfixturevalue("memcached_server")
-        store["servers"] = [f"{server.host}:{server.port}"]
-        store["timeout"] = "1s"
+    store = store_config(request, backend, "negotiate")
     origin = ScriptedOrigin()
     config = {
         "upstreams": {

@@ -10,13 +10,12 @@ the default ``local`` store. Every client request opens a new connection (either
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 
 from edge.launch import start_edge
 from tests.fixtures.scripted_origin import Canned, ScriptedOrigin
-from tests.integration.conftest import until
+from tests.integration.conftest import store_config, until
 from tests.integration.test_cache_conformance import Env, cc, parse_cache_status
 
 BACKENDS = ["local", "redis", "memcached"]
@@ -74,12 +73,7 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend_env(request, tmp_path_factory):
     backend = request.param
-    store: dict = {"backend": backend, "key_prefix": f"partial-{uuid.uuid4().hex[:8]}:"}
-    if backend == "redis":
-        store["url"] = request.getfixturevalue("redis_server").url
-    elif backend == "memcached":
-        server = request.getfixturevalue("memcached_server")
-        store["servers"] = [f"{server.host}:{server.port}"]
+    store = store_config(request, backend, "partial")
     origin = ScriptedOrigin()
     edge = start_edge(config(origin, store), workers=2, work_dir=str(tmp_path_factory.mktemp(f"edge-partial-{backend}")))
     yield Env(edge, origin)
