@@ -277,7 +277,7 @@ class Cache:
             if not isinstance(obj, StoredObject):
                 if "accept-language" not in rec.names:
                     return NO_MATCH
-                key, obj = self._by_language(h, rec, req_headers)
+                key, obj = self._by_language(h, rec, req_headers, secondary)
                 if obj is None:
                     return NO_MATCH
             soft = obj.stored_at < rec.purged_at
@@ -292,16 +292,16 @@ class Cache:
             soft = soft or v is purge.SOFT
         return Entry(obj, key, soft)
 
-    def _by_language(self, h: str, rec: VaryIndex, req_headers) -> tuple[str, StoredObject | None]:
+    def _by_language(self, h: str, rec: VaryIndex, req_headers, secondary: str) -> tuple[str, StoredObject | None]:
         """A variant in the one language this request prefers most, when its own secondary key
         found none (``policy.language_selection``; ``edge.cache.language`` says when): one more
         store read, only for responses that vary on Accept-Language. The variant was also
         stored under its language when it was committed (``_put_variant``)."""
-        chosen = policy.language_selection(rec.names, req_headers)
+        chosen = policy.language_selection(rec.names, req_headers, secondary)
         if chosen is None:
             return "", None
-        tag, secondary = chosen
-        key = keys.variant_key(h, rec.generation, secondary)
+        tag, language_key = chosen
+        key = keys.variant_key(h, rec.generation, language_key)
         obj = self._decode(key, self.store.get(key))
         if not isinstance(obj, StoredObject) or policy.stored_language(obj.headers) != tag:
             return "", None
@@ -879,7 +879,7 @@ class Cache:
             names = facts.vary
             secondary = policy.secondary_key(names, req_headers) if names else None
             # also kept under its language, for requests that prefer it but spell Accept-Language otherwise
-            language = (policy.variant_language_key(names, req_headers, stored)
+            language = (policy.variant_language_key(names, req_headers, stored, secondary)
                         if secondary is not None and "accept-language" in names else None)
             ttl = facts.freshness_lifetime - policy.current_age(facts, response_time)
             out_headers = out_headers + [("Cache-Status", policy.cache_status(name=self.name, fwd=fwd, fwd_status=seen,

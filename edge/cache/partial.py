@@ -268,8 +268,7 @@ def combined_headers(stored_headers: Headers, new_headers: Headers, response_tim
     as if it were a complete 200 (OK) response", so no Content-Range remains (the length is
     framing, set by the writer).
     """
-    merged = policy.merge_304(stored_headers, new_headers, response_time)
-    return [(n, v) for n, v in merged if n.lower() != "content-range"]
+    return without_range_fields(policy.merge_304(stored_headers, new_headers, response_time))
 
 
 def without_range_fields(headers: Headers) -> list[tuple[str, str]]:

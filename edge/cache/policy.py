@@ -1521,10 +1521,12 @@ def secondary_key(vary_names: Sequence[str], request_headers: Headers) -> str | 
 _LANGUAGE_LINE = "\x00content-language:"
 
 
-def _language_key(vary_names: Sequence[str], request_headers: Headers, tag: str | None) -> str | None:
+def _language_key(vary_names: Sequence[str], request_headers: Headers, tag: str | None,
+                  key: str | None = None) -> str | None:
     if tag is None:
         return None
-    key = secondary_key(vary_names, request_headers)
+    if key is None:
+        key = secondary_key(vary_names, request_headers)
     if not key:
         return None
     # one line per name, sorted, no raw newline inside a line (_ESCAPES): swap the one line of
@@ -1538,7 +1540,7 @@ def _language_key(vary_names: Sequence[str], request_headers: Headers, tag: str 
 
 
 def variant_language_key(vary_names: Sequence[str], request_headers: Headers,
-                         response_headers: Headers) -> str | None:
+                         response_headers: Headers, secondary: str | None = None) -> str | None:
     """Where a stored variant is also kept for choosing by language (None: it is not).
 
     A response that varies on Accept-Language and says which language it is in (RFC 9110
@@ -1547,21 +1549,23 @@ def variant_language_key(vary_names: Sequence[str], request_headers: Headers,
     Accept-Language differently (``language_selection``): proactive negotiation
     (RFC 9110 §12.1) from what the origin already said. The key is the request's secondary
     key (§4.1) with its Accept-Language line replaced by the response's language, so every
-    other ``Vary`` field must still match.
+    other ``Vary`` field must still match. ``secondary``: that key when the caller has it.
     """
     tag = language.content_language(header_values(response_headers, "content-language"))
-    return _language_key(vary_names, request_headers, tag)
+    return _language_key(vary_names, request_headers, tag, secondary)
 
 
-def language_selection(vary_names: Sequence[str], request_headers: Headers) -> tuple[str, str] | None:
+def language_selection(vary_names: Sequence[str], request_headers: Headers,
+                       secondary: str | None = None) -> tuple[str, str] | None:
     """``(tag, key)``: the language this request prefers over every other
     (``edge.cache.language.preferred_range``) and the key a variant in that language is kept
     under (``variant_language_key``), for a request whose own secondary key found nothing;
     None when the response does not vary on Accept-Language or the request has no single
     preferred language. The caller checks the variant found still says it is in ``tag``
-    (``stored_language``): a 304 may have changed its Content-Language since."""
+    (``stored_language``): a 304 may have changed its Content-Language since. ``secondary``:
+    the request's own secondary key when the caller has it."""
     tag = language.preferred_range(header_values(request_headers, "accept-language"))
-    key = _language_key(vary_names, request_headers, tag)
+    key = _language_key(vary_names, request_headers, tag, secondary)
     return None if key is None or tag is None else (tag, key)
 
 
@@ -1838,7 +1842,7 @@ def client_conditional(request_method: str, request_headers: Headers, stored_hea
         # the "last modification date is earlier or equal to the date provided in the field
         # value". So a stored response whose Date is later than the client's date is
         # modified since: a full 200 (the public suite's ``conditional-lm-fresh-no-lm``
-        # expects a 304 there; docs/cache.md "Known differences" says why edge does not).
+        # expects a 304 there; docs/cache.md, "The client's own conditional requests", says why edge does not).
         # An invalid Last-Modified or Date counts as absent: the next in that order is used
         # (RFC 9110 §6.6.1 lets a recipient replace an invalid Date by the receipt time, as
         # edge's freshness does). Both dates are the origin's clock (§13.1.3 "in terms of
