@@ -29,7 +29,10 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    object (bounded by ``coalesce_wait``), then serve it, or go to the backend themselves
    when the wait ends or the leader's response could not be stored. That last case
    leaves a short hit-for-pass mark so later misses do not queue for nothing (Varnish's
-   lesson: serialising on an uncacheable URL is worse than no coalescing).
+   lesson: serialising on an uncacheable URL is worse than no coalescing). A miss of a
+   varying response (no stored variant matches) asks with an If-None-Match of the stored
+   variants' entity tags (``edge.cache.validators``, noted at each variant's commit): a 304
+   naming one serves and stores that variant for this request too (``_vary_miss``).
 4. **Fill**: the backend's body streams to the client through a tee that keeps a copy up
    to the size cap (``max_object_size``; a larger body stops being copied as soon as it
    passes the cap, or is not copied at all when Content-Length says so). Only when the
@@ -67,7 +70,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from edge.cache import keys, partial, policy, purge, records, variants
+from edge.cache import keys, partial, policy, purge, records, validators, variants
 from edge.cache.keys import KeyRules
 from edge.cache.records import FILLING, PASS, StoredObject, VaryIndex
 from edge.cache.tee import tee
@@ -156,6 +159,7 @@ class Fill:
     lock: str | None = None       # the fill lock token, when this request leads
     replaces: Entry | None = None
     lock_key: str | None = None   # where the lock is: the URL key (a fill marker) or the fill-lock key
+    vary_miss: Any = None         # a _VaryMiss seen while waiting (the URL's index, this request's key)
 
 
 class _NoMatch:
@@ -168,6 +172,18 @@ class _NoMatch:
 # _load: the URL has a record (a Vary index, a hard-banned object) but nothing this request can
 # use: a fill for it locks the URL's fill-lock key, as the record stays in place
 NO_MATCH = _NoMatch()
+
+
+class _VaryMiss(_NoMatch):
+    """``_load``: the URL's response varies and no stored variant matches this request
+    (RFC 9111 §4.1): a ``NO_MATCH`` that knows the index and the request's secondary key,
+    so the miss may ask the origin about the variants that are stored (``Cache._vary_miss``)."""
+
+    __slots__ = ("index", "secondary")
+
+    def __init__(self, index: VaryIndex, secondary: str) -> None:
+        self.index = index
+        self.secondary = secondary
 
 
 class Cache:
@@ -238,8 +254,10 @@ class Cache:
             return proxy.answer(ctx, Response.error(504, "not in cache (only-if-cached)"), chain)
         self.metrics.incr("cache.miss")
         fill = Fill(h, url, now)
-        if found is PASS or self.coalesce_wait_s <= 0:
+        if found is PASS:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
+        if self.coalesce_wait_s <= 0:
+            return self._miss(proxy, ctx, route, rc, chain, body, fill, found)
         return self._coalesce(proxy, ctx, route, rc, chain, body, fill, found)
 
     def _decode(self, key: str, raw: bytes | None):
@@ -276,10 +294,10 @@ class Cache:
             obj = self._decode(key, self.store.get(key))
             if not isinstance(obj, StoredObject):
                 if "accept-language" not in rec.names:
-                    return NO_MATCH
+                    return _VaryMiss(rec, secondary)
                 key, obj = self._by_language(h, rec, req_headers, secondary)
                 if obj is None:
-                    return NO_MATCH
+                    return _VaryMiss(rec, secondary)
             soft = obj.stored_at < rec.purged_at
         else:
             obj = rec
@@ -473,8 +491,15 @@ class Cache:
         """Forward, storing the answer if it may be stored (the miss path)."""
         return proxy.forward(ctx, route, chain, body, tap=self._store_tap(ctx, rc, fill, fwd))
 
+    def _miss(self, proxy, ctx, route, rc, chain, body, fill: Fill, found):
+        """Nothing stored answers this request (``found``: what the lookup saw): to the origin."""
+        if isinstance(found, _VaryMiss):
+            return self._vary_miss(proxy, ctx, route, rc, chain, body, fill, found)
+        return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")
+
     def _coalesce(self, proxy, ctx, route, rc, chain, body, fill: Fill, found):
         """Concurrent misses of one URL: one leader fetches, the others wait for its object."""
+        seen = found
         try:
             found = self._await_fill(ctx, fill, found)
         except StoreUnavailable as e:
@@ -482,7 +507,8 @@ class Cache:
             self.health.failed(e)
             return proxy.forward(ctx, route, chain, body)
         if not isinstance(found, Entry):
-            return self._fetch(proxy, ctx, route, rc, chain, body, fill, "uri-miss")  # leading, or done waiting
+            # leading, or done waiting: the index may have appeared meanwhile (a concurrent first variant)
+            return self._miss(proxy, ctx, route, rc, chain, body, fill, fill.vary_miss or seen)
         now = time.time()
         req_headers = ctx.headers.items()
         if not found.soft and found.obj.status != 206 and not _has_authorization(req_headers):
@@ -493,6 +519,73 @@ class Cache:
                 return self._serve(proxy, ctx, chain, rc, found.obj, now, status, d.age)
         # stored, but not fresh for this request (max-age=0, no-cache, credentials...): the usual way
         return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
+
+    def _vary_miss(self, proxy, ctx, route, rc, chain, body, fill: Fill, miss: _VaryMiss):
+        """No stored variant matches (RFC 9111 §4.1): ask the origin with an If-None-Match of
+        the stored variants' entity tags (``edge.cache.validators``). A 304 names the one it
+        would send: refreshed, served and stored for this request too (``_selected_variant``),
+        without the body crossing again; anything else is handled as any miss. Only for a
+        plain GET (no validators, range or credentials of the client's own, no body to send
+        twice); a 304 naming nothing edge still holds makes it ask again without conditionals."""
+        req_headers = ctx.headers.items()
+        if ctx.method != "GET" or body is not None or not _coalescable(req_headers):
+            return self._fetch(proxy, ctx, route, rc, chain, body, fill, "vary-miss")
+        try:
+            known = validators.decode(self.store.get(keys.validators_key(fill.h, miss.index.generation)))
+        except StoreUnavailable as e:
+            self.health.failed(e)
+            known = ()
+        inm = validators.if_none_match(known)
+        if inm is None:
+            return self._fetch(proxy, ctx, route, rc, chain, body, fill, "vary-miss")
+        try:
+            up = proxy.exchange(ctx, route, chain, body, conditional=[("If-None-Match", inm)])
+            if up.status == 304:
+                _drain(up)
+                served = self._selected_variant(proxy, ctx, chain, rc, fill, miss, known, up)
+                if served is not None:
+                    return served
+                # RFC 9111 §4.3.4: a 304 for nothing stored "MUST NOT" update anything: the full answer
+                up = proxy.exchange(ctx, route, chain, body, conditional=[])
+        except UpstreamError as e:
+            self._release_fill(fill)
+            return proxy.upstream_failed(ctx, chain, e)
+        return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "vary-miss"))
+
+    def _selected_variant(self, proxy, ctx, chain, rc, fill: Fill, miss: _VaryMiss, known, up):
+        """The stored variant the origin's 304 selects (RFC 9111 §4.3.4), refreshed with the
+        304's fields and served; None when none of those listed still holds its validator.
+        Every variant the 304 identifies is refreshed; the first (the most recent) also goes
+        under this request's secondary key, since the origin chose it for this request."""
+        request_time = fill.request_time
+        response_time = time.time()
+        fresh = proxy.response_headers(up)
+        served = None
+        try:
+            bans = self._ban_rules()
+            for k in validators.selected(up.headers, known):
+                obj = self._decode(k.record_key, self.store.get(k.record_key))
+                if (not isinstance(obj, StoredObject) or obj.status != 200 or not policy.validates(up.headers, obj.facts)
+                        or bans and purge.verdict(bans, obj) is purge.HARD):
+                    continue  # expired, replaced or purged since it was listed
+                copy_key = keys.variant_key(fill.h, miss.index.generation, miss.secondary) if served is None else None
+                refreshed = self._refresh(rc, Entry(obj, k.record_key, False), fresh, request_time, response_time,
+                                          copy_key=copy_key, vary=miss.index.names)
+                if served is None:
+                    served = refreshed
+                    if copy_key is not None and refreshed.facts.vary == miss.index.names and refreshed.facts.etag:
+                        self._note_validator(fill.h, miss.index.generation, refreshed.facts.etag, copy_key, time.time())
+        except StoreUnavailable as e:
+            self.health.failed(e)
+        self._release_fill(fill)  # the copy is readable now: waiters find it
+        if served is None:
+            return None
+        self.metrics.incr("cache.revalidated")
+        self.metrics.incr("cache.variant_selected")
+        t = time.time()
+        ttl = served.facts.freshness_lifetime - policy.current_age(served.facts, t)
+        return self._serve(proxy, ctx, chain, rc, served, t,
+                           policy.cache_status(name=self.name, fwd="vary-miss", fwd_status=304, stored=True, ttl=ttl))
 
     def _await_fill(self, ctx, fill: Fill, found) -> Entry | None:
         """Take the fill lock (None: this request leads, ``fill.lock`` set), or wait for the
@@ -522,22 +615,26 @@ class Cache:
                         fill.lock, fill.lock_key = token, url_key
                         return None
                     found = self._load(fill.h, req_headers)  # someone wrote first: what?
+                    if isinstance(found, _VaryMiss):
+                        fill.vary_miss = found
                     if isinstance(found, Entry):
                         return found
                     if found is PASS:
                         return None
-                    if found is NO_MATCH:
+                    if isinstance(found, _NoMatch):
                         marker = False
                         continue
                 elif found is not FILLING:
                     return None  # no fill in progress (not leading) or a pass mark
                 # a fill marker: wait for what replaces it
                 found, sleep_s = self._poll_marker(fill.h, req_headers, deadline, sleep_s)
+                if isinstance(found, _VaryMiss):
+                    fill.vary_miss = found
                 if isinstance(found, Entry):
                     return found
                 if found is PASS:
                     return None
-                if found is NO_MATCH:
+                if isinstance(found, _NoMatch):
                     marker = False  # a variant this request does not match: its own fill
                 # None: the leader gave up: try to lead (FILLING: the wait is over, below)
             else:
@@ -550,6 +647,8 @@ class Cache:
                         if isinstance(found, Entry):
                             store.release_lock(lock_key, token)
                             return found
+                        if isinstance(found, _VaryMiss):
+                            fill.vary_miss = found
                         fill.lock, fill.lock_key = token, lock_key
                         return None
                 elif store.get(lock_key) is None:
@@ -631,8 +730,12 @@ class Cache:
         ttl = obj.facts.freshness_lifetime - policy.current_age(obj.facts, now)
         return policy.cache_status(name=self.name, hit=True, ttl=ttl, detail="stale-if-error" if status else "origin-down")
 
-    def _refresh(self, rc, entry: Entry, fresh_headers, request_time: float, response_time: float) -> StoredObject:
-        """A 304 updates the stored head and freshness (RFC 9111 §3.2, §4.3.4) and keeps the body."""
+    def _refresh(self, rc, entry: Entry, fresh_headers, request_time: float, response_time: float,
+                 copy_key: str | None = None, vary: tuple[str, ...] | None = None) -> StoredObject:
+        """A 304 updates the stored head and freshness (RFC 9111 §3.2, §4.3.4) and keeps the body.
+        ``copy_key``: the refreshed record is also written there (a variant the 304 selected for
+        another request's Vary values, ``_selected_variant``) when its ``Vary`` names are still
+        ``vary``, the index's."""
         obj = entry.obj
         fresh = [(n, v) for n, v in fresh_headers if n.lower() not in _SURROGATE]
         merged = policy.merge_304(list(obj.headers), fresh, response_time)
@@ -646,7 +749,10 @@ class Cache:
                                   expires_at=now + ttl_s)
         if ttl_s > 0:
             try:
-                self.store.set(entry.record_key, new.encode(), ttl_s)
+                record = new.encode()
+                self.store.set(entry.record_key, record, ttl_s)
+                if copy_key is not None and facts.vary == vary:
+                    self.store.set(copy_key, record, ttl_s)
             except StoreUnavailable as e:
                 self.health.failed(e)
         # this client gets the merged fields (RFC 9111 §4.3.4), the store keeps what §3.1 allows
@@ -962,19 +1068,23 @@ class Cache:
             marker = fill.lock is not None and fill.lock_key == url_key
             if p.secondary is None:
                 self.store.set(url_key, record, ttl_s)  # replaces our fill marker, if any: the release
-            elif marker:
-                # the URL key holds our fill marker, so no index: the variant first, then the index
-                # in place of the marker (waiters that see the index find the variant)
-                new = VaryIndex(p.names, self.tokens.next())
-                self._put_variant(h, new.generation, p, record, ttl_s)
-                if not self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s):
-                    # the marker expired and something else is there now: join (or replace) it
-                    generation = self._generation(url_key, p.names)
-                    if generation != new.generation:
-                        self._put_variant(h, generation, p, record, ttl_s)
             else:
-                generation = self._generation(url_key, p.names)
-                self._put_variant(h, generation, p, record, ttl_s)
+                if marker:
+                    # the URL key holds our fill marker, so no index: the variant first, then the index
+                    # in place of the marker (waiters that see the index find the variant)
+                    new = VaryIndex(p.names, self.tokens.next())
+                    generation = new.generation
+                    self._put_variant(h, generation, p, record, ttl_s)
+                    if not self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s):
+                        # the marker expired and something else is there now: join (or replace) it
+                        generation = self._generation(url_key, p.names)
+                        if generation != new.generation:
+                            self._put_variant(h, generation, p, record, ttl_s)
+                else:
+                    generation = self._generation(url_key, p.names)
+                    self._put_variant(h, generation, p, record, ttl_s)
+                if p.status == 200 and p.facts.etag is not None:
+                    self._note_validator(h, generation, p.facts.etag, keys.variant_key(h, generation, p.secondary), now)
             self.metrics.incr("cache.stored")
             if fill.lock is not None:
                 if not marker:
@@ -982,11 +1092,11 @@ class Cache:
                 fill.lock = None
         except StoreUnavailable as e:
             self.health.failed(e)
-            self._release_after_failure(fill)
+            self._release_fill(fill)
         except Exception:  # a bug must not kill the worker's hub; the client already has its answer
             log.exception("storing %s failed", fill.url)
             self.metrics.incr("cache.store_error")
-            self._release_after_failure(fill)
+            self._release_fill(fill)
 
     def _put_variant(self, h: str, generation: str, p: "_Pending", record: bytes, ttl_s: float) -> None:
         """One variant under its secondary key, and a copy under its language key when it has
@@ -999,8 +1109,25 @@ class Cache:
         if p.language is not None:
             self.store.set(keys.variant_key(h, generation, p.language), record, ttl_s)
 
-    def _release_after_failure(self, fill: Fill) -> None:
-        """Let the waiters go to the backend now rather than at the end of their wait."""
+    def _note_validator(self, h: str, generation: str, etag: str, record_key: str, stored_at: float) -> None:
+        """List a stored variant's entity tag for the Vary misses of its URL (``edge.cache.validators``):
+        a compare-and-set, tried a few times; a note lost to concurrent writers costs a later
+        full response, never a wrong one (each use checks the record itself)."""
+        if not validators.listable(etag):
+            return
+        key = keys.validators_key(h, generation)
+        try:
+            for _ in range(3):
+                raw = self.store.get(key)
+                new = validators.noted(validators.decode(raw), etag, record_key, stored_at)
+                if new is None or self.store.cas(key, raw, validators.encode(new), self.max_ttl_s):
+                    return
+        except StoreUnavailable as e:
+            self.health.failed(e)  # the object itself is stored: only the hint is missing
+
+    def _release_fill(self, fill: Fill) -> None:
+        """Give the fill lock back: waiters find what was stored, or go to the backend now
+        rather than at the end of their wait."""
         if fill.lock is None:
             return
         try:

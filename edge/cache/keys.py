@@ -25,6 +25,8 @@ spaces), so the URI is hashed (BLAKE2b, 128 bits) into fixed-width store keys:
                            language key (a copy for choosing by Content-Language, ``policy.variant_language_key``)
 ``c:b:<h>:<ver>:<n>``      body chunk ``n`` of stored version ``ver`` of an object
 ``c:e:<h>:<ver>:<enc>``    an encoded variant (gzip, br, zstd) of body ``ver`` (``edge.cache.variants``; ``:<n>``: its chunks)
+``c:t:<h>:<gen>``          the entity tags of the stored variants of generation ``gen`` and their record keys
+                           (``edge.cache.validators``: the If-None-Match of a Vary miss)
 ``c:l:<h>``                the fill lock: the one request fetching a missing object (coalescing)
 ``c:r:<h>:<vh>``           the background revalidation lock (stale-while-revalidate)
 ``c:bans``                 the ban list (prefix and tag purges, see ``edge.cache.purge``)
@@ -111,6 +113,10 @@ def url_key(h: str) -> str:
 
 def variant_key(h: str, generation: str, secondary: str) -> str:
     return f"c:v:{h}:{generation}:{digest(secondary)}"
+
+
+def validators_key(h: str, generation: str) -> str:
+    return f"c:t:{h}:{generation}"
 
 
 def chunk_key(h: str, version: str, n: int) -> str:

@@ -289,3 +289,73 @@ def test_post_to_another_uri_never_stores_for_the_named_one(env):
     r = env.req(b)
     assert not r.hit and r.body != posted.body and env.count(b) == 2
     assert not env.req(a).hit and env.count(a) == 2   # nor for /a: its Content-Location is not /a
+
+
+# ------------------------------------------------------------------ a Vary miss asks about the stored variants
+
+def XV(value: str) -> list[tuple[str, str]]:
+    return [("X-Variant", value)]
+
+
+def vary_tagged(etag: str, status: int = 200) -> Canned:
+    return Canned(status, [("Cache-Control", "max-age=3600"), ("Vary", "X-Variant"), ("ETag", etag)])
+
+
+def cache_status(r) -> str:
+    return r.h("Cache-Status") or ""
+
+
+@pytest.mark.parametrize("tag", ['"v1"', 'W/"v1"'])
+def test_vary_miss_sends_the_stored_tags_and_a_304_selects_that_variant(env, tag):
+    # RFC 9111 §4.1: "forwarded to the origin server, potentially with preconditions added to
+    # describe what responses the cache has already stored"; §4.3.4: the 304's validator
+    # (strong, or the most recent weak match) identifies the stored response to update
+    p = env.script(env.path("vary-select"), vary_tagged(tag), vary_tagged(tag, status=304))
+    first = env.req(p, XV("one"))
+    env.landed(p, XV("one"))
+    r = env.req(p, XV("two"))
+    assert r.status == 200 and r.body == first.body and r.h("ETag") == tag
+    assert "fwd=vary-miss" in cache_status(r) and "fwd-status=304" in cache_status(r)
+    assert env.seen(p)[1].header("if-none-match") == tag and env.count(p) == 2
+    # the origin chose that representation for this request's Vary values: now stored for them too
+    again = env.req(p, [*XV("two"), ("Cache-Control", "only-if-cached")])
+    assert again.status == 200 and again.hit and again.body == first.body and env.count(p) == 2
+
+
+def test_vary_miss_gets_and_stores_a_new_representation(env):
+    p = env.script(env.path("vary-new"), vary_tagged('"a"'), vary_tagged('"b"'), vary_tagged('"a"', status=304))
+    first = env.req(p, XV("one"))
+    env.landed(p, XV("one"))
+    second = env.req(p, XV("two"))
+    assert second.body != first.body and second.h("ETag") == '"b"' and "fwd=vary-miss" in cache_status(second)
+    assert env.seen(p)[1].header("if-none-match") == '"a"'
+    env.landed(p, XV("two"))
+    assert env.req(p, XV("one")).body == first.body and env.req(p, XV("two")).body == second.body
+    assert env.count(p) == 2
+    # a third set of values: both stored tags are offered, and the 304 picks the first variant
+    third = env.req(p, XV("three"))
+    offered = {t.strip() for t in env.seen(p)[2].header("if-none-match").split(",")}
+    assert offered == {'"a"', '"b"'}
+    assert third.body == first.body and third.h("ETag") == '"a"' and env.count(p) == 3
+
+
+def test_a_304_naming_no_stored_variant_is_asked_again_without_conditionals(env):
+    # RFC 9111 §4.3.4: "If none of the stored responses contain at least one of the same
+    # strong validators, then the cache MUST NOT use the new response to update any stored
+    # responses": the client gets the full answer, fetched without the precondition
+    p = env.script(env.path("vary-stray"), vary_tagged('"a"'), vary_tagged('"zz"', status=304), vary_tagged('"c"'))
+    first = env.req(p, XV("one"))
+    env.landed(p, XV("one"))
+    r = env.req(p, XV("two"))
+    assert r.status == 200 and r.h("ETag") == '"c"' and r.body != first.body
+    seen = env.seen(p)
+    assert len(seen) == 3 and seen[1].header("if-none-match") == '"a"' and seen[2].header("if-none-match") is None
+
+
+def test_vary_miss_keeps_the_clients_own_conditional(env):
+    # the client's own If-None-Match goes to the origin as sent: a 304 then answers the client
+    p = env.script(env.path("vary-client-inm"), vary_tagged('"a"'), vary_tagged('"b"'))
+    env.req(p, XV("one"))
+    env.landed(p, XV("one"))
+    r = env.req(p, [*XV("two"), ("If-None-Match", '"mine"')])
+    assert r.status == 200 and env.seen(p)[1].header("if-none-match") == '"mine"'
