@@ -1112,6 +1112,10 @@ class RouteCacheConfig(Model):
         "or answers 5xx; default: `cache.serve_stale_on_error`",
     )
     set_cookie: Literal["refuse", "strip", "store"] | None = Field(None, description="responses with Set-Cookie; default: `cache.set_cookie`")
+    reuse_post_responses: bool | None = Field(
+        None, description="store a POST's answer as its target's GET response when RFC 9110 §9.3.3 allows; default: "
+        "`cache.reuse_post_responses`",
+    )
 
     @field_validator("ignore_params")
     @classmethod
@@ -1170,6 +1174,11 @@ class CacheConfig(Model):
         "refuse", description="a response with Set-Cookie: `refuse` to store it; `strip`: store it without its "
         "Set-Cookie fields (the client that caused the fetch still gets them); `store`: store it as it is, as RFC 9111 "
         "allows (Set-Cookie does not inhibit caching): every client then gets that cookie",
+    )
+    reuse_post_responses: bool = Field(
+        True, description="store a POST's answer as the GET response of its target when RFC 9110 §9.3.3 allows it "
+        "(explicit freshness and a Content-Location naming the target URI), so a later GET or HEAD is a hit; off: POST "
+        "answers are never stored, as in nginx and Varnish (a POST still invalidates its target, RFC 9111 §4.4)",
     )
     strip_surrogate_headers: bool = Field(
         True, description="remove `Surrogate-Key` and `Cache-Tag` (the purge tags) from responses before they reach clients",

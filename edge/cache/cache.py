@@ -138,6 +138,7 @@ class RouteCache:
     settings: Any                 # policy.PolicySettings
     max_object_size: int
     strip_fields: frozenset[str]  # targeted fields that mean nothing past edge (RFC 9213), lower case
+    reuse_post: bool = True       # a POST's answer may become its target's GET response (RFC 9110 §9.3.3)
 
 
 @dataclass(slots=True)
@@ -225,8 +226,10 @@ class Cache:
             return self._read(proxy, ctx, route, rc, chain, body)
         if method in _SAFE:
             return proxy.forward(ctx, route, chain, body)
-        if method == "POST":
+        if method == "POST" and rc.reuse_post:
             return proxy.forward(ctx, route, chain, body, tap=self._post_tap(ctx, rc))
+        # any other unsafe method, or a POST on a route that never stores POST answers
+        # (``reuse_post_responses`` off): it only invalidates (RFC 9111 §4.4)
         return proxy.forward(ctx, route, chain, body, tap=self._invalidation_tap(ctx, rc))
 
     # ------------------------------------------------------------------ lookup
@@ -1378,6 +1381,7 @@ def route_cache(cc, rcc) -> RouteCache:
         settings=settings,
         max_object_size=rcc.max_object_size or cc.max_object_size,
         strip_fields=frozenset(policy.downstream_strip(settings)),
+        reuse_post=rcc.reuse_post_responses if rcc.reuse_post_responses is not None else cc.reuse_post_responses,
     )
 
 

@@ -894,6 +894,12 @@ def _storable(method: str, status: int, request_headers: Headers, fields: dict[s
     # §3: "the response status code is final"
     if status < 200:
         return StoreVerdict(False, "status")
+    # RFC 9110 §15: "Values outside the range 100..599 are invalid ... A client that
+    # receives a response with an invalid status code SHOULD process the response as if it
+    # had a 5xx (Server Error) status code": an error answer is no representation to reuse,
+    # so it is never stored, whatever its freshness (stale_on_error treats it as a 5xx).
+    if status >= 600:
+        return StoreVerdict(False, "status")
     # §3: "if the response status code is 206 or 304, or the must-understand cache directive
     # (see Section 5.2.2.3) is present: the cache understands the response status code".
     # §3.3: "a 206 (Partial Content) response MAY be stored as if it were an incomplete 200
@@ -1425,7 +1431,9 @@ def stale_on_error(facts: StoredFacts, now: float, settings: PolicySettings = DE
     window applies to any 5xx: RFC 9111 §4.3.3 "if a cache receives a 5xx (Server Error)
     response while attempting to validate a response, it can either forward this response
     to the requesting client or act as if the server failed to respond. In the latter case,
-    the cache can send a previously stored response, subject to its constraints".
+    the cache can send a previously stored response, subject to its constraints". An
+    invalid status (600 and above) counts as a 5xx here (RFC 9110 §15: "SHOULD process the
+    response as if it had a 5xx (Server Error) status code"), as the ``< 500`` test gives.
     """
     if status_or_none is not None and status_or_none < 500:
         return False

@@ -24,6 +24,7 @@ from tests.integration.conftest import store_config, until
 from tests.integration.test_cache_conformance import Env, cc, hd
 
 BACKENDS = ["local", "redis", "memcached"]
+NO_POST_REUSE = "/c/no-post-reuse/"   # the prefix of the route with reuse_post_responses off
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -39,7 +40,12 @@ def env(request, tmp_path_factory):
                 "health": {"passive": {"consecutive_failures": 0}},
             },
         },
-        "routes": [{"name": "site", "match": {"path": "/"}, "upstream": "origin"}],
+        "routes": [
+            {"name": "site", "match": {"path": "/"}, "upstream": "origin"},
+            # the same, but POST answers are never stored (test_post_reuse_switched_off_per_route_...)
+            {"name": "no-post-reuse", "match": {"path": NO_POST_REUSE}, "upstream": "origin",
+             "cache": {"reuse_post_responses": False}},
+        ],
         "store": store,
         "cache": {"enabled": True, "set_cookie": "store"},   # conf/examples/cache.yaml
     }
@@ -359,3 +365,21 @@ def test_vary_miss_keeps_the_clients_own_conditional(env):
     env.landed(p, XV("one"))
     r = env.req(p, [*XV("two"), ("If-None-Match", '"mine"')])
     assert r.status == 200 and env.seen(p)[1].header("if-none-match") == '"mine"'
+
+
+def test_post_reuse_switched_off_per_route_still_invalidates(env):
+    # routes[].cache.reuse_post_responses: false (as nginx and Varnish): the POST invalidates
+    # the stored GET (RFC 9111 §4.4 holds whatever the switch) but its answer, reusable by
+    # RFC 9110 §9.3.3, is not stored: the GET after it goes to the origin. The default (on)
+    # is the tests above, on the route beside this one.
+    p = env.path("no-post-reuse/off")
+    assert p.startswith(NO_POST_REUSE)
+    env.script(p, cc("max-age=3600"), post_answer(p), cc("max-age=3600"))
+    old = env.req(p)
+    env.landed(p)
+    assert env.req(p).hit and env.count(p) == 1
+    posted = env.req(p, method="POST", body=b"x")
+    assert posted.status == 200 and "stored" not in (posted.h("Cache-Status") or "")
+    r = env.req(p)
+    assert not r.hit and r.body not in (old.body, posted.body) and env.count(p) == 3
+    assert [s.method for s in env.seen(p)] == ["GET", "POST", "GET"]

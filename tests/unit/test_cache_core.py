@@ -185,6 +185,22 @@ def test_route_settings_merge_over_the_cache_section():
     assert rc.strip_fields == frozenset({"edge-cache-control"})
 
 
+@pytest.mark.parametrize("section,route,expected", [
+    ({}, {}, True),                                             # RFC 9110 §9.3.3 by default
+    ({"reuse_post_responses": False}, {}, False),               # the section's value
+    ({"reuse_post_responses": False}, {"reuse_post_responses": True}, True),
+    ({}, {"reuse_post_responses": False}, False),               # the route's own, also when false
+])
+def test_post_reuse_per_route_over_the_cache_section(section, route, expected):
+    cfg = parse_config({
+        "upstreams": {"a": {"servers": ["127.0.0.1:1"]}},
+        "routes": [{"upstream": "a", "cache": route}],
+        "cache": {"enabled": True, **section},
+    })
+    assert cfg.cache.reuse_post_responses is section.get("reuse_post_responses", True)
+    assert route_cache(cfg.cache, cfg.routes[0].cache).reuse_post is expected
+
+
 def test_flat_registered_facts_are_one_tuple_in_the_record():
     obj = _obj()
     t = marshal.loads(obj.encode())
