@@ -534,10 +534,11 @@ class Cache:
         if ctx.method != "GET" or body is not None or not _coalescable(req_headers):
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "vary-miss")
         try:
-            known = validators.decode(self.store.get(keys.validators_key(fill.h, miss.index.generation)))
+            listed = validators.decode(self.store.get(keys.validators_key(fill.h, miss.index.generation)))
         except StoreUnavailable as e:
             self.health.failed(e)
-            known = ()
+            listed = ()
+        known = validators.combined(miss.index.tags, listed)
         inm = validators.if_none_match(known)
         if inm is None:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "vary-miss")
@@ -575,9 +576,7 @@ class Cache:
                 refreshed = self._refresh(rc, Entry(obj, k.record_key, False), fresh, request_time, response_time,
                                           copy_key=copy_key, vary=miss.index.names)
                 if served is None:
-                    served = refreshed
-                    if copy_key is not None and refreshed.facts.vary == miss.index.names and refreshed.facts.etag:
-                        self._note_validator(fill.h, miss.index.generation, refreshed.facts.etag, copy_key, time.time())
+                    served = refreshed  # the copy needs no note: its tag is listed already
         except StoreUnavailable as e:
             self.health.failed(e)
         self._release_fill(fill)  # the copy is readable now: waiters find it
@@ -1072,13 +1071,18 @@ class Cache:
             if p.secondary is None:
                 self.store.set(url_key, record, ttl_s)  # replaces our fill marker, if any: the release
             else:
+                etag = p.facts.etag if p.status == 200 and validators.listable(p.facts.etag) else None
+                noted = False
                 if marker:
                     # the URL key holds our fill marker, so no index: the variant first, then the index
-                    # in place of the marker (waiters that see the index find the variant)
-                    new = VaryIndex(p.names, self.tokens.next())
-                    generation = new.generation
+                    # in place of the marker (waiters that see the index find the variant); the index
+                    # carries the variant's entity tag (edge.cache.validators)
+                    generation = self.tokens.next()
+                    tags = ((etag, keys.variant_key(h, generation, p.secondary), now),) if etag is not None else ()
+                    new = VaryIndex(p.names, generation, 0.0, tags)
                     self._put_variant(h, generation, p, record, ttl_s)
-                    if not self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s):
+                    noted = self.store.cas(url_key, fill.lock.encode(), new.encode(), self.max_ttl_s)
+                    if not noted:
                         # the marker expired and something else is there now: join (or replace) it
                         generation = self._generation(url_key, p.names)
                         if generation != new.generation:
@@ -1086,8 +1090,8 @@ class Cache:
                 else:
                     generation = self._generation(url_key, p.names)
                     self._put_variant(h, generation, p, record, ttl_s)
-                if p.status == 200 and p.facts.etag is not None:
-                    self._note_validator(h, generation, p.facts.etag, keys.variant_key(h, generation, p.secondary), now)
+                if etag is not None and not noted:
+                    self._note_validator(h, generation, etag, keys.variant_key(h, generation, p.secondary), now)
             self.metrics.incr("cache.stored")
             if fill.lock is not None:
                 if not marker:

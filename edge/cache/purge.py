@@ -27,6 +27,8 @@ leaves an object that no purge reaches; a ban rule costs nothing until someone p
 
 from __future__ import annotations
 
+import dataclasses
+
 import marshal
 from dataclasses import dataclass
 from typing import Iterable
@@ -125,7 +127,7 @@ def purge_url(store, url: str, soft: bool, now: float, index_ttl_s: float, attem
             new = rec.encode()
             ttl_s = rec.expires_at - now
         elif isinstance(rec, VaryIndex):
-            new = VaryIndex(rec.names, rec.generation, now).encode()
+            new = dataclasses.replace(rec, purged_at=now).encode()  # its variants and their tags stay
             ttl_s = index_ttl_s
         else:
             return False

@@ -10,7 +10,8 @@ Three kinds of record live under a URL key (``edge.cache.keys``), told apart by 
   surrogate keys (for purges), and the body: inline in the same record when it is small
   (one store round trip per hit), else the version token and count of its chunks;
 - ``VaryIndex`` (``"v"``): the URL's response varies (RFC 9111 §4.1): the ``Vary`` names,
-  the generation under which its variants are stored, and the time of the last soft purge;
+  the generation under which its variants are stored, the time of the last soft purge,
+  and the entity tag of the variant it was created with (``edge.cache.validators``);
 - ``PASS`` (``"p"``): hit-for-pass, a short-lived mark that the last response for this URL
   could not be stored, so concurrent misses do not queue behind one another for nothing;
 - ``FILLING``: the fill marker, a lock token (``Tokens.fill()``, not marshal: the stores'
@@ -130,8 +131,13 @@ class VaryIndex:
     names: tuple[str, ...]    # lower-cased Vary field names ("*" included if present)
     generation: str
     purged_at: float = 0.0    # soft purge: variants stored before this are stale
+    # (entity tag, record key, stored at) of the variant the index was created with
+    # (edge.cache.validators: written with the index, so a first variant costs no extra write)
+    tags: tuple[tuple[str, str, float], ...] = ()
 
     def encode(self) -> bytes:
+        if self.tags:  # a sixth member: versions before it read the first five and ignore it
+            return marshal.dumps((FORMAT, "v", self.names, self.generation, self.purged_at, self.tags))
         return marshal.dumps((FORMAT, "v", self.names, self.generation, self.purged_at))
 
 
@@ -196,7 +202,7 @@ def decode(raw: bytes | None) -> StoredObject | VaryIndex | _Pass | _Filling | N
         if kind == "o":
             return StoredObject(t[2], t[3], t[4], _rebuild(t[5]), *t[6:15])
         if kind == "v":
-            return VaryIndex(t[2], t[3], t[4])
+            return VaryIndex(t[2], t[3], t[4], *t[5:6])
         if kind == "p":
             return PASS
     except (ValueError, EOFError, TypeError, KeyError, IndexError):

@@ -11,9 +11,12 @@ says which stored responses a 304 then refreshes: the ones with its strong valid
 the most recent one with its weak validator.
 
 So for every URL whose response varies, the cache keeps a short list (``Known``) of the
-entity tags of its stored variants and the record key each lives under, in a store key
-of its own beside the variants (``edge.cache.keys.validators_key``, under the Vary index's
-generation, so a URL purge or a new generation drops it with the variants). A request whose
+entity tags of its stored variants and the record key each lives under: the variant a Vary
+index is created with is noted in the index itself (``records.VaryIndex.tags``, written
+anyway, so the first miss of a URL costs no extra write), later ones in a store key of
+their own beside the variants (``edge.cache.keys.validators_key``, under the index's
+generation, so a URL purge or a new generation drops it with the variants); ``combined``
+joins the two. A request whose
 own variant is missing then goes to the origin with ``If-None-Match`` listing them
 (``if_none_match``). When the origin answers 304 with one of them (``selected``), the
 representation it chose for this request is one edge already holds: that variant is
@@ -93,6 +96,18 @@ def noted(known: Sequence[Known], etag: str, record_key: str, stored_at: float) 
     kept = [k for k in known if k.record_key != record_key]
     kept.append(Known(etag, record_key, stored_at))
     return tuple(kept[-MAX_KNOWN:])
+
+
+def combined(index_tags: Iterable[tuple[str, str, float]], listed: Sequence[Known]) -> tuple[Known, ...]:
+    """The tags written with the Vary index (its first variant) and those listed since, one per
+    record key (the most recently stored wins: a record replaced since holds the newer tag),
+    oldest first."""
+    latest: dict[str, Known] = {}
+    for k in (*(Known(e, key, at) for e, key, at in index_tags), *listed):
+        seen = latest.get(k.record_key)
+        if seen is None or k.stored_at >= seen.stored_at:
+            latest[k.record_key] = k
+    return tuple(sorted(latest.values(), key=lambda k: k.stored_at))
 
 
 def if_none_match(known: Sequence[Known]) -> str | None:

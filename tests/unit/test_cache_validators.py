@@ -98,3 +98,27 @@ def test_encode_decode_round_trip(entries):
     assert v.decode(v.encode(known)) == known
     assert len(known) <= v.MAX_KNOWN
     assert len({k.record_key for k in known}) == len(known)   # one tag per record
+
+
+def test_combined_joins_the_index_tag_and_the_list_one_per_record():
+    index_tags = (('"a"', "k1", 1.0),)
+    listed = (K('"b"', "k2", 2.0), K('"c"', "k1", 3.0))   # k1 was replaced by another representation since
+    assert v.combined(index_tags, listed) == (K('"b"', "k2", 2.0), K('"c"', "k1", 3.0))
+    assert v.combined(index_tags, ()) == (K('"a"', "k1", 1.0),)
+    assert v.combined((), ()) == ()
+    # an older note of a record does not hide the newer one in the index
+    assert v.combined((('"n"', "k1", 5.0),), (K('"o"', "k1", 4.0),)) == (K('"n"', "k1", 5.0),)
+
+
+def test_vary_index_carries_its_first_tag_and_reads_records_without_one():
+    import marshal
+
+    from edge.cache import records
+
+    idx = records.VaryIndex(("accept-encoding",), "g1", 0.0, (('"a"', "c:v:x", 1.5),))
+    assert records.decode(idx.encode()) == idx
+    plain = records.VaryIndex(("accept-encoding",), "g1")
+    assert records.decode(plain.encode()) == plain
+    # a record of the version before tags (five members) still decodes
+    old = marshal.dumps((records.FORMAT, "v", ("accept-encoding",), "g1", 2.0))
+    assert records.decode(old) == records.VaryIndex(("accept-encoding",), "g1", 2.0)
