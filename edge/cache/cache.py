@@ -47,9 +47,10 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
 5. **Partial content** (RFC 9111 §3.3, §3.4): a single-range 206 is stored like any
    response, with its status, so ``_decide`` hands every stored 206 to ``_partial``
    (``edge.cache.partial`` decides): a range it holds is served, a range past the complete
-   length is a 416, and other requests complete it (``_complete``: the missing bytes with
-   If-Range, the stored and new bytes streamed as one response through the fill's tee) or
-   go to the origin as sent. A stored partial never answers as a complete response.
+   length is a 416 (a stale partial is revalidated first, ``_revalidate_partial``), and
+   other requests complete it (``_complete``: the missing bytes with If-Range, the stored
+   and new bytes streamed as one response through the fill's tee) or go to the origin as
+   sent. A stored partial never answers as a complete response.
 6. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
    URL records of the targets ``policy.invalidation_targets`` names. A POST's answer is
    then stored as its target's GET response when RFC 9110 §9.3.3 allows (``_post_tap``).
@@ -104,6 +105,7 @@ _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # the client's validators and ranges: a request carrying them is answered, not coalesced
 _CONDITIONAL = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range")
 _SURROGATE = frozenset({"surrogate-key", "cache-tag"})
+_RANGE_FIELDS = frozenset({"range", "if-range"})
 # never stored with an object: recomputed per answer (Age, Cache-Status of this cache)
 _NOT_STORED = frozenset({"age"})
 # RFC 9110 §15.4.5: a 304 carries what a 200 would, except the content's own fields
@@ -856,6 +858,9 @@ class Cache:
         if kind is policy.OnlyIfCachedMiss or only_if_cached:
             # RFC 9111 §5.2.1.7: a partial that does not hold the answer is no stored response for it
             return proxy.answer(ctx, Response.error(504, "stored response is partial (only-if-cached)"), chain)
+        if (kind is policy.Revalidate and (type(p) is partial.Serve or type(p) is partial.Unsatisfiable
+                                           or type(p) is partial.Whole) and not _has_conditional(req_headers)):
+            return self._revalidate_partial(proxy, ctx, route, rc, chain, body, url, h, entry, span, p, d, now)
         self.metrics.incr("cache.miss")
         fill = Fill(h, url, now, replaces=entry)
         if type(p) is partial.Complete:
@@ -863,6 +868,46 @@ class Cache:
             return self._complete(proxy, ctx, route, rc, chain, body, fill, span, p)
         # RFC 9211 §2.2 "partial: The cache stored a partial response, but it was not sufficient"
         return self._fetch(proxy, ctx, route, rc, chain, body, fill, "partial")
+
+    def _revalidate_partial(self, proxy, ctx, route, rc, chain, body, url, h, entry: Entry, span: partial.Span, p,
+                            d: policy.Revalidate, now: float):
+        """A stale partial that holds the range asked for (RFC 9111 §4.3): the request goes with
+        the stored validators added to the client's Range (and If-Range). RFC 9110 §13.2.2
+        evaluates If-None-Match first, so an unchanged representation comes back as a 304,
+        which refreshes the stored head (§4.3.4) and the range is served from the stored
+        bytes; a changed one comes back as the range (or the whole) and replaces the partial.
+        Only for clients without validators of their own (theirs could be what a 304 answers)."""
+        obj = entry.obj
+        range_fields = [(n, v) for n, v in ctx.headers.items() if n.lower() in _RANGE_FIELDS]
+        fill = Fill(h, url, now, replaces=entry)
+        try:
+            up = proxy.exchange(ctx, route, chain, body, conditional=[*d.headers, *range_fields])
+            if up.status == 304 and not policy.validates(up.headers, obj.facts):
+                _drain(up)  # §4.3.4: a 304 for another validator updates nothing: ask as the client did
+                up = proxy.exchange(ctx, route, chain, body, conditional=range_fields)
+        except UpstreamError as e:
+            t = time.time()
+            if policy.stale_on_error(obj.facts, t, rc.settings, None, ctx.headers.items()):
+                self.metrics.incr("cache.stale_on_error")
+                return self._serve_part(proxy, ctx, chain, rc, obj, span, p, policy.current_age(obj.facts, t),
+                                        self._stale_status(obj, t, None))
+            return proxy.upstream_failed(ctx, chain, e)
+        if up.status == 304:
+            _drain(up)
+            refreshed = self._refresh(rc, entry, proxy.response_headers(up), now, time.time())
+            self.metrics.incr("cache.revalidated")
+            t = time.time()
+            ttl = refreshed.facts.freshness_lifetime - policy.current_age(refreshed.facts, t)
+            return self._serve_part(proxy, ctx, chain, rc, refreshed, span, p, policy.current_age(refreshed.facts, t),
+                                    policy.cache_status(name=self.name, fwd="stale", fwd_status=304, ttl=ttl))
+        t = time.time()
+        if up.status >= 500 and policy.stale_on_error(obj.facts, t, rc.settings, up.status, ctx.headers.items()):
+            up.close()
+            self.metrics.incr("cache.stale_on_error")
+            return self._serve_part(proxy, ctx, chain, rc, obj, span, p, policy.current_age(obj.facts, t),
+                                    self._stale_status(obj, t, up.status))
+        self.metrics.incr("cache.miss")
+        return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "stale"))
 
     def _serve_part(self, proxy, ctx, chain, rc: RouteCache, obj: StoredObject, span: partial.Span, p, age: float,
                     status_value: str):

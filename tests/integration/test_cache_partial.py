@@ -339,3 +339,62 @@ def test_store_down_passes_partial_requests_through(make_redis_server, edge_fact
         assert r.status == 200 and r.body == TEN and env.seen(p)[-1].header("range") is None and env.count(p) == 4
     finally:
         origin.stop()
+
+
+# ------------------------------------------------------------------------------ a stale partial (RFC 9111 §4.3)
+
+def stale_part(first: int, last: int, etag: str = '"v1"') -> Canned:
+    """A 206 that is stale at once (max-age=0) but has a validator: stored, then revalidated."""
+    return Canned(206, [("Cache-Control", "max-age=0"), ("Content-Range", f"bytes {first}-{last}/10"), ("ETag", etag)],
+                  TEN[first:last + 1])
+
+
+def stored_stale(env: Env, path: str, rng: str) -> None:
+    """Wait until the stale partial is in the store (a client that accepts stale, only-if-cached)."""
+    until(lambda: env.req(path, [("Range", rng), ("Cache-Control", "max-stale=3600, only-if-cached")]).status == 206,
+          timeout_s=10)
+
+
+def test_a_stale_partial_is_revalidated_and_its_range_served(env):
+    # RFC 9111 §4.3.1: the stored validator goes with the client's Range; RFC 9110 §13.2.2
+    # evaluates If-None-Match first, so the unchanged representation comes back as a 304
+    # (§4.3.4 refreshes the stored head) and the range comes from the stored bytes
+    p = env.script(env.path("stale-304"), stale_part(0, 4), Canned(304, [("ETag", '"v1"'), ("Cache-Control", "max-age=3600")]))
+    assert env.req(p, [("Range", "bytes=0-4")]).body == b"01234"
+    stored_stale(env, p, "bytes=0-4")
+    r = env.req(p, [("Range", "bytes=1-3")])
+    assert (r.status, r.body, r.h("Content-Range")) == (206, b"123", "bytes 1-3/10")
+    s = status_of(r)
+    assert s["fwd"] == "stale" and s["fwd-status"] == "304"
+    asked = env.seen(p)[-1]
+    assert asked.header("if-none-match") == '"v1"' and asked.header("range") == "bytes=1-3" and env.count(p) == 2
+    # fresh for an hour now (the 304's max-age): answered from the store
+    r = env.req(p, [("Range", "bytes=2-4")])
+    assert r.status == 206 and r.body == b"234" and r.hit and env.count(p) == 2
+
+
+def test_a_stale_partial_of_a_changed_representation_is_replaced(env):
+    new = b"abcdefghij"
+    p = env.script(env.path("stale-changed"), stale_part(0, 4),
+                   Canned(206, [("Cache-Control", "max-age=3600"), ("Content-Range", "bytes 1-3/10"), ("ETag", '"v2"')],
+                          new[1:4]))
+    env.req(p, [("Range", "bytes=0-4")])
+    stored_stale(env, p, "bytes=0-4")
+    r = env.req(p, [("Range", "bytes=1-3")])
+    assert r.status == 206 and r.body == b"bcd" and r.h("ETag") == '"v2"'
+    assert status_of(r)["fwd"] == "stale" and env.seen(p)[-1].header("if-none-match") == '"v1"'
+    stored(env, p, "bytes=1-3")        # the origin's new part replaced the old one
+    r = env.req(p, [("Range", "bytes=2-3")])
+    assert r.body == b"cd" and r.hit and env.count(p) == 2
+
+
+def test_a_304_for_another_validator_leaves_the_stale_partial_and_asks_again(env):
+    # RFC 9111 §4.3.4: "the cache MUST NOT use the new response to update any stored responses"
+    p = env.script(env.path("stale-stray"), stale_part(0, 4), Canned(304, [("ETag", '"zz"')]),
+                   Canned(206, [("Content-Range", "bytes 1-3/10"), ("ETag", '"v1"')], TEN[1:4]))
+    env.req(p, [("Range", "bytes=0-4")])
+    stored_stale(env, p, "bytes=0-4")
+    r = env.req(p, [("Range", "bytes=1-3")])
+    assert r.status == 206 and r.body == b"123"
+    seen = env.seen(p)
+    assert len(seen) == 3 and seen[2].header("if-none-match") is None and seen[2].header("range") == "bytes=1-3"
