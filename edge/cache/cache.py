@@ -698,13 +698,8 @@ class Cache:
             except UpstreamError as e:
                 return proxy.upstream_failed(ctx, chain, e)
         if up.status == 304:
-            _drain(up)
-            refreshed = self._refresh(rc, entry, proxy.response_headers(up), now, time.time())
-            self.metrics.incr("cache.revalidated")
-            t = time.time()
-            ttl = refreshed.facts.freshness_lifetime - policy.current_age(refreshed.facts, t)
-            return self._serve(proxy, ctx, chain, rc, refreshed, t,
-                               policy.cache_status(name=self.name, fwd="stale", fwd_status=304, ttl=ttl))
+            refreshed, t, status_value = self._revalidated(proxy, rc, entry, up, now)
+            return self._serve(proxy, ctx, chain, rc, refreshed, t, status_value)
         t = time.time()
         if up.status >= 500 and policy.stale_on_error(obj.facts, t, rc.settings, up.status, ctx.headers.items()):
             up.close()
@@ -714,6 +709,16 @@ class Cache:
             self._head_answered(rc, entry, proxy.response_headers(up), now, t)
         self.metrics.incr("cache.miss")
         return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "stale"))
+
+    def _revalidated(self, proxy, rc, entry: Entry, up, request_time: float) -> tuple[StoredObject, float, str]:
+        """A 304 that validates the stored response (RFC 9111 §4.3.4): the refreshed object,
+        the time and the Cache-Status of serving it."""
+        _drain(up)
+        refreshed = self._refresh(rc, entry, proxy.response_headers(up), request_time, time.time())
+        self.metrics.incr("cache.revalidated")
+        t = time.time()
+        ttl = refreshed.facts.freshness_lifetime - policy.current_age(refreshed.facts, t)
+        return refreshed, t, policy.cache_status(name=self.name, fwd="stale", fwd_status=304, ttl=ttl)
 
     def _head_answered(self, rc, entry: Entry, head_headers, request_time: float, response_time: float) -> None:
         """RFC 9111 §4.3.5: a 200 answer to a HEAD updates the stored GET response when their
@@ -893,13 +898,9 @@ class Cache:
                                         self._stale_status(obj, t, None))
             return proxy.upstream_failed(ctx, chain, e)
         if up.status == 304:
-            _drain(up)
-            refreshed = self._refresh(rc, entry, proxy.response_headers(up), now, time.time())
-            self.metrics.incr("cache.revalidated")
-            t = time.time()
-            ttl = refreshed.facts.freshness_lifetime - policy.current_age(refreshed.facts, t)
+            refreshed, t, status_value = self._revalidated(proxy, rc, entry, up, now)
             return self._serve_part(proxy, ctx, chain, rc, refreshed, span, p, policy.current_age(refreshed.facts, t),
-                                    policy.cache_status(name=self.name, fwd="stale", fwd_status=304, ttl=ttl))
+                                    status_value)
         t = time.time()
         if up.status >= 500 and policy.stale_on_error(obj.facts, t, rc.settings, up.status, ctx.headers.items()):
             up.close()
