@@ -581,9 +581,9 @@ class Cache:
                     served = refreshed  # the copy needs no note: its tag is listed already
         except StoreUnavailable as e:
             self.health.failed(e)
-        self._release_fill(fill)  # the copy is readable now: waiters find it
         if served is None:
-            return None
+            return None  # the fill goes on (the full answer): its commit releases the lock
+        self._release_fill(fill)  # the copy is readable now: waiters find it
         self.metrics.incr("cache.revalidated")
         self.metrics.incr("cache.variant_selected")
         t = time.time()
