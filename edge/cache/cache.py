@@ -493,8 +493,19 @@ class Cache:
     # ------------------------------------------------------------------ going to the backend
 
     def _fetch(self, proxy, ctx, route, rc, chain, body, fill: Fill, fwd: str):
-        """Forward, storing the answer if it may be stored (the miss path)."""
-        return proxy.forward(ctx, route, chain, body, tap=self._store_tap(ctx, rc, fill, fwd))
+        """Forward, storing the answer if it may be stored (the miss path). When no answer
+        comes (the backend down, a timeout), the fill lock goes at once: requests waiting
+        for this fill try the backend now (one of them leading again) instead of waiting out
+        ``coalesce_wait`` behind a request that has already ended."""
+        try:
+            up = proxy.exchange(ctx, route, chain, body)
+        except UpstreamError as e:
+            self._release_fill(fill)
+            return proxy.upstream_failed(ctx, chain, e)
+        except Exception:
+            self._release_fill(fill)
+            raise
+        return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, fwd))
 
     def _miss(self, proxy, ctx, route, rc, chain, body, fill: Fill, found):
         """Nothing stored answers this request (``found``: what the lookup saw): to the origin."""

@@ -276,6 +276,19 @@ def test_concurrent_misses_of_two_variants_are_two_fetches(env):
     assert env.count(p)["count"] == 2
 
 
+def test_a_fill_that_got_no_answer_does_not_hold_back_other_requests(env):
+    # the backend is down: each miss gets its 502 at once. Before, the failed leader's fill
+    # marker stayed until its TTL, so every request for the URL in the next coalesce_wait
+    # (10 s here) waited all of it before trying the backend itself
+    p = env.path("down-fill")
+    assert env.get(p, host="down.test").status_code == 502
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: env.get(p, host="down.test"), range(8)))
+    assert all(a.status_code == 502 for a in answers)
+    assert time.monotonic() - started < 10.0   # the configured coalesce_wait: nobody waited it out
+
+
 def test_uncacheable_misses_are_not_serialised(env):
     p = env.path("hfp", cc="no-store", delay="0.5")
     env.get(p)  # leaves the hit-for-pass mark
