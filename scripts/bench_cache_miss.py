@@ -61,8 +61,10 @@ class _Proxy:
     def response_headers(self, up):
         return [(n, v) for n, v in self.head if n != "Connection"]
 
-    def forward(self, ctx, route, chain, body, tap=None):
-        up = _Up()
+    def exchange(self, ctx, route, chain, body, conditional=None, interim=True):
+        return _Up()
+
+    def relay(self, ctx, chain, up, tap=None):
         headers = self.response_headers(up)
         body = up.body
         if tap is not None:
@@ -71,6 +73,9 @@ class _Proxy:
             for _ in body:
                 pass
         return headers
+
+    def forward(self, ctx, route, chain, body, tap=None):
+        return self.relay(ctx, chain, self.exchange(ctx, route, chain, body), tap)
 
 
 class _Metrics:

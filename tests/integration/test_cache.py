@@ -289,6 +289,49 @@ def test_a_fill_that_got_no_answer_does_not_hold_back_other_requests(env):
     assert time.monotonic() - started < 10.0   # the configured coalesce_wait: nobody waited it out
 
 
+ERROR_PAGE_PLUGIN = """
+from edge.context import Response
+from edge.plugins import Plugin
+
+
+class ErrorPage(Plugin):
+    \"\"\"Replaces the backend's 404 with its own page (the body the backend sent is never read).\"\"\"
+    name = "errorpage"
+
+    def on_response(self, ctx, response):
+        if response.status == 404:
+            return Response(404, [("Content-Type", "text/plain")], b"custom not found\\n")
+        return None
+"""
+
+
+def test_a_replaced_response_gives_its_fill_lock_back(tmp_path, edge_factory):
+    # a plugin replaces the backend's cacheable 404 (a custom error page): the teed body is
+    # dropped unread, and the fill must still end, or every request for the URL would wait
+    # coalesce_wait (10 s here) behind it
+    origin = start_origin("c2", log_dir=str(tmp_path))
+    try:
+        d = tmp_path / "plugins"
+        d.mkdir()
+        (d / "errorpage.py").write_text(ERROR_PAGE_PLUGIN)
+        e = edge_factory({
+            "upstreams": {"app": {"servers": [f"127.0.0.1:{origin.port}"]}},
+            "routes": [{"match": {"path": "/"}, "upstream": "app"}],
+            "plugin_dirs": [str(d)], "plugins": {"errorpage": {}},
+            "cache": {"enabled": True, "coalesce_wait": "10s"},
+        }, workers=2)
+        p = f"/cache/replaced-{uuid.uuid4().hex[:8]}?status=404&cc=max-age%3D60"
+        started = time.monotonic()
+        for _ in range(3):
+            r = requests.get(e.url + p, headers={"Connection": "close"}, timeout=30)
+            assert r.status_code == 404 and r.text == "custom not found\n"
+        assert time.monotonic() - started < 10.0   # the configured coalesce_wait: nobody waited it out
+        count = requests.get(f"{origin.url}/cache-count", params={"path": p.split("?")[0]}, timeout=10).json()["count"]
+        assert count == 3   # nothing was stored (the body never streamed): each went to the backend
+    finally:
+        origin.stop()
+
+
 def test_uncacheable_misses_are_not_serialised(env):
     p = env.path("hfp", cc="no-store", delay="0.5")
     env.get(p)  # leaves the hit-for-pass mark
