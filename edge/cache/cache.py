@@ -567,6 +567,9 @@ class Cache:
         except UpstreamError as e:
             self._release_fill(fill)
             return proxy.upstream_failed(ctx, chain, e)
+        except Exception:
+            self._release_fill(fill)
+            raise
         return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "vary-miss"))
 
     def _selected_variant(self, proxy, ctx, chain, rc, fill: Fill, miss: _VaryMiss, known, up):
