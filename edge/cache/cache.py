@@ -531,7 +531,8 @@ class Cache:
             d = policy.lookup(ctx.method, req_headers, found.obj.facts, now, rc.settings)
             if type(d) is policy.Fresh:
                 self.metrics.incr("cache.coalesced")
-                status = policy.cache_status(name=self.name, fwd="uri-miss", collapsed=True, ttl=d.ttl)
+                fwd = "vary-miss" if isinstance(seen, _VaryMiss) or fill.vary_miss is not None else "uri-miss"
+                status = policy.cache_status(name=self.name, fwd=fwd, collapsed=True, ttl=d.ttl)
                 return self._serve(proxy, ctx, chain, rc, found.obj, now, status, d.age)
         # stored, but not fresh for this request (max-age=0, no-cache, credentials...): the usual way
         return self._decide(proxy, ctx, route, rc, chain, body, fill.url, fill.h, found, now)
