@@ -1123,6 +1123,11 @@ class RouteCacheConfig(Model):
         return None if v is None else _param_names(v)
 
 
+# RouteConfig names RouteCacheConfig before it is defined: resolve it now, so the schema is
+# complete at import (scripts/gen_config_doc.py reads the fields; validation would resolve it late)
+RouteConfig.model_rebuild()
+
+
 class CacheConfig(Model):
     """The shared HTTP cache (RFC 9111); see docs/cache.md."""
 

@@ -238,6 +238,8 @@ def _size(n: int) -> str:
 def default_text(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
+    if field.default_factory is not None:
+        return ""  # a section built from the defaults of its keys
     value = field.default
     if value is None:
         return "unset"
