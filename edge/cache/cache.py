@@ -53,7 +53,8 @@ the I/O around them on the Store (``edge.store``: memory, local, redis, memcache
    sent. A stored partial never answers as a complete response.
 6. **Invalidation** (RFC 9111 §4.4): a non-error answer to an unsafe method deletes the
    URL records of the targets ``policy.invalidation_targets`` names. A POST's answer is
-   then stored as its target's GET response when RFC 9110 §9.3.3 allows (``_post_tap``).
+   then stored as its target's GET response when RFC 9110 §9.3.3 allows (``_post_tap``;
+   a route's ``reuse_post_responses: false`` turns that off).
 
 The store being down is never an error: each failed store step makes that request a
 plain pass-through, counted (``cache.store_unavailable``) and logged once per change.
