@@ -15,10 +15,12 @@ import time
 import uuid
 from urllib.parse import quote
 
+import gevent
 import pytest
 import requests
 
 from edge.launch import REPO, free_port, start_edge, start_origin
+from tests.fixtures.statsd import statsd  # noqa: F401  (the fixture)
 from tests.integration.conftest import store_config, until
 
 BACKENDS = ["local", "redis", "memcached"]
@@ -276,17 +278,35 @@ def test_concurrent_misses_of_two_variants_are_two_fetches(env):
     assert env.count(p)["count"] == 2
 
 
-def test_a_fill_that_got_no_answer_does_not_hold_back_other_requests(env):
+def _counted(sink, name: str, at_least: int, timeout_s: float = 30.0) -> int:
+    """The statsd sink's count of ``name`` once it reaches ``at_least`` (or the timeout passes):
+    edge sends each increment as it happens, the sink (a greenlet) reads them while we wait."""
+    deadline = time.monotonic() + timeout_s
+    while sink.counts[name] < at_least and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    return sink.counts[name]
+
+
+def test_a_fill_that_got_no_answer_does_not_hold_back_other_requests(edge_factory, statsd):
     # the backend is down: each miss gets its 502 at once. Before, the failed leader's fill
     # marker stayed until its TTL, so every request for the URL in the next coalesce_wait
-    # (10 s here) waited all of it before trying the backend itself
-    p = env.path("down-fill")
-    assert env.get(p, host="down.test").status_code == 502
-    started = time.monotonic()
+    # waited all of it (counted as cache.coalesce_timeout) before trying the backend itself
+    e = edge_factory({
+        "upstreams": {"down": {"servers": [f"127.0.0.1:{free_port()}"], "retries": 0,
+                               "health": {"passive": {"consecutive_failures": 0}}}},
+        "routes": [{"match": {"path": "/"}, "upstream": "down"}],
+        "cache": {"enabled": True, "coalesce_wait": "10s"},
+        "metrics": {"statsd": statsd.address},
+    }, workers=2)
+    p = f"/cache/down-fill-{uuid.uuid4().hex[:8]}"
+    get = lambda _: requests.get(e.url + p, headers={"Connection": "close"}, timeout=60)  # noqa: E731
+    assert get(0).status_code == 502
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: env.get(p, host="down.test"), range(8)))
+        answers = list(pool.map(get, range(8)))
     assert all(a.status_code == 502 for a in answers)
-    assert time.monotonic() - started < 10.0   # the configured coalesce_wait: nobody waited it out
+    # every fetch failed (each after any wait it had): then no request waited out coalesce_wait
+    assert _counted(statsd, "edge.upstream.down.connect_error", 9) == 9
+    assert statsd.counts["edge.cache.coalesce_timeout"] == 0
 
 
 ERROR_PAGE_PLUGIN = """
@@ -305,10 +325,10 @@ class ErrorPage(Plugin):
 """
 
 
-def test_a_replaced_response_gives_its_fill_lock_back(tmp_path, edge_factory):
+def test_a_replaced_response_gives_its_fill_lock_back(tmp_path, edge_factory, statsd):
     # a plugin replaces the backend's cacheable 404 (a custom error page): the teed body is
-    # dropped unread, and the fill must still end, or every request for the URL would wait
-    # coalesce_wait (10 s here) behind it
+    # dropped unread, and the fill must still end (cache.pass, reason "aborted"), or every
+    # request for the URL would wait coalesce_wait behind it (cache.coalesce_timeout)
     origin = start_origin("c2", log_dir=str(tmp_path))
     try:
         d = tmp_path / "plugins"
@@ -319,13 +339,14 @@ def test_a_replaced_response_gives_its_fill_lock_back(tmp_path, edge_factory):
             "routes": [{"match": {"path": "/"}, "upstream": "app"}],
             "plugin_dirs": [str(d)], "plugins": {"errorpage": {}},
             "cache": {"enabled": True, "coalesce_wait": "10s"},
+            "metrics": {"statsd": statsd.address},
         }, workers=2)
         p = f"/cache/replaced-{uuid.uuid4().hex[:8]}?status=404&cc=max-age%3D60"
-        started = time.monotonic()
         for _ in range(3):
-            r = requests.get(e.url + p, headers={"Connection": "close"}, timeout=30)
+            r = requests.get(e.url + p, headers={"Connection": "close"}, timeout=60)
             assert r.status_code == 404 and r.text == "custom not found\n"
-        assert time.monotonic() - started < 10.0   # the configured coalesce_wait: nobody waited it out
+        assert _counted(statsd, "edge.cache.pass", 3) == 3   # each fill ended when its body was dropped
+        assert statsd.counts["edge.cache.coalesce_timeout"] == 0
         count = requests.get(f"{origin.url}/cache-count", params={"path": p.split("?")[0]}, timeout=10).json()["count"]
         assert count == 3   # nothing was stored (the body never streamed): each went to the backend
     finally:
