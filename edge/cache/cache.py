@@ -165,6 +165,14 @@ class Fill:
     lock_key: str | None = None   # where the lock is: the URL key (a fill marker) or the fill-lock key
     vary_miss: Any = None         # a _VaryMiss seen while waiting (the URL's index, this request's key)
 
+    def saw(self, found):
+        """``found`` (what a lookup while waiting returned), remembering a Vary miss: the index
+        may appear while this request waits (a concurrent first variant), and the miss that
+        follows then asks about the stored variants (``Cache._vary_miss``)."""
+        if isinstance(found, _VaryMiss):
+            self.vary_miss = found
+        return found
+
 
 class _NoMatch:
     __slots__ = ()
@@ -499,14 +507,19 @@ class Cache:
         for this fill try the backend now (one of them leading again) instead of waiting out
         ``coalesce_wait`` behind a request that has already ended."""
         try:
-            up = proxy.exchange(ctx, route, chain, body)
+            up = self._exchange(proxy, ctx, route, chain, body, fill)
         except UpstreamError as e:
-            self._release_fill(fill)
             return proxy.upstream_failed(ctx, chain, e)
+        return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, fwd))
+
+    def _exchange(self, proxy, ctx, route, chain, body, fill: Fill, conditional=None):
+        """``proxy.exchange`` for a fill: when it ends without an answer, the fill lock goes back
+        first (see ``_fetch``)."""
+        try:
+            return proxy.exchange(ctx, route, chain, body, conditional=conditional)
         except Exception:
             self._release_fill(fill)
             raise
-        return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, fwd))
 
     def _miss(self, proxy, ctx, route, rc, chain, body, fill: Fill, found):
         """Nothing stored answers this request (``found``: what the lookup saw): to the origin."""
@@ -558,20 +571,16 @@ class Cache:
         if inm is None:
             return self._fetch(proxy, ctx, route, rc, chain, body, fill, "vary-miss")
         try:
-            up = proxy.exchange(ctx, route, chain, body, conditional=[("If-None-Match", inm)])
+            up = self._exchange(proxy, ctx, route, chain, body, fill, conditional=[("If-None-Match", inm)])
             if up.status == 304:
                 _drain(up)
                 served = self._selected_variant(proxy, ctx, chain, rc, fill, miss, known, up)
                 if served is not None:
                     return served
                 # RFC 9111 §4.3.4: a 304 for nothing stored "MUST NOT" update anything: the full answer
-                up = proxy.exchange(ctx, route, chain, body, conditional=[])
+                up = self._exchange(proxy, ctx, route, chain, body, fill, conditional=[])
         except UpstreamError as e:
-            self._release_fill(fill)
             return proxy.upstream_failed(ctx, chain, e)
-        except Exception:
-            self._release_fill(fill)
-            raise
         return proxy.relay(ctx, chain, up, self._store_tap(ctx, rc, fill, "vary-miss"))
 
     def _selected_variant(self, proxy, ctx, chain, rc, fill: Fill, miss: _VaryMiss, known, up):
@@ -634,9 +643,7 @@ class Cache:
                     if store.add(url_key, token.encode(), lock_ttl):
                         fill.lock, fill.lock_key = token, url_key
                         return None
-                    found = self._load(fill.h, req_headers)  # someone wrote first: what?
-                    if isinstance(found, _VaryMiss):
-                        fill.vary_miss = found
+                    found = fill.saw(self._load(fill.h, req_headers))  # someone wrote first: what?
                     if isinstance(found, Entry):
                         return found
                     if found is PASS:
@@ -648,8 +655,7 @@ class Cache:
                     return None  # no fill in progress (not leading) or a pass mark
                 # a fill marker: wait for what replaces it
                 found, sleep_s = self._poll_marker(fill.h, req_headers, deadline, sleep_s)
-                if isinstance(found, _VaryMiss):
-                    fill.vary_miss = found
+                fill.saw(found)
                 if isinstance(found, Entry):
                     return found
                 if found is PASS:
@@ -663,12 +669,10 @@ class Cache:
                     token = store.acquire_lock(lock_key, lock_ttl)
                     if token is not None:
                         # a fill may have been committed between our lookup and the lock
-                        found = self._load(fill.h, req_headers)
+                        found = fill.saw(self._load(fill.h, req_headers))
                         if isinstance(found, Entry):
                             store.release_lock(lock_key, token)
                             return found
-                        if isinstance(found, _VaryMiss):
-                            fill.vary_miss = found
                         fill.lock, fill.lock_key = token, lock_key
                         return None
                 elif store.get(lock_key) is None:
