@@ -16,11 +16,13 @@ import socket
 import threading
 import time
 
+import gevent
 import pytest
 
 from edge.launch import free_port, start_edge
 from edge.tls import generate_self_signed
 from tests.fixtures.scripted_origin import Canned, ScriptedOrigin
+from tests.fixtures.statsd import StatsdSink
 from tests.integration.raw_origin import RawOrigin
 from tests.integration.rawhttp import TIMEOUT_S, messages, send_until_close
 
@@ -48,9 +50,21 @@ def _gated(conn, origin) -> None:
 
 
 class Env:
-    def __init__(self, edge, origin: ScriptedOrigin, gated: RawOrigin, plain: int, secure: int) -> None:
+    def __init__(self, edge, origin: ScriptedOrigin, gated: RawOrigin, plain: int, secure: int, statsd: StatsdSink) -> None:
         self.edge, self.origin, self.gated, self.plain, self.secure = edge, origin, gated, plain, secure
+        self.statsd = statsd
         self._n = 0
+
+    def misses(self, at_least: int = 0, timeout_s: float = 30.0) -> int:
+        """edge's ``cache.miss`` count once it reaches ``at_least`` and stops moving (statsd: each
+        increment is sent as it happens; the sink, a greenlet, reads them while we wait)."""
+        counts = self.statsd.counts
+        deadline = time.monotonic() + timeout_s
+        last = -1
+        while time.monotonic() < deadline and (counts["edge.cache.miss"] < at_least or counts["edge.cache.miss"] != last):
+            last = counts["edge.cache.miss"]
+            gevent.sleep(0.2)
+        return counts["edge.cache.miss"]
 
     def path(self, prefix: str, name: str) -> str:
         self._n += 1
@@ -78,7 +92,9 @@ def env(tmp_path_factory):
     cert, key = generate_self_signed(d / "tls")
     plain, secure = free_port(), free_port()
     upstream = {"retries": 0, "health": {"passive": {"consecutive_failures": 0}}}
+    sink = StatsdSink()
     config = {
+        "metrics": {"statsd": sink.address},
         "server": {"listeners": [{"bind": f"127.0.0.1:{plain}"}, {"bind": f"127.0.0.1:{secure}", "tls": True}]},
         "tls": {"certfile": str(cert), "keyfile": str(key)},
         "upstreams": {
@@ -92,8 +108,9 @@ def env(tmp_path_factory):
         ],
     }
     edge = start_edge(config, workers=2, port=plain, work_dir=str(d))
-    yield Env(edge, origin, gated, plain, secure)
+    yield Env(edge, origin, gated, plain, secure, sink)
     edge.stop()
+    sink.close()
     gated.stop()
     origin.stop()
 
@@ -202,6 +219,7 @@ def test_a_request_waiting_on_another_fill_gets_no_interim_response(env):
     p = env.path("gated", "coalesced")
     gate = env.gated.gates.setdefault(p, threading.Event())
     request = f"GET {p} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode()
+    before = env.misses()
     leader = socket.create_connection(("127.0.0.1", env.plain), timeout=TIMEOUT_S)
     try:
         leader.sendall(request)
@@ -211,9 +229,9 @@ def test_a_request_waiting_on_another_fill_gets_no_interim_response(env):
         t = threading.Thread(target=lambda: waiter.append(send_until_close(env.plain, request)))
         t.start()
         try:
-            # the waiter finds the fill in progress (coalesce_wait 5 s) and waits on it; opening the
-            # gate before it arrived would make it a plain hit, which the Cache-Status check tells apart
-            time.sleep(2.0)  # well inside coalesce_wait (5 s): a slow machine still finds the fill waiting
+            # the waiter's miss is counted after its lookup found the fill in progress: from then
+            # on it waits on that fill (coalesce_wait 5 s), however slow the machine
+            env.misses(before + 2)
         finally:
             gate.set()
             t.join(TIMEOUT_S * 2)
